@@ -1,0 +1,151 @@
+"""The ``vid2scene`` command line (typer).
+
+Exit codes (DESIGN.md): 0 ok, 2 usage, 3 input error or rejected input, 4 stage failed / backend missing.
+Every error is reported as one line on stderr; details stay in the scene's ``manifest.json`` and ``logs/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from . import __version__, progress
+from .errors import InputError, Vid2SceneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="vid2scene: lift walkthrough videos into 3D scene data (poses, sparse points, ...).")
+console = progress.console
+
+
+def _fail(err: Vid2SceneError) -> None:
+    console.print(f"[bold red]error[/]: {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(err.exit_code)
+
+
+def _parse_intrinsics(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 4 or min(vals) <= 0:
+        raise InputError(f"--intrinsics wants 'fx,fy,cx,cy' in source-image pixels (positive numbers), got {text!r}")
+    return vals
+
+
+def _stage_table(manifest: dict) -> Table:
+    from .pipeline import STAGE_ORDER
+
+    t = Table(title=f"scene: {manifest.get('status', '?')}", title_justify="left")
+    for col in ("stage", "status", "seconds", "result"):
+        t.add_column(col, overflow="fold")
+    for name in STAGE_ORDER:
+        st = manifest.get("stages", {}).get(name)
+        if not st:
+            t.add_row(name, "-", "", "")
+            continue
+        colour = {"complete": "green", "failed": "red"}.get(st.get("status"), "yellow")
+        text = st.get("summary") or st.get("reason") or ""
+        if st.get("warnings"):
+            text += " [yellow](" + "; ".join(st["warnings"]) + ")[/]"
+        t.add_row(name, f"[{colour}]{st.get('status')}[/]", f"{st.get('seconds', 0):.1f}", text)
+    return t
+
+
+@app.command()
+def run(
+    input: Path = typer.Argument(..., help="video file or folder of ordered images"),
+    output: Path = typer.Option(..., "-o", "--output", help="scene folder to create or resume"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON config file (stage sections)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="named preset: default, fast, quality"),
+    until: Optional[str] = typer.Option(None, "--until", help="stop after this stage"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="re-run every stage; replace a scene from another input"),
+    intrinsics: Optional[str] = typer.Option(None, "--intrinsics",
+                                             help="known intrinsics 'fx,fy,cx,cy' in source-image pixels"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Run the pipeline on INPUT into the scene folder OUTPUT (resumes what is complete)."""
+    from .config import load_config
+    from .pipeline import run_pipeline
+
+    progress.set_enabled(not quiet)
+    try:
+        overrides = {"sfm": {"known_intrinsics": _parse_intrinsics(intrinsics)}} if intrinsics else None
+        cfg = load_config(config, preset, overrides)
+
+        def on_stage(name: str, action: str, why: str) -> None:
+            if action == "skip":
+                console.print(f"[dim]{name}: skipped ({why})[/]")
+            else:
+                console.print(f"[bold cyan]{name}[/] ({why})")
+
+        report = run_pipeline(input, output, cfg, until=until, overwrite=overwrite, on_stage=on_stage)
+    except Vid2SceneError as e:
+        from .scene import Scene
+
+        s = Scene(output)
+        if s.exists():
+            console.print(_stage_table(s.read_manifest()))
+        _fail(e)
+        return
+    console.print(_stage_table(report.scene.read_manifest()))
+    console.print(f"scene folder: {report.scene.root}  (open {report.scene.report_html.name})")
+
+
+@app.command()
+def info(scene_dir: Path = typer.Argument(..., help="scene folder"),
+         as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON")) -> None:
+    """Show a scene's stage status, QC figures, and what failed and why."""
+    from .scene import Scene
+
+    try:
+        m = Scene(scene_dir).read_manifest()
+    except Vid2SceneError as e:
+        _fail(e)
+        return
+    if as_json:
+        typer.echo(json.dumps(m, indent=1))
+        return
+    console.print(f"source: {m['source'].get('path')} ({m['source'].get('kind')})", highlight=False)
+    console.print(_stage_table(m))
+    for name, qc in m.get("qc", {}).items():
+        console.print(f"[bold]{name}[/] QC: " + json.dumps(qc), highlight=False, soft_wrap=True)
+    if m.get("failure"):
+        f = m["failure"]
+        console.print(f"[bold red]failed in {f['stage']}[/]: {f['reason']}", highlight=False)
+        raise typer.Exit(f.get("exit_code", 4))
+
+
+@app.command()
+def stages() -> None:
+    """List stages and their backends (with 'not installed' hints)."""
+    from .pipeline import STAGE_ORDER, stage_module
+
+    t = Table(title="stages (in order)")
+    t.add_column("stage")
+    t.add_column("writes")
+    t.add_column("backends")
+    for name in STAGE_ORDER:
+        mod = stage_module(name)
+        status = mod.backend_status() if hasattr(mod, "backend_status") else {}
+        back = ", ".join(f"{k}: {'[green]installed[/]' if v == 'installed' else '[yellow]' + v + '[/]'}"
+                         for k, v in status.items()) or "-"
+        t.add_row(name, ", ".join(mod.OUTPUTS), back)
+    console.print(t)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,98 @@
+"""Pipeline configuration: one pydantic model per stage, named presets, and config files.
+
+Precedence (lowest to highest): stage defaults < preset < config file < command-line flags.
+A config file is YAML or JSON with one section per stage, e.g.::
+
+    preset: fast
+    keyframes: {min_disparity: 0.06}
+    sfm: {known_intrinsics: [500, 500, 320, 180]}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import ingest as _ingest
+from . import keyframes as _keyframes
+from . import quality as _quality
+from . import sfm as _sfm
+from . import shots as _shots
+from .errors import InputError
+
+
+class PipelineConfig(BaseModel):
+    """Configuration of every stage, in pipeline order."""
+
+    model_config = ConfigDict(extra="forbid")
+    ingest: _ingest.Config = Field(default_factory=_ingest.Config)
+    shots: _shots.Config = Field(default_factory=_shots.Config)
+    quality: _quality.Config = Field(default_factory=_quality.Config)
+    keyframes: _keyframes.Config = Field(default_factory=_keyframes.Config)
+    sfm: _sfm.Config = Field(default_factory=_sfm.Config)
+
+
+#: Named presets: partial configs applied over the defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # Light and quick: PySceneDetect instead of TransNetV2, fewer keyframes and features.
+    "fast": {"shots": {"backend": "adaptive"}, "keyframes": {"max_keyframes": 120},
+             "sfm": {"max_num_features": 2048}},
+    # Slower, denser: more frames decoded, more keyframes and features, more loop-closure candidates.
+    "quality": {"ingest": {"max_fps": 15.0}, "keyframes": {"max_keyframes": 400},
+                "sfm": {"max_num_features": 8192, "loop_candidates": 10}},
+}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a YAML or JSON config file into a dict. Raises InputError when missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"config file not found: {p}")
+    try:
+        text = p.read_text()
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # yaml/json parse errors of several types
+        raise InputError(f"cannot parse config file {p}: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"config file {p} must hold a mapping of stage sections")
+    return data
+
+
+def load_config(config_file: str | Path | None = None, preset: str | None = None,
+                overrides: dict | None = None) -> PipelineConfig:
+    """Build a :class:`PipelineConfig` from a preset, a config file and overrides.
+
+    Raises:
+        InputError: unknown preset, unreadable file, or values that fail validation (one-line reason).
+    """
+    data = read_config_file(config_file) if config_file else {}
+    preset = preset or data.pop("preset", None) or "default"
+    data.pop("preset", None)
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    merged = deep_merge(deep_merge(PRESETS[preset], data), overrides or {})
+    try:
+        return PipelineConfig.model_validate(merged)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise InputError(f"invalid config value {where}: {first['msg']}") from e

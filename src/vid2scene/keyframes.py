@@ -1,0 +1,221 @@
+"""``keyframes`` stage: disparity-based keyframe selection (SceneVerse++, Sec. 3.1 data curation).
+
+Instead of sampling uniformly, features (Shi–Tomasi corners) detected in the last keyframe are tracked
+frame to frame with pyramidal Lucas–Kanade over the frames that ``quality`` accepted. A frame becomes the next
+keyframe when the *median displacement* of the surviving tracks since the last keyframe exceeds
+``min_disparity`` × the image's long side (``reason: "disparity"``), or when too few tracks survive to
+measure it (``reason: "track_loss"``: the frame before the loss is taken, so consecutive keyframes still
+overlap). The first and last usable frames are keyframes too. If more than ``max_keyframes`` result, the
+threshold is raised and selection repeated.
+
+Writes ``frames/NNNNNN.jpg`` (letterbox bars from ``quality`` cropped away) and ``keyframes.json``::
+
+    {"keyframes": [{"source_frame", "timestamp_s", "reason", "disparity_rel", "tracked_share"}],
+     "min_disparity": float, "crop": {"top","bottom","left","right"}, "width", "height", "n_candidates"}
+
+Raises ``RejectedInput`` for a static camera ("insufficient camera motion") or too few keyframes.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import progress
+from .errors import RejectedInput
+from .io import write_json
+from .scene import Scene, frame_name
+from .stage import StageResult
+
+NAME = "keyframes"
+OUTPUTS = ["frames", "keyframes.json"]
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_disparity: float = Field(0.05, gt=0, lt=1,
+                                 description="median track displacement since last keyframe, share of long side")
+    max_keyframes: int = Field(300, ge=2)
+    min_keyframes: int = Field(10, ge=2)
+    n_features: int = Field(400, ge=20, description="corners tracked from each keyframe")
+    min_tracked_share: float = Field(0.35, gt=0, lt=1, description="below this share of surviving tracks: track loss")
+    track_long_side: int = Field(480, ge=64, description="tracking resolution (long side px)")
+
+
+def _gray_small(rgb: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
+    import cv2
+
+    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    s = min(1.0, long_side / max(g.shape))
+    if s < 1.0:
+        g = cv2.resize(g, (round(g.shape[1] * s), round(g.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    return g, s
+
+
+def select_keyframes(grays: "list[np.ndarray] | object", min_disparity: float, n_features: int = 400,
+                     min_tracked_share: float = 0.35, total: int | None = None) -> tuple[list[dict], float]:
+    """Disparity-based keyframe selection over an ordered sequence of grey images.
+
+    Args:
+        grays: iterable of ``H×W`` uint8 grey images (all one size), in time order.
+        min_disparity: threshold on the median displacement since the last keyframe, as a share of the long side.
+        n_features: Shi–Tomasi corners detected per keyframe.
+        min_tracked_share: a keyframe is forced when fewer tracks than this share survive.
+
+    Returns:
+        (list of ``{"index", "reason", "disparity_rel", "tracked_share"}`` with ``index`` into ``grays``,
+        the largest median displacement seen from any keyframe, as a share of the long side).
+    """
+    import cv2
+
+    lk = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    chosen: list[dict] = []
+    prev_img = None
+    p0 = p_cur = np.zeros((0, 1, 2), np.float32)
+    n0 = 0
+    long_side = 1.0
+    max_disp = 0.0
+    prev_info: tuple[int, float, float] = (0, 0.0, 1.0)
+    last_idx = -1
+
+    def detect(img):
+        pts = cv2.goodFeaturesToTrack(img, maxCorners=n_features, qualityLevel=0.01, minDistance=8, blockSize=7)
+        return np.zeros((0, 1, 2), np.float32) if pts is None else pts.astype(np.float32)
+
+    def track(img_a, img_b, pts):
+        if not len(pts):
+            return pts, np.zeros(0, bool)
+        p_next, st, _ = cv2.calcOpticalFlowPyrLK(img_a, img_b, pts, None, **lk)
+        p_back, st2, _ = cv2.calcOpticalFlowPyrLK(img_b, img_a, p_next, None, **lk)  # forward-backward check
+        fb = np.linalg.norm((p_back - pts).reshape(-1, 2), axis=1)
+        return p_next, (st.ravel() == 1) & (st2.ravel() == 1) & (fb < 1.0)
+
+    def add(i, reason, disp, share):
+        chosen.append({"index": i, "reason": reason, "disparity_rel": round(float(disp), 4),
+                       "tracked_share": round(float(share), 3)})
+
+    with progress.bar("keyframes: tracking", total=total) as bar:
+        for i, img in enumerate(grays):
+            bar.advance()
+            last_idx = i
+            if prev_img is None:
+                long_side = float(max(img.shape))
+                add(i, "first", 0.0, 1.0)
+                p0 = p_cur = detect(img)
+                n0 = len(p0)
+                prev_img, prev_info = img, (i, 0.0, 1.0)
+                continue
+            p_next, ok = track(prev_img, img, p_cur)
+            p0, p_cur = p0[ok], p_next[ok]
+            share = len(p_cur) / max(n0, 1)
+            if (share < min_tracked_share or len(p_cur) < 15) and prev_info[0] != chosen[-1]["index"]:
+                # Track loss: the previous frame still overlapped the last keyframe; make it a keyframe and
+                # restart tracking from it, so consecutive keyframes always share features.
+                j, d, s_ = prev_info
+                add(j, "track_loss", d, s_)
+                p0 = detect(prev_img)
+                n0 = len(p0)
+                p_next, ok = track(prev_img, img, p0)
+                p0, p_cur = p0[ok], p_next[ok]
+                share = len(p_cur) / max(n0, 1)
+            disp = float(np.median(np.linalg.norm((p_cur - p0).reshape(-1, 2), axis=1))) / long_side \
+                if len(p_cur) else 0.0
+            max_disp = max(max_disp, disp)
+            reason = None
+            if share < min_tracked_share or len(p_cur) < 15:
+                reason = "track_loss"  # abrupt change: nothing in common with the previous frame
+            elif disp >= min_disparity:
+                reason = "disparity"
+            if reason is not None:
+                add(i, reason, disp, share)
+                p0 = p_cur = detect(img)
+                n0 = len(p0)
+                disp, share = 0.0, 1.0
+            prev_img, prev_info = img, (i, disp, share)
+    if last_idx > 0 and chosen[-1]["index"] != last_idx and prev_info is not None:
+        add(last_idx, "last", prev_info[1], prev_info[2])
+    return chosen, max_disp
+
+
+def run(scene: Scene, config: Config) -> StageResult:
+    """Select keyframes among the frames ``quality`` accepted; write ``frames/`` and ``keyframes.json``.
+
+    Raises:
+        RejectedInput: "insufficient camera motion" (the median track displacement never reaches the
+            threshold: a static camera or a tripod shot) or "too few usable keyframes".
+    """
+    import cv2
+
+    scene.require("quality")
+    q = scene.load_quality()
+    cand = [r for r in q["frames"] if r["verdict"] == "ok"]
+    if len(cand) < 2:
+        raise RejectedInput(f"too few usable keyframes: only {len(cand)} usable frame(s)")
+    crop = q.get("letterbox") or {"top": 0, "bottom": 0, "left": 0, "right": 0}
+
+    def cropped(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        return rgb[crop["top"]: h - crop["bottom"], crop["left"]: w - crop["right"]]
+
+    # Grey thumbnails for tracking are small (≤ 480 px: ~170 KB each); stream them, never hold all frames.
+    def grays():
+        for r in cand:
+            yield _gray_small(cropped(scene.read_frame(r["source_frame"])), config.track_long_side)[0]
+
+    thr = config.min_disparity
+    chosen, max_disp = select_keyframes(grays(), thr, config.n_features, config.min_tracked_share, len(cand))
+    capped = False
+    while len(chosen) > config.max_keyframes:
+        thr *= 1.25 * len(chosen) / config.max_keyframes
+        capped = True
+        chosen, max_disp = select_keyframes(grays(), thr, config.n_features, config.min_tracked_share, len(cand))
+
+    n_moving = sum(1 for c in chosen if c["reason"] in ("disparity", "track_loss"))
+    duration = cand[-1]["timestamp_s"] - cand[0]["timestamp_s"]
+    if n_moving == 0 and max_disp < thr:
+        raise RejectedInput(f"insufficient camera motion: features moved at most {100 * max_disp:.1f}% of the "
+                            f"image over {duration:.1f} s (keyframe threshold {100 * thr:.1f}%); a static camera "
+                            "gives no parallax for SfM")
+    if len(chosen) < config.min_keyframes:
+        raise RejectedInput(f"too few usable keyframes: {len(chosen)} < min_keyframes={config.min_keyframes} "
+                            f"(camera moved {100 * max_disp:.1f}% of the image at most; lower "
+                            "keyframes.min_disparity for short clips)")
+
+    out_dir = scene.frames_dir
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    any_crop = any(crop.values())
+    records = []
+    size = None
+    for c in chosen:
+        r = cand[c["index"]]
+        sf = r["source_frame"]
+        dst = out_dir / frame_name(sf)
+        if any_crop:
+            rgb = cropped(scene.read_frame(sf))
+            cv2.imwrite(str(dst), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            size = (rgb.shape[1], rgb.shape[0])
+        else:
+            src = scene.frame_path(sf)
+            try:
+                dst.hardlink_to(src)
+            except OSError:
+                shutil.copy2(src, dst)
+        records.append({"source_frame": sf, "timestamp_s": r["timestamp_s"], "reason": c["reason"],
+                        "disparity_rel": c["disparity_rel"], "tracked_share": c["tracked_share"]})
+    if size is None:
+        info = scene.load_video_info()
+        size = (info["working_width"], info["working_height"])
+    reasons: dict[str, int] = {}
+    for r in records:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    write_json(scene.keyframes_json, {"keyframes": records, "min_disparity": thr, "capped": capped,
+                                      "crop": crop, "width": size[0], "height": size[1],
+                                      "n_candidates": len(cand), "reasons": reasons})
+    qc = {"n_keyframes": len(records), "n_candidates": len(cand), "min_disparity": round(thr, 4),
+          "reasons": reasons, "capped": capped}
+    return StageResult(qc=qc, summary=f"{len(records)} keyframes from {len(cand)} usable frames "
+                       f"(threshold {100 * thr:.1f}% of the long side)")

@@ -1,0 +1,201 @@
+"""Run stages in order over a scene folder, with resume, status bookkeeping and failure records.
+
+Resume rules (DESIGN.md): a stage whose manifest status is ``complete`` and whose config is unchanged is
+skipped; a stage that crashed (status ``running``), failed, or is stale is re-run after its declared
+``OUTPUTS`` are removed, so a half-written result is never trusted. Re-running a stage marks every later
+complete stage ``stale``. ``--overwrite`` re-runs everything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import resource
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__, progress
+from .config import PipelineConfig
+from .errors import InputError, StageFailed, Vid2SceneError
+from .scene import Scene, config_hash, now_iso
+from .stage import StageResult
+
+STAGE_ORDER: list[str] = ["ingest", "shots", "quality", "keyframes", "sfm"]
+
+
+def stage_module(name: str):
+    if name not in STAGE_ORDER:
+        raise InputError(f"unknown stage '{name}'; stages are: {', '.join(STAGE_ORDER)}")
+    return importlib.import_module(f"vid2scene.{name}")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _versions() -> dict[str, str]:
+    out = {"vid2scene": __version__, "python": sys.version.split()[0]}
+    for mod, key in (("numpy", "numpy"), ("cv2", "opencv"), ("av", "av"), ("pycolmap", "pycolmap"),
+                     ("torch", "torch"), ("scenedetect", "scenedetect")):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[key] = str(getattr(m, "__version__", "?"))
+    return out
+
+
+@dataclass
+class RunReport:
+    """What :func:`run_pipeline` did: per-stage action (``ran``/``skipped``/``failed``) and results."""
+
+    scene: Scene
+    actions: dict[str, str] = field(default_factory=dict)
+    results: dict[str, StageResult] = field(default_factory=dict)
+    error: Vid2SceneError | None = None
+
+
+def _remove_outputs(scene: Scene, outputs: list[str]) -> None:
+    for rel in outputs:
+        p = scene.root / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def run_stage(scene: Scene, name: str, config: PipelineConfig) -> StageResult:
+    """Run one stage now (no skip logic): status bookkeeping, timing, peak RSS, failure record.
+
+    Raises:
+        Vid2SceneError: the stage's own typed error, after recording it in the manifest.
+        StageFailed: an unexpected exception inside the stage (traceback saved under ``logs/``).
+    """
+    mod = stage_module(name)
+    cfg = getattr(config, name)
+    cfg_dict = cfg.model_dump(mode="json")
+
+    def mark_running(m: dict) -> None:
+        m["status"] = "incomplete"
+        m["failure"] = None
+        m["stages"][name] = {"status": "running", "started": now_iso(), "config": cfg_dict,
+                             "config_hash": config_hash(cfg_dict)}
+        later = STAGE_ORDER[STAGE_ORDER.index(name) + 1:]
+        for s in later:
+            if m["stages"].get(s, {}).get("status") == "complete":
+                m["stages"][s]["status"] = "stale"
+
+    scene.update_manifest(mark_running)
+    _remove_outputs(scene, mod.OUTPUTS)
+    t0 = time.perf_counter()
+    try:
+        result = mod.run(scene, cfg)
+    except Vid2SceneError as e:
+        _record_failure(scene, name, e, time.perf_counter() - t0)
+        raise
+    except Exception as e:  # a bug or a library error: keep the traceback, report one line
+        log = scene.root / "logs" / f"{name}.traceback.txt"
+        log.parent.mkdir(exist_ok=True)
+        log.write_text(traceback.format_exc())
+        err = StageFailed(name, f"internal error {type(e).__name__}: {e} (traceback in {log})")
+        _record_failure(scene, name, err, time.perf_counter() - t0)
+        raise err from e
+    seconds = time.perf_counter() - t0
+
+    def mark_done(m: dict) -> None:
+        st = m["stages"][name]
+        st.update({"status": "complete", "finished": now_iso(), "seconds": round(seconds, 3),
+                   "peak_rss_mb": round(peak_rss_mb(), 1), "versions": _versions(), "qc": result.qc,
+                   "summary": result.summary, "warnings": result.warnings})
+        m["qc"][name] = result.qc
+
+    scene.update_manifest(mark_done)
+    return result
+
+
+def _record_failure(scene: Scene, name: str, err: Vid2SceneError, seconds: float) -> None:
+    def mark(m: dict) -> None:
+        st = m["stages"].setdefault(name, {})
+        st.update({"status": "failed", "finished": now_iso(), "seconds": round(seconds, 3),
+                   "reason": str(err), "error_type": type(err).__name__})
+        m["status"] = "failed"
+        m["failure"] = {"stage": name, "reason": str(err), "error_type": type(err).__name__,
+                        "exit_code": err.exit_code}
+
+    scene.update_manifest(mark)
+
+
+def needs_run(scene: Scene, name: str, config: PipelineConfig) -> tuple[bool, str]:
+    """Whether ``name`` must run, and why (``"complete"`` when it can be skipped)."""
+    info = scene.stage_info(name)
+    status = info.get("status")
+    if status is None:
+        return True, "not run yet"
+    if status != "complete":
+        return True, f"previous status '{status}'"
+    cfg_dict = getattr(config, name).model_dump(mode="json")
+    if info.get("config_hash") != config_hash(cfg_dict):
+        return True, "config changed"
+    return False, "complete"
+
+
+def run_pipeline(input_path: str | Path, scene_dir: str | Path, config: PipelineConfig | None = None,
+                 until: str | None = None, overwrite: bool = False, on_stage=None) -> RunReport:
+    """Run ``ingest`` .. ``until`` (default: all stages) for one input into ``scene_dir``.
+
+    ``on_stage(name, action, reason)`` is called before each stage (for CLI messages).
+
+    Raises:
+        InputError / RejectedInput / StageFailed / BackendNotInstalled: as recorded in ``manifest.json``;
+        the scene is never marked complete after an error.
+    """
+    from .ingest import describe_source
+
+    config = config or PipelineConfig()
+    stages = STAGE_ORDER if until is None else STAGE_ORDER[: STAGE_ORDER.index(stage_module(until).NAME) + 1]
+    source = describe_source(input_path)
+    scene = Scene.create(scene_dir, source, overwrite=overwrite)
+    report = RunReport(scene)
+    force = overwrite
+    for name in stages:
+        run_it, why = needs_run(scene, name, config)
+        if force:
+            run_it, why = True, "--overwrite" if overwrite else "an earlier stage re-ran"
+        if on_stage:
+            on_stage(name, "run" if run_it else "skip", why)
+        if not run_it:
+            report.actions[name] = "skipped"
+            continue
+        try:
+            report.results[name] = run_stage(scene, name, config)
+        except Vid2SceneError as e:
+            report.actions[name] = "failed"
+            report.error = e
+            _finish(scene)
+            raise
+        report.actions[name] = "ran"
+        force = True  # every later stage depends on this one's fresh output
+    _finish(scene)
+    return report
+
+
+def _finish(scene: Scene) -> None:
+    """Set the scene-level status and write the report."""
+
+    def mark(m: dict) -> None:
+        if m.get("failure"):
+            m["status"] = "failed"
+        elif all(m["stages"].get(s, {}).get("status") == "complete" for s in STAGE_ORDER):
+            m["status"] = "complete"
+        else:
+            m["status"] = "incomplete"
+
+    scene.update_manifest(mark)
+    try:
+        from .report import write_report
+
+        write_report(scene)
+    except Exception as e:  # the report must never turn a good run into a failure
+        progress.console.print(f"[yellow]warning: report.html not written: {e}")

@@ -1,0 +1,60 @@
+"""Rich progress bars shared by all stages; silent when disabled (tests, Ray workers, ``--quiet``)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> None:
+    global _enabled
+    _enabled = enabled
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task_id):
+        self._p, self._t = progress, task_id
+
+    def advance(self, n: float = 1) -> None:
+        if self._p is not None:
+            self._p.advance(self._t, n)
+
+    def update(self, completed: float | None = None, total: float | None = None, description: str | None = None):
+        if self._p is not None:
+            kw = {k: v for k, v in (("completed", completed), ("total", total), ("description", description))
+                  if v is not None}
+            self._p.update(self._t, **kw)
+
+
+@contextlib.contextmanager
+def bar(description: str, total: float | None = None) -> Iterator[_Bar]:
+    """A progress bar for one step; ``total=None`` shows a spinner with a count."""
+    if not _enabled:
+        yield _Bar(None, None)
+        return
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True) as p:
+        yield _Bar(p, p.add_task(description, total=total))
+
+
+def track(items: Iterable[T], description: str, total: float | None = None) -> Iterator[T]:
+    """Iterate ``items`` with a progress bar."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with bar(description, total) as b:
+        for item in items:
+            yield item
+            b.advance()

@@ -1,0 +1,327 @@
+"""``sfm`` stage: structure-from-motion on the keyframes with pycolmap (COLMAP, Schönberger & Frahm 2016).
+
+Video-aware recipe:
+
+1. SIFT features on every keyframe, one shared camera (``CameraMode.SINGLE``) whose focal length is
+   estimated (or fixed from ``known_intrinsics``).
+2. Pairing: sequential pairs (each keyframe with the next ``sequential_overlap``, plus quadratic overlap)
+   **and** loop-closure candidates retrieved offline — a bag of visual words over the keyframes' own SIFT
+   descriptors (k-means vocabulary, tf-idf, cosine similarity, Sivic & Zisserman 2003) — for keyframes at
+   least ``loop_min_gap`` apart. No downloaded vocabulary tree is needed.
+3. Mapping: COLMAP incremental mapping (or GLOMAP-style ``global_mapping``), bundle adjustment with focal
+   length and radial distortion refined. The largest model is kept; other models' images are retried by
+   continuing incremental registration from the largest model.
+4. Quality checks: registered share, mean reprojection error (px), mean track length, number of points.
+   Below thresholds the stage raises :class:`StageFailed` instead of writing a poor model as success.
+
+Writes ``sfm/`` (COLMAP binary model), ``cameras.json`` (DESIGN.md schema, OpenCV axes, SfM frame),
+``sparse_points.ply`` (SfM frame) and ``transforms.json`` (nerfstudio, OpenGL axes; see
+:mod:`vid2scene.export.nerfstudio`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import progress
+from .errors import InputError, StageFailed
+from .io import write_json, write_ply_points
+from .scene import CameraFrame, Scene
+from .stage import StageResult
+
+NAME = "sfm"
+OUTPUTS = ["sfm", "cameras.json", "sparse_points.ply", "transforms.json"]
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = "SIMPLE_RADIAL"
+    known_intrinsics: list[float] | None = Field(
+        None, min_length=4, max_length=4, description="fx, fy, cx, cy in source-image pixels; None = estimate")
+    max_num_features: int = Field(4096, ge=256)
+    sequential_overlap: int = Field(10, ge=1)
+    quadratic_overlap: bool = True
+    loop_closure: bool = True
+    loop_candidates: int = Field(5, ge=0, description="retrieved loop-closure partners per keyframe")
+    loop_min_gap: int = Field(15, ge=2, description="keyframes apart for a pair to count as a loop candidate")
+    mapper: Literal["incremental", "global"] = "incremental"
+    num_threads: int = Field(-1, description="-1 = all cores")
+    seed: int = 0
+    min_registered_share: float = Field(0.6, ge=0, le=1)
+    max_reprojection_error_px: float = Field(2.0, gt=0)
+    min_mean_track_length: float = Field(2.5, ge=2)
+    min_points: int = Field(200, ge=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pairing
+# ---------------------------------------------------------------------------------------------------------
+def sequential_pairs(n: int, overlap: int, quadratic: bool = True) -> set[tuple[int, int]]:
+    """Pairs ``(i, j)``, ``i < j``, of keyframe indices ``j = i+1 .. i+overlap`` (plus ``i + 2^k`` when
+    ``quadratic``), as COLMAP's sequential matcher forms them."""
+    pairs = set()
+    for i in range(n):
+        for d in range(1, overlap + 1):
+            if i + d < n:
+                pairs.add((i, i + d))
+        if quadratic:
+            k = 1
+            while i + (1 << k) < n and k < 20:
+                if (1 << k) > overlap:
+                    pairs.add((i, i + (1 << k)))
+                k += 1
+    return pairs
+
+
+def bow_vectors(descriptors: list[np.ndarray], n_words: int = 256, sample: int = 40000,
+                seed: int = 0) -> np.ndarray:
+    """tf-idf bag-of-visual-words vectors, L2-normalised, one row per image (``N×n_words`` float32).
+
+    ``descriptors``: per image an ``M_i×128`` SIFT descriptor array (uint8 or float). The vocabulary is
+    k-means (SciPy ``kmeans2``) on a random sample of all descriptors — a per-scene vocabulary, so no
+    pre-trained tree has to be downloaded.
+    """
+    from scipy.cluster.vq import kmeans2, vq
+
+    rng = np.random.default_rng(seed)
+    allx = np.concatenate([d for d in descriptors if len(d)]).astype(np.float32)
+    allx /= np.linalg.norm(allx, axis=1, keepdims=True) + 1e-9
+    k = int(min(n_words, max(8, len(allx) // 50)))
+    samp = allx[rng.choice(len(allx), size=min(sample, len(allx)), replace=False)]
+    centroids, _ = kmeans2(samp, k, iter=10, minit="++", seed=seed)
+    hist = np.zeros((len(descriptors), k), np.float32)
+    for i, d in enumerate(descriptors):
+        if len(d):
+            x = d.astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-9
+            words, _ = vq(x, centroids)
+            hist[i] = np.bincount(words, minlength=k)
+    df = (hist > 0).sum(0)
+    idf = np.log(len(descriptors) / np.maximum(df, 1))
+    v = (hist / np.maximum(hist.sum(1, keepdims=True), 1)) * idf
+    return v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-9)
+
+
+def loop_pairs(vectors: np.ndarray, k: int, min_gap: int) -> set[tuple[int, int]]:
+    """For each image, its ``k`` most similar images (cosine on ``vectors``) at least ``min_gap`` apart."""
+    n = len(vectors)
+    if k <= 0 or n <= min_gap:
+        return set()
+    sim = vectors @ vectors.T
+    idx = np.arange(n)
+    sim[np.abs(idx[:, None] - idx[None, :]) < min_gap] = -np.inf
+    pairs = set()
+    for i in range(n):
+        for j in np.argsort(-sim[i])[:k]:
+            if np.isfinite(sim[i, j]) and sim[i, j] > 0:
+                pairs.add((min(i, int(j)), max(i, int(j))))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------------------------------------
+def _reader_options(config: Config, scale: float):
+    import pycolmap
+
+    ro = pycolmap.ImageReaderOptions()
+    if config.known_intrinsics:
+        fx, fy, cx, cy = (v * scale for v in config.known_intrinsics)
+        ro.camera_model = "PINHOLE"
+        ro.camera_params = f"{fx},{fy},{cx},{cy}"
+    else:
+        ro.camera_model = config.camera_model
+    return ro
+
+
+def _qc(rec, n_keyframes: int) -> dict:
+    n_reg = rec.num_reg_images()
+    return {"n_keyframes": n_keyframes, "n_registered": n_reg,
+            "registered_share": round(n_reg / max(n_keyframes, 1), 4),
+            "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4),
+            "mean_track_length": round(float(rec.compute_mean_track_length()), 3),
+            "n_points": rec.num_points3D()}
+
+
+def run(scene: Scene, config: Config) -> StageResult:
+    """Reconstruct the keyframes; write the model, ``cameras.json``, ``sparse_points.ply``, ``transforms.json``.
+
+    Raises:
+        StageFailed: no model, or the kept model fails the QC thresholds (registered share, reprojection
+            error, track length, points) — the reason names the figure and the threshold.
+    """
+    import pycolmap
+
+    scene.require("keyframes")
+    kf = scene.load_keyframes()
+    keyframes = kf["keyframes"]
+    names = [f"{k['source_frame']:06d}.jpg" for k in keyframes]
+    n = len(names)
+    info = scene.load_video_info()
+    scale = float(info.get("scale_working_from_source", 1.0))
+    if config.known_intrinsics and (kf["crop"]["left"] or kf["crop"]["top"]):
+        fx, fy, cx, cy = config.known_intrinsics
+        config = config.model_copy(update={"known_intrinsics": [fx, fy, cx - kf["crop"]["left"] / scale,
+                                                                cy - kf["crop"]["top"] / scale]})
+    work = Path(tempfile.mkdtemp(prefix=".sfm_work.", dir=scene.root))
+    try:
+        db_path = work / "database.db"
+        ext = pycolmap.FeatureExtractionOptions()
+        ext.num_threads = config.num_threads
+        ext.sift.max_num_features = config.max_num_features
+        ext.max_image_size = max(kf["width"], kf["height"])
+        with progress.bar("sfm: SIFT features", total=None):
+            pycolmap.extract_features(db_path, scene.frames_dir, image_names=names,
+                                      camera_mode=pycolmap.CameraMode.SINGLE,
+                                      reader_options=_reader_options(config, scale), extraction_options=ext,
+                                      device=pycolmap.Device.cpu)
+        # image ids in the database, by our keyframe order
+        db = pycolmap.Database.open(str(db_path))
+        try:
+            by_name = {im.name: im.image_id for im in db.read_all_images()}
+            descs = [db.read_descriptors(by_name[nm]).data if hasattr(db.read_descriptors(by_name[nm]), "data")
+                     else np.asarray(db.read_descriptors(by_name[nm])) for nm in names] \
+                if config.loop_closure and config.loop_candidates > 0 else None
+        finally:
+            db.close()
+        pairs = sequential_pairs(n, config.sequential_overlap, config.quadratic_overlap)
+        n_seq = len(pairs)
+        if descs is not None:
+            pairs |= loop_pairs(bow_vectors(descs, seed=config.seed), config.loop_candidates, config.loop_min_gap)
+        pairs_txt = work / "pairs.txt"
+        pairs_txt.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in sorted(pairs)))
+        mo = pycolmap.FeatureMatchingOptions()
+        mo.num_threads = config.num_threads
+        po = pycolmap.ImportedPairingOptions()
+        po.match_list_path = pairs_txt
+        with progress.bar(f"sfm: matching {len(pairs)} pairs", total=None):
+            pycolmap.match_image_pairs(db_path, matching_options=mo, pairing_options=po,
+                                       device=pycolmap.Device.cpu)
+        models_dir = work / "models"
+        models_dir.mkdir()
+        with progress.bar(f"sfm: {config.mapper} mapping", total=None):
+            rec, n_models = _map(db_path, scene.frames_dir, models_dir, config, names)
+        if rec is None or rec.num_reg_images() == 0:
+            raise StageFailed(NAME, f"no model: COLMAP could not initialise from {n} keyframes "
+                                    "(too little texture or parallax)")
+        qc = _qc(rec, n)
+        qc.update({"n_models": n_models, "n_pairs": len(pairs), "n_loop_pairs": len(pairs) - n_seq,
+                   "mapper": config.mapper})
+        cam = next(iter(rec.cameras.values()))
+        qc["camera"] = {"model": str(cam.model.name), "params": [round(float(p), 4) for p in cam.params],
+                        "width": cam.width, "height": cam.height}
+        _check(qc, config)
+        _write_outputs(scene, rec, keyframes, names)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return StageResult(qc=qc, summary=f"{qc['n_registered']}/{n} keyframes registered in one model "
+                       f"({n_models} model(s) before merging), {qc['n_points']} points, reprojection "
+                       f"{qc['mean_reprojection_error_px']:.2f} px, track length {qc['mean_track_length']:.1f}")
+
+
+def _map(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: list[str]):
+    """Run the mapper; return (largest reconstruction after trying to register the rest, number of models)."""
+    import pycolmap
+
+    if config.mapper == "global":
+        opts = pycolmap.GlobalPipelineOptions()
+        opts.num_threads = config.num_threads
+        opts.random_seed = config.seed
+        models = pycolmap.global_mapping(db_path, image_dir, out_dir, opts)
+    else:
+        opts = pycolmap.IncrementalPipelineOptions()
+        opts.num_threads = config.num_threads
+        opts.random_seed = config.seed
+        opts.extract_colors = True
+        if config.known_intrinsics:
+            opts.ba_refine_focal_length = False
+            opts.ba_refine_principal_point = False
+            opts.ba_refine_extra_params = False
+        opts.image_names = names
+        models = pycolmap.incremental_mapping(db_path, image_dir, out_dir, opts)
+    if not models:
+        return None, 0
+    best = max(models.values(), key=lambda r: r.num_reg_images())
+    n_models = len(models)
+    if n_models > 1 and config.mapper == "incremental" and best.num_reg_images() < len(names):
+        # Continue incremental registration from the largest model: images of the smaller models (and any
+        # left out) get another chance now that the largest model has more structure.
+        start = out_dir / "largest"
+        start.mkdir()
+        best.write(start)
+        cont = out_dir / "continued"
+        cont.mkdir()
+        opts2 = pycolmap.IncrementalPipelineOptions(opts.todict()) if False else opts
+        opts2.multiple_models = False
+        more = pycolmap.incremental_mapping(db_path, image_dir, cont, opts2, input_path=start)
+        if more:
+            cand = max(more.values(), key=lambda r: r.num_reg_images())
+            if cand.num_reg_images() > best.num_reg_images():
+                best = cand
+    if config.mapper == "incremental" or True:
+        best.extract_colors_for_all_images(str(image_dir))
+    return best, n_models
+
+
+def _check(qc: dict, config: Config) -> None:
+    problems = []
+    if qc["registered_share"] < config.min_registered_share:
+        problems.append(f"registered {qc['n_registered']}/{qc['n_keyframes']} keyframes "
+                        f"({100 * qc['registered_share']:.0f}% < {100 * config.min_registered_share:.0f}%)")
+    if qc["mean_reprojection_error_px"] > config.max_reprojection_error_px:
+        problems.append(f"mean reprojection error {qc['mean_reprojection_error_px']:.2f} px > "
+                        f"{config.max_reprojection_error_px}")
+    if qc["mean_track_length"] < config.min_mean_track_length:
+        problems.append(f"mean track length {qc['mean_track_length']:.2f} < {config.min_mean_track_length}")
+    if qc["n_points"] < config.min_points:
+        problems.append(f"{qc['n_points']} points < {config.min_points}")
+    if problems:
+        raise StageFailed(NAME, "poor reconstruction: " + "; ".join(problems))
+
+
+def camera_frames(rec, keyframes: list[dict], names: list[str]) -> list[CameraFrame]:
+    """``CameraFrame`` per keyframe (registered or not) from a ``pycolmap.Reconstruction``.
+
+    Unregistered keyframes carry the shared camera's K and ``cam_from_world=None``.
+    """
+    by_name = {im.name: im for im in rec.images.values()}
+    cam = next(iter(rec.cameras.values()))
+    K = np.asarray(cam.calibration_matrix(), dtype=np.float64)
+    out = []
+    for k, nm in zip(keyframes, names):
+        im = by_name.get(nm)
+        pose = None
+        if im is not None and im.has_pose:
+            pose = np.eye(4)
+            pose[:3, :] = np.asarray(im.cam_from_world().matrix())
+            K = np.asarray(rec.cameras[im.camera_id].calibration_matrix(), dtype=np.float64)
+        out.append(CameraFrame(name=nm, source_frame=int(k["source_frame"]), timestamp_s=float(k["timestamp_s"]),
+                               width=int(cam.width), height=int(cam.height), K=K.copy(), cam_from_world=pose))
+    return out
+
+
+def _write_outputs(scene: Scene, rec, keyframes: list[dict], names: list[str]) -> None:
+    from .export.nerfstudio import write_transforms
+
+    frames = camera_frames(rec, keyframes, names)
+    cam = next(iter(rec.cameras.values()))
+    tmp = scene.root / ".sfm.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    rec.write_binary(str(tmp)) if hasattr(rec, "write_binary") else rec.write(str(tmp))
+    if scene.sfm_dir.exists():
+        shutil.rmtree(scene.sfm_dir)
+    tmp.rename(scene.sfm_dir)
+    distortion = {"model": cam.model.name, "params": [float(p) for p in cam.params]}
+    write_json(scene.cameras_json, {"convention": "opencv", "world": "sfm", "distortion": distortion,
+                                    "frames": [f.to_json() for f in frames]})
+    pts = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
+    cols = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
+    write_ply_points(scene.sparse_points_ply, pts, cols, comments=["frame: sfm", "source: vid2scene sfm"])
+    write_transforms(scene.transforms_json, frames, image_dir="frames", distortion=distortion)

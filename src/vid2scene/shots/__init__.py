@@ -1,0 +1,211 @@
+"""``shots`` stage: split the kept frames into shots and choose the one(s) to lift into a scene.
+
+Reads the frames ``ingest`` kept (``frames_all/``; never the video again) and writes ``shots.json``::
+
+    {"detector": "transnetv2", "threshold": 0.5,
+     "shots": [{"shot": 0, "start_frame": 0, "end_frame": 26, "start_s": 0.0, "end_s": 0.9009, "n_frames": 9,
+                "duration_s": 0.9009, "usable": false, "reason": "too short (0.9 s < 2 s)"},
+               {"shot": 1, "start_frame": 30, "end_frame": 176, "start_s": 1.001, "end_s": 5.9059,
+                "n_frames": 49, "duration_s": 4.9049, "usable": true, "reason": null}, ...],
+     "emit": "longest", "min_shot_s": 2.0, "chosen": [1]}
+
+``start_frame`` / ``end_frame`` are *source* frame indices, inclusive. A shot owns the source frames from its
+first kept frame up to the frame before the next kept frame (ingest keeps ≤ ``max_fps`` frames/s, so kept
+frames are usually several source frames apart); ``start_s`` is its first kept frame's timestamp and
+``end_s`` the timestamp where the frames it owns end. ``n_frames`` counts kept frames. Frames a detector
+flags as a transition (fades, dissolves) belong to no shot.
+
+Backends (the registry :data:`BACKENDS`, names as users type them):
+
+* ``transnetv2`` (default) — TransNetV2 (Souček & Lokoč 2020), the shot detector of SceneVerse++;
+* ``adaptive`` — PySceneDetect's AdaptiveDetector, as LAM3C uses.
+
+Shots shorter than ``min_shot_s`` are unusable. ``emit="longest"`` chooses the longest usable shot,
+``emit="all"`` every usable shot (the pipeline forks one scene per chosen shot). No usable shot raises
+:class:`~vid2scene.errors.RejectedInput`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import BackendNotInstalled, InputError, RejectedInput, StageFailed
+from ..io import write_json
+from ..scene import FrameRecord, Scene
+from ..stage import StageResult
+from .adaptive import AdaptiveBackend
+from .base import ShotBackend, cuts_to_spans, spans_to_cuts, transitions_to_spans
+from .transnetv2 import TransNetV2Backend
+
+NAME = "shots"
+OUTPUTS = ["shots.json"]
+
+BACKENDS: dict[str, type] = {
+    "transnetv2": TransNetV2Backend,
+    "adaptive": AdaptiveBackend,
+}
+
+__all__ = ["NAME", "OUTPUTS", "BACKENDS", "Config", "run", "backend_status", "get_backend", "make_backend",
+           "build_shots", "choose", "ShotBackend", "cuts_to_spans", "spans_to_cuts", "transitions_to_spans"]
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backend: str = Field("transnetv2", description=f"shot detector: one of {', '.join(BACKENDS)}")
+    threshold: float = Field(0.5, gt=0, lt=1, description="transnetv2: transition probability above which a "
+                             "frame is a transition frame")
+    adaptive_threshold: float = Field(3.0, gt=0, description="adaptive: score / rolling-average ratio for a cut")
+    min_scene_len: int = Field(5, ge=1, description="adaptive: at least this many kept frames between cuts")
+    min_shot_s: float = Field(2.0, ge=0, description="shots shorter than this (seconds) are unusable")
+    emit: Literal["longest", "all"] = Field("longest", description="choose the longest usable shot, or all")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v not in BACKENDS:
+            raise ValueError(f"unknown shot backend {v!r}; choose one of {', '.join(BACKENDS)}")
+        return v
+
+
+def backend_status() -> dict[str, str]:
+    """``{name: "installed" | "not installed: <how to install>"}`` for every registered backend."""
+    out = {}
+    for name, cls in BACKENDS.items():
+        ok, hint = cls.is_installed()
+        out[name] = "installed" if ok else hint
+    return out
+
+
+def get_backend(name: str) -> type:
+    """The backend class registered as ``name``.
+
+    Raises:
+        InputError: no backend has that name.
+        BackendNotInstalled: its dependency or weights are missing (the reason says how to install it).
+    """
+    if name not in BACKENDS:
+        raise InputError(f"unknown shot backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    cls = BACKENDS[name]
+    ok, hint = cls.is_installed()
+    if not ok:
+        raise BackendNotInstalled(f"shots backend '{name}' {hint}")
+    return cls
+
+
+def make_backend(config: Config):
+    """An instance of the configured backend with its options from ``config``."""
+    cls = get_backend(config.backend)
+    if config.backend == "transnetv2":
+        return cls(threshold=config.threshold)
+    if config.backend == "adaptive":
+        return cls(adaptive_threshold=config.adaptive_threshold, min_scene_len=config.min_scene_len)
+    return cls()
+
+
+def _kept_fps(frames: list[FrameRecord], video_fps: float) -> float:
+    ts = np.asarray([f.timestamp_s for f in frames], dtype=np.float64)
+    dt = np.diff(ts)
+    dt = dt[np.isfinite(dt) & (dt > 0)]
+    if len(dt):
+        return float(1.0 / np.median(dt))
+    return float(video_fps) if video_fps and video_fps > 0 else 10.0
+
+
+def build_shots(spans: np.ndarray, frames: list[FrameRecord], video: dict, min_shot_s: float) -> list[dict]:
+    """Shot records (``shots.json`` entries) from kept-frame spans.
+
+    Args:
+        spans: ``n_shots×2`` int inclusive kept-frame spans.
+        frames: the kept frames (``Scene.load_frame_index()``).
+        video: ``video.json`` (``fps``, ``n_frames``).
+        min_shot_s: shots with ``duration_s`` below this are marked unusable, with the reason.
+
+    Returns:
+        list of dicts with ``shot, start_frame, end_frame`` (source frames, inclusive), ``start_s, end_s,
+        duration_s`` (seconds), ``n_frames`` (kept frames), ``usable``, ``reason``.
+    """
+    sf = np.asarray([f.source_frame for f in frames], dtype=np.int64)
+    ts = np.asarray([f.timestamp_s for f in frames], dtype=np.float64)
+    fps = float(video.get("fps") or 0.0)
+    # The last kept frame owns the source frames after it, up to one stride (the largest gap between kept
+    # frames), and never past the end of the video.
+    stride = int(np.diff(sf).max()) if len(sf) > 1 else 1
+    n_src = int(video.get("n_frames") or (sf[-1] + 1))
+    last_end = int(max(sf[-1], min(n_src - 1, sf[-1] + stride - 1)))
+    if fps <= 0:
+        fps = _kept_fps(frames, 0.0) * (int(np.median(np.diff(sf))) if len(sf) > 1 else 1)
+    out = []
+    for k, (a, b) in enumerate(np.asarray(spans, dtype=np.int64).reshape(-1, 2)):
+        a, b = int(a), int(b)
+        if b + 1 < len(frames):
+            end_frame, end_s = int(sf[b + 1] - 1), float(ts[b + 1])
+        else:
+            end_frame = last_end
+            end_s = float(ts[b] + (last_end - sf[b] + 1) / fps)
+        start_s = float(ts[a])
+        dur = end_s - start_s
+        usable = dur >= min_shot_s
+        out.append({"shot": k, "start_frame": int(sf[a]), "end_frame": end_frame,
+                    "start_s": round(start_s, 4), "end_s": round(end_s, 4), "n_frames": b - a + 1,
+                    "duration_s": round(dur, 4), "usable": bool(usable),
+                    "reason": None if usable else f"too short ({dur:.1f} s < {min_shot_s:g} s)"})
+    return out
+
+
+def choose(shots: list[dict], emit: str) -> list[int]:
+    """Indices of the chosen shots: the longest usable one (first on ties) or every usable one."""
+    usable = [s for s in shots if s["usable"]]
+    if not usable:
+        return []
+    if emit == "all":
+        return [s["shot"] for s in usable]
+    return [max(usable, key=lambda s: (s["duration_s"], -s["shot"]))["shot"]]
+
+
+def run(scene: Scene, config: Config) -> StageResult:
+    """Detect shots in the kept frames, write ``shots.json``, and choose the shot(s) to use.
+
+    Raises:
+        BackendNotInstalled: the configured backend's package or weights are missing.
+        StageFailed: ``ingest`` has not produced its frame index.
+        RejectedInput: no shot lasts ``min_shot_s`` (``shots.json`` is still written, with ``chosen: []``).
+    """
+    backend = make_backend(config)
+    index = scene.frames_all_dir / "index.json"
+    if not index.is_file() or not scene.video_json.is_file():
+        raise StageFailed(NAME, f"no ingested frames in {scene.root} (missing {index.name} or video.json); "
+                          "run ingest first")
+    frames = scene.load_frame_index()
+    video = scene.load_video_info()
+    if not frames:
+        raise StageFailed(NAME, "ingest kept no frames")
+    fps = _kept_fps(frames, float(video.get("fps") or 0.0))
+    spans = backend.detect((scene.read_frame(f.source_frame) for f in frames), len(frames), fps)
+    shots = build_shots(spans, frames, video, config.min_shot_s)
+    chosen = choose(shots, config.emit)
+    threshold = config.threshold if config.backend == "transnetv2" else (
+        config.adaptive_threshold if config.backend == "adaptive" else None)
+    write_json(scene.shots_json, {"detector": config.backend, "threshold": threshold, "shots": shots,
+                                  "emit": config.emit, "min_shot_s": config.min_shot_s, "chosen": chosen})
+    if not chosen:
+        longest = max((s["duration_s"] for s in shots), default=0.0)
+        raise RejectedInput(f"no usable shot: the longest is {longest:.1f} s, below "
+                            f"min_shot_s={config.min_shot_s:g}")
+    warnings = []
+    if config.backend == "transnetv2" and fps < 8.0:
+        warnings.append(f"TransNetV2 sees {fps:.1f} frames/s (ingest max_fps); below ~8 fast camera motion can "
+                        "read as a cut (it was trained on ~25 fps video)")
+    n_usable = sum(s["usable"] for s in shots)
+    chosen_s = float(sum(shots[k]["duration_s"] for k in chosen))
+    qc = {"n_shots": len(shots), "n_usable": n_usable, "chosen": chosen, "chosen_duration_s": round(chosen_s, 3)}
+    if config.emit == "longest":
+        c = shots[chosen[0]]
+        what = (f"chose shot {c['shot']} ({c['duration_s']:.1f} s, source frames "
+                f"{c['start_frame']}-{c['end_frame']})")
+    else:
+        what = f"chose all {len(chosen)} usable ({chosen_s:.1f} s)"
+    summary = f"{len(shots)} shots ({n_usable} usable) by {config.backend}; {what}"
+    return StageResult(qc=qc, summary=summary, warnings=warnings)

@@ -1,0 +1,20 @@
+"""What every stage shares: the result type and the stage protocol.
+
+A stage is a module with ``NAME``, a pydantic ``Config``, ``OUTPUTS`` (paths relative to the scene folder
+that it writes, removed before a re-run so a half-written result is never trusted) and
+``run(scene, config) -> StageResult``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class StageResult:
+    """What a stage reports back: QC figures (JSON-able), a one-line summary and warnings."""
+
+    qc: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    warnings: list[str] = field(default_factory=list)
