@@ -127,7 +127,7 @@ def probe_video(path: Path) -> dict:
         fps = float(s.average_rate) if s.average_rate else (float(s.guessed_rate) if s.guessed_rate else 0.0)
         duration_s = float(s.duration * s.time_base) if s.duration is not None and s.time_base else (
             container.duration / 1e6 if container.duration else 0.0)
-        return {"codec": s.codec_context.name, "fps": fps, "duration_s": duration_s,
+        return {"codec": s.codec_context.codec.canonical_name, "fps": fps, "duration_s": duration_s,
                 "n_frames_header": int(s.frames or 0), "coded_width": s.codec_context.width,
                 "coded_height": s.codec_context.height}
     finally:
@@ -214,7 +214,7 @@ def run(scene: Scene, config: Config) -> StageResult:
                 "truncated": False}
     else:
         probe = probe_video(path)
-        n_dec, rotation, truncated = 0, 0, False
+        n_dec, rotation, truncated, stopped = 0, 0, False, False
         times: list[float] = []
         wsize: tuple[int, int] | None = None
         disp: tuple[int, int] | None = None
@@ -228,6 +228,7 @@ def run(scene: Scene, config: Config) -> StageResult:
                 times.append(t)
                 b.advance()
                 if config.max_frames and len(kept) >= config.max_frames:
+                    stopped = True
                     break
                 if not keeper.keep(t):
                     continue
@@ -244,6 +245,13 @@ def run(scene: Scene, config: Config) -> StageResult:
                              + (" (file is truncated or corrupt)" if truncated else ""))
         if truncated:
             warnings.append(f"decoding stopped early (truncated or corrupt file): kept {n_dec} decoded frames")
+        elif not stopped and len(times) > 1 and probe["duration_s"] > 0:
+            # A cut-off mkv/webm decodes to a clean EOF: compare with the duration its header declares.
+            decoded_s = times[-1] - times[0] + float(np.median(np.diff(times)))
+            if probe["duration_s"] - decoded_s > max(0.5, 0.1 * probe["duration_s"]):
+                truncated = True
+                warnings.append(f"file looks truncated: decoded {decoded_s:.1f} s of the {probe['duration_s']:.1f} s "
+                                f"its header declares ({n_dec} frames)")
         dts = np.diff(np.asarray(times)) if len(times) > 2 else np.zeros(0)
         vfr = bool(len(dts) and (dts.max() - dts.min()) > 0.5 * max(np.median(dts), 1e-6))
         duration = (times[-1] - times[0] + (np.median(dts) if len(dts) else 0.0)) if times else 0.0

@@ -55,6 +55,7 @@ class RunReport:
     actions: dict[str, str] = field(default_factory=dict)
     results: dict[str, StageResult] = field(default_factory=dict)
     error: Vid2SceneError | None = None
+    subscenes: list["RunReport"] = field(default_factory=list)
 
 
 def _remove_outputs(scene: Scene, outputs: list[str]) -> None:
@@ -158,27 +159,115 @@ def run_pipeline(input_path: str | Path, scene_dir: str | Path, config: Pipeline
     source = describe_source(input_path)
     scene = Scene.create(scene_dir, source, overwrite=overwrite)
     report = RunReport(scene)
-    force = overwrite
+    _run_stages(scene, stages, config, overwrite, "--overwrite" if overwrite else "", on_stage, report)
+    return report
+
+
+def _run_stages(scene: Scene, stages: list[str], config: PipelineConfig, force: bool, force_why: str,
+                on_stage, report: RunReport) -> None:
     for name in stages:
         run_it, why = needs_run(scene, name, config)
         if force:
-            run_it, why = True, "--overwrite" if overwrite else "an earlier stage re-ran"
+            run_it, why = True, force_why or "an earlier stage re-ran"
         if on_stage:
             on_stage(name, "run" if run_it else "skip", why)
         if not run_it:
             report.actions[name] = "skipped"
-            continue
-        try:
-            report.results[name] = run_stage(scene, name, config)
-        except Vid2SceneError as e:
-            report.actions[name] = "failed"
-            report.error = e
-            _finish(scene)
-            raise
-        report.actions[name] = "ran"
-        force = True  # every later stage depends on this one's fresh output
+        else:
+            try:
+                report.results[name] = run_stage(scene, name, config)
+            except Vid2SceneError as e:
+                report.actions[name] = "failed"
+                report.error = e
+                _finish(scene)
+                raise
+            report.actions[name] = "ran"
+            force, force_why = True, ""  # every later stage depends on this one's fresh output
+        if name == "shots" and len(scene.load_shots().get("chosen", [])) > 1:
+            rest = stages[stages.index(name) + 1:]
+            _run_subscenes(scene, rest, config, force, on_stage, report)
+            return
     _finish(scene)
-    return report
+
+
+def subscene_dir(scene: Scene, shot: int) -> Path:
+    """Folder of the scene forked for ``shot`` when ``shots.emit == "all"``: ``<scene>/subscenes/shot_NNN``."""
+    return scene.root / "subscenes" / f"shot_{shot:03d}"
+
+
+def fork_shot(parent: Scene, shot: dict, force: bool = False) -> Scene:
+    """Create (or reuse) a complete scene folder for one shot of ``parent``.
+
+    The child's ``ingest`` and ``shots`` are complete from the start: ``frames_all/`` holds hard links to the
+    parent's frames inside the shot, ``shots.json`` the one shot. Its later stages run like any scene's.
+    """
+    pm = parent.read_manifest()
+    src = dict(pm["source"], shot=shot["shot"], parent=str(parent.root.resolve()))
+    child = Scene.create(subscene_dir(parent, shot["shot"]), src, overwrite=True) if force else \
+        Scene.create(subscene_dir(parent, shot["shot"]), src)
+    if child.is_complete("shots") and not force:
+        return child
+    from .io import write_json
+
+    frames = [f for f in parent.load_frame_index() if shot["start_frame"] <= f.source_frame <= shot["end_frame"]]
+    if child.frames_all_dir.exists():
+        shutil.rmtree(child.frames_all_dir)
+    child.frames_all_dir.mkdir(parents=True)
+    for f in frames:
+        dst = child.frame_path(f.source_frame)
+        try:
+            dst.hardlink_to(parent.frame_path(f.source_frame))
+        except OSError:
+            shutil.copy2(parent.frame_path(f.source_frame), dst)
+    write_json(child.frames_all_dir / "index.json",
+               {"frames": [{"source_frame": f.source_frame, "timestamp_s": f.timestamp_s} for f in frames]})
+    shutil.copy2(parent.video_json, child.video_json)
+    write_json(child.shots_json, dict(parent.load_shots(), shots=[shot], chosen=[shot["shot"]], emit="longest"))
+
+    def mark(m: dict) -> None:
+        for name in ("ingest", "shots"):
+            m["stages"][name] = dict(pm["stages"][name], status="complete",
+                                     summary=f"forked from {parent.root.name}, shot {shot['shot']}")
+        m["status"] = "incomplete"
+
+    child.update_manifest(mark)
+    return child
+
+
+def _run_subscenes(parent: Scene, stages: list[str], config: PipelineConfig, force: bool, on_stage,
+                   report: RunReport) -> None:
+    """Run ``stages`` in one forked scene per chosen shot; one shot's failure does not stop the others."""
+    shots = parent.load_shots()
+    by_id = {s["shot"]: s for s in shots["shots"]}
+    entries, errors = [], []
+    for k in shots["chosen"]:
+        child = fork_shot(parent, by_id[k], force=force)
+        if on_stage:
+            on_stage(f"shot {k}", "run", f"sub-scene {child.root}")
+        sub = RunReport(child)
+        try:
+            _run_stages(child, stages, config, force, "", on_stage, sub)
+        except Vid2SceneError as e:
+            errors.append((k, e))
+        report.subscenes.append(sub)
+        entries.append({"shot": k, "path": str(child.root.relative_to(parent.root)),
+                        "status": child.read_manifest()["status"]})
+
+    def mark(m: dict) -> None:
+        m["subscenes"] = entries
+        for name in stages:  # the parent delegates the later stages to its sub-scenes
+            m["stages"][name] = {"status": "complete" if not errors else "failed", "delegated": True,
+                                 "summary": f"done per shot in {len(entries)} sub-scenes"}
+        if errors:
+            reason = "; ".join(f"shot {k}: {e}" for k, e in errors)
+            m["failure"] = {"stage": "subscenes", "reason": reason, "error_type": type(errors[0][1]).__name__,
+                            "exit_code": errors[0][1].exit_code}
+
+    parent.update_manifest(mark)
+    _finish(parent)
+    if errors:
+        report.error = errors[0][1]
+        raise errors[0][1]  # the first failure; every shot's outcome is in the parent's manifest
 
 
 def _finish(scene: Scene) -> None:

@@ -137,6 +137,9 @@ def run(scene: Scene, config: Config) -> StageResult:
     if n_ok < config.min_usable_frames:
         bad = {k: v for k, v in counts.items() if k not in ("ok", "outside_shot")}
         cause = max(bad, key=bad.get) if bad else "none in the chosen shot"
+        if cause == "frozen":
+            raise RejectedInput(f"insufficient camera motion: {bad['frozen']} of {n_in} frames in the chosen shot "
+                                "are unchanged from the previous frame (static camera or frozen video)")
         raise RejectedInput(f"too few usable frames: {n_ok} of {n_in} in the chosen shot pass "
                             f"(need {config.min_usable_frames}; most rejected as '{cause}')")
     qc = {"n_frames": len(rows), "n_in_shot": n_in, "n_ok": n_ok, "ok_share": round(n_ok / max(n_in, 1), 3),

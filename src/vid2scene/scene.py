@@ -164,6 +164,8 @@ class Scene:
                                      "choose another output folder or pass --overwrite")
                 scene.clear()
             else:
+                if source.get("path") and old.get("path") != source["path"]:  # same content, moved or renamed
+                    scene.update_manifest(lambda m: m["source"].update(path=source["path"]))
                 return scene
         elif scene.root.exists() and any(scene.root.iterdir()):
             if not overwrite:

@@ -90,11 +90,18 @@ def bow_vectors(descriptors: list[np.ndarray], n_words: int = 256, sample: int =
     from scipy.cluster.vq import kmeans2, vq
 
     rng = np.random.default_rng(seed)
-    allx = np.concatenate([d for d in descriptors if len(d)]).astype(np.float32)
+    nonempty = [d for d in descriptors if len(d)]
+    if not nonempty:
+        return np.zeros((len(descriptors), 1), np.float32)
+    allx = np.concatenate(nonempty).astype(np.float32)
     allx /= np.linalg.norm(allx, axis=1, keepdims=True) + 1e-9
     k = int(min(n_words, max(8, len(allx) // 50)))
     samp = allx[rng.choice(len(allx), size=min(sample, len(allx)), replace=False)]
-    centroids, _ = kmeans2(samp, k, iter=10, minit="++", seed=seed)
+    import warnings
+
+    with warnings.catch_warnings():  # an empty cluster is harmless here: that word just never occurs
+        warnings.simplefilter("ignore", UserWarning)
+        centroids, _ = kmeans2(samp, k, iter=10, minit="points", seed=seed)  # "++" init is ~50x slower
     hist = np.zeros((len(descriptors), k), np.float32)
     for i, d in enumerate(descriptors):
         if len(d):
@@ -127,6 +134,13 @@ def loop_pairs(vectors: np.ndarray, k: int, min_gap: int) -> set[tuple[int, int]
 # ---------------------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------------------
+def _descriptors(db, image_id: int) -> np.ndarray:
+    """SIFT descriptors of one image from a COLMAP database as an ``M×128`` array (M may be 0)."""
+    d = db.read_descriptors(image_id)
+    arr = np.asarray(getattr(d, "data", d))
+    return arr.reshape(-1, 128) if arr.size else np.zeros((0, 128), np.uint8)
+
+
 def _reader_options(config: Config, scale: float):
     import pycolmap
 
@@ -181,15 +195,14 @@ def run(scene: Scene, config: Config) -> StageResult:
                                       camera_mode=pycolmap.CameraMode.SINGLE,
                                       reader_options=_reader_options(config, scale), extraction_options=ext,
                                       device=pycolmap.Device.cpu)
-        # image ids in the database, by our keyframe order
-        db = pycolmap.Database.open(str(db_path))
-        try:
-            by_name = {im.name: im.image_id for im in db.read_all_images()}
-            descs = [db.read_descriptors(by_name[nm]).data if hasattr(db.read_descriptors(by_name[nm]), "data")
-                     else np.asarray(db.read_descriptors(by_name[nm])) for nm in names] \
-                if config.loop_closure and config.loop_candidates > 0 else None
-        finally:
-            db.close()
+        descs = None
+        if config.loop_closure and config.loop_candidates > 0 and n > config.loop_min_gap:
+            db = pycolmap.Database.open(str(db_path))
+            try:
+                by_name = {im.name: im.image_id for im in db.read_all_images()}
+                descs = [_descriptors(db, by_name[nm]) for nm in names]
+            finally:
+                db.close()
         pairs = sequential_pairs(n, config.sequential_overlap, config.quadratic_overlap)
         n_seq = len(pairs)
         if descs is not None:
