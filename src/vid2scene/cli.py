@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from . import __version__, progress
@@ -18,7 +19,8 @@ from .errors import InputError, Vid2SceneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="vid2scene: lift walkthrough videos into 3D scene data (poses, sparse points, ...).")
-console = progress.console
+console = progress.console  # stderr: progress, messages and errors
+out = Console()  # stdout: the results a command prints (tables, info), so they can be piped
 
 
 def _fail(err: Vid2SceneError) -> None:
@@ -91,8 +93,8 @@ def run(
             console.print(_stage_table(s.read_manifest()))
         _fail(e)
         return
-    console.print(_stage_table(report.scene.read_manifest()))
-    console.print(f"scene folder: {report.scene.root}  (open {report.scene.report_html.name})")
+    out.print(_stage_table(report.scene.read_manifest()))
+    out.print(f"scene folder: {report.scene.root}  (open {report.scene.report_html.name})")
 
 
 @app.command()
@@ -108,14 +110,15 @@ def info(scene_dir: Path = typer.Argument(..., help="scene folder"),
         return
     if as_json:
         typer.echo(json.dumps(m, indent=1))
-        return
-    console.print(f"source: {m['source'].get('path')} ({m['source'].get('kind')})", highlight=False)
-    console.print(_stage_table(m))
-    for name, qc in m.get("qc", {}).items():
-        console.print(f"[bold]{name}[/] QC: " + json.dumps(qc), highlight=False, soft_wrap=True)
+    else:
+        out.print(f"source: {m['source'].get('path')} ({m['source'].get('kind')})", highlight=False)
+        out.print(_stage_table(m))
+        for name, qc in m.get("qc", {}).items():
+            out.print(f"[bold]{name}[/] QC: " + json.dumps(qc), highlight=False, soft_wrap=True)
     if m.get("failure"):
         f = m["failure"]
-        console.print(f"[bold red]failed in {f['stage']}[/]: {f['reason']}", highlight=False)
+        if not as_json:
+            out.print(f"[bold red]failed in {f['stage']}[/]: {f['reason']}", highlight=False)
         raise typer.Exit(f.get("exit_code", 4))
 
 
@@ -134,7 +137,7 @@ def stages() -> None:
         back = ", ".join(f"{k}: {'[green]installed[/]' if v == 'installed' else '[yellow]' + v + '[/]'}"
                          for k, v in status.items()) or "-"
         t.add_row(name, ", ".join(mod.OUTPUTS), back)
-    console.print(t)
+    out.print(t)
 
 
 @app.command()

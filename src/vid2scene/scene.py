@@ -168,10 +168,9 @@ class Scene:
                     scene.update_manifest(lambda m: m["source"].update(path=source["path"]))
                 return scene
         elif scene.root.exists() and any(scene.root.iterdir()):
-            if not overwrite:
-                raise InputError(f"{scene.root} exists, is not empty and is not a scene folder; "
-                                 "choose another output folder or pass --overwrite")
-            scene.clear()
+            # Never empty a folder that is not a scene, even with --overwrite (it could be a home folder).
+            raise InputError(f"{scene.root} exists, is not empty and is not a scene folder; "
+                             "choose another output folder")
         scene.root.mkdir(parents=True, exist_ok=True)
         scene.write_manifest({
             "vid2scene_version": __version__, "created": now_iso(), "source": source,

@@ -173,6 +173,17 @@ def run(scene: Scene, config: Config) -> StageResult:
     import pycolmap
 
     scene.require("keyframes")
+    level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING lines would drown the progress bars
+    try:
+        return _run(scene, config)
+    finally:
+        pycolmap.logging.minloglevel = level
+
+
+def _run(scene: Scene, config: Config) -> StageResult:
+    import pycolmap
+
     kf = scene.load_keyframes()
     keyframes = kf["keyframes"]
     names = [f"{k['source_frame']:06d}.jpg" for k in keyframes]
