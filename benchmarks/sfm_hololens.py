@@ -49,14 +49,16 @@ def c2w(cam_from_world: np.ndarray) -> np.ndarray:
     return np.linalg.inv(np.asarray(cam_from_world, dtype=np.float64))
 
 
-def run_vid2scene(video: Path, gt: np.ndarray, preset: str, workdir: Path) -> dict:
+def run_vid2scene(video: Path, gt: np.ndarray, preset: str, workdir: Path, config: Path | None = None) -> dict:
     scene_dir = workdir / "scene"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "vid2scene.cli", "run", str(video), "-o", str(scene_dir),
-                           "--preset", preset, "-q"], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "vid2scene.cli", "run", str(video), "-o", str(scene_dir), "--preset", preset, "-q"]
+    if config:
+        cmd += ["--config", str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-    out = {"method": f"vid2scene ({preset})", "exit_code": proc.returncode, "wall_s": round(wall, 1),
+    out = {"method": f"vid2scene ({preset}{', ' + config.name if config else ''})", "exit_code": proc.returncode, "wall_s": round(wall, 1),
            "peak_rss_mb": round(rss_mb, 1)}
     man = json.loads((scene_dir / "manifest.json").read_text())
     out["stage_s"] = {k: v.get("seconds") for k, v in man["stages"].items()}
@@ -143,6 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--preset", default="default")
+    ap.add_argument("--config", type=Path, help="vid2scene config file (stage sections) for the main job")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--baseline-known-intrinsics", action="store_true")
     ap.add_argument("--baseline-worker", type=Path, help=argparse.SUPPRESS)
@@ -156,7 +159,7 @@ def main() -> None:
     video = a.data / "hololens_office.mp4"
     gt = load_gt(a.data)
     with tempfile.TemporaryDirectory(prefix="v2s_bench_") as tmp:
-        print(json.dumps(run_vid2scene(video, gt, a.preset, Path(tmp))), flush=True)
+        print(json.dumps(run_vid2scene(video, gt, a.preset, Path(tmp), a.config)), flush=True)
         if not a.skip_baseline:
             K = None
             if a.baseline_known_intrinsics:

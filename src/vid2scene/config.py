@@ -39,12 +39,12 @@ class PipelineConfig(BaseModel):
 #: Named presets: partial configs applied over the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    # Light and quick: PySceneDetect instead of TransNetV2, fewer keyframes and features.
-    "fast": {"shots": {"backend": "adaptive"}, "keyframes": {"max_keyframes": 120},
-             "sfm": {"max_num_features": 2048}},
-    # Slower, denser: more frames decoded, more keyframes and features, more loop-closure candidates.
-    "quality": {"ingest": {"max_fps": 15.0}, "keyframes": {"max_keyframes": 400},
-                "sfm": {"max_num_features": 8192, "loop_candidates": 10}},
+    # Light and quick: PySceneDetect instead of TransNetV2, fewer SIFT features and pairs.
+    "fast": {"shots": {"backend": "adaptive"}, "sfm": {"max_num_features": 1024, "sequential_overlap": 6,
+                                                        "loop_candidates": 3}},
+    # Slower, denser: more keyframes, more features and sequential pairs.
+    "quality": {"keyframes": {"min_disparity": 0.05, "max_keyframes": 400},
+                "sfm": {"max_num_features": 4096, "sequential_overlap": 10}},
 }
 
 

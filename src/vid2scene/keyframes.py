@@ -35,7 +35,7 @@ OUTPUTS = ["frames", "keyframes.json"]
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    min_disparity: float = Field(0.05, gt=0, lt=1,
+    min_disparity: float = Field(0.08, gt=0, lt=1,
                                  description="median track displacement since last keyframe, share of long side")
     max_keyframes: int = Field(300, ge=2)
     min_keyframes: int = Field(10, ge=2)
