@@ -1,8 +1,8 @@
 """End to end: the installed ``vid2scene`` command on the bundled sample clip (DESIGN.md, "Tests and benchmarks").
 
-``vid2scene run examples/hololens_office_25s.mp4 -o <tmp> --preset fast -q`` must finish with exit 0 and a
+``vid2scene run examples/hololens_office_25s.mp4 -o <tmp> -q`` (the README's command, default preset) must finish with exit 0 and a
 complete scene: a COLMAP model, ``cameras.json`` in the documented schema with at least 80 % of the keyframes
-registered, a non-empty ``sparse_points.ply`` and a nerfstudio ``transforms.json`` that says it uses OpenGL axes.
+registered (≥ 90 % measured 100 % on this clip), a non-empty ``sparse_points.ply`` and a nerfstudio ``transforms.json`` that says it uses OpenGL axes.
 Running the same command again must skip every stage and rewrite none of their files. The full SfM takes a minute
 or two on a laptop CPU, hence ``slow``.
 """
@@ -50,7 +50,7 @@ def e2e_scene(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     if not CLIP.is_file():
         pytest.skip(f"bundled sample clip missing: {CLIP}")
     out = tmp_path_factory.mktemp("e2e") / "hololens"
-    return out, vid2scene("run", CLIP, "-o", out, "--preset", "fast", "-q")
+    return out, vid2scene("run", CLIP, "-o", out, "-q")
 
 
 def test_run_exits_0_and_scene_is_complete(e2e_scene):
@@ -89,7 +89,7 @@ def test_cameras_json_schema_and_registration(e2e_scene):
         else:
             assert "cam_from_world" not in f
     share = sum(f["registered"] for f in frames) / len(frames)
-    assert share >= 0.8, f"only {100 * share:.0f}% of {len(frames)} keyframes registered"
+    assert share >= 0.9, f"only {100 * share:.0f}% of {len(frames)} keyframes registered"
     cams = Scene(out).load_cameras()  # the typed loader reads what was written
     assert len(cams) == len(frames) and sum(c.registered for c in cams) == sum(f["registered"] for f in frames)
 

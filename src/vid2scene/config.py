@@ -39,9 +39,8 @@ class PipelineConfig(BaseModel):
 #: Named presets: partial configs applied over the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    # Light and quick: PySceneDetect instead of TransNetV2, fewer SIFT features and pairs.
-    "fast": {"shots": {"backend": "adaptive"}, "sfm": {"max_num_features": 1024, "sequential_overlap": 6,
-                                                        "loop_candidates": 3}},
+    # Quicker: PySceneDetect instead of TransNetV2, fewer sequential and loop-closure pairs.
+    "fast": {"shots": {"backend": "adaptive"}, "sfm": {"sequential_overlap": 6, "loop_candidates": 3}},
     # Slower, denser: more keyframes, more features and sequential pairs.
     "quality": {"keyframes": {"min_disparity": 0.05, "max_keyframes": 400},
                 "sfm": {"max_num_features": 4096, "sequential_overlap": 10}},

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import progress
 from .errors import InputError, StageFailed
 from .io import write_json, write_ply_points
-from .scene import CameraFrame, Scene
+from .scene import CameraFrame, Scene, frame_name
 from .stage import StageResult
 
 NAME = "sfm"
@@ -54,6 +54,11 @@ class Config(BaseModel):
     loop_min_inlier_ratio: float = Field(0.0, ge=0, lt=1, description="inlier ratio a loop-closure pair needs")
     verify_max_error_px: float = Field(4.0, gt=0, description="RANSAC epipolar error in two-view verification")
     mapper: Literal["incremental", "global"] = "incremental"
+    multi_start_attempts: int = Field(3, ge=0, description="mapping restarts inside other models when the "
+                                      "largest registers fewer than multi_start_below of the keyframes")
+    multi_start_below: float = Field(0.95, ge=0, le=1)
+    merge_passes: int = Field(3, ge=0, description="continuation passes that register frames left out of the "
+                              "largest model")
     refine_principal_point: Literal["never", "final", "always"] = Field(
         "final", description="estimate cx, cy: never; in one final bundle adjustment of the finished model "
         "(kept only if cx, cy stay within 10% of the image centre); or throughout mapping")
@@ -192,8 +197,10 @@ def _run(scene: Scene, config: Config) -> StageResult:
 
     kf = scene.load_keyframes()
     keyframes = kf["keyframes"]
-    names = [f"{k['source_frame']:06d}.jpg" for k in keyframes]
+    names = [frame_name(k["source_frame"]) for k in keyframes]
     n = len(names)
+    for stale in scene.root.glob(".sfm_work.*"):  # left by a run that was killed mid-stage
+        shutil.rmtree(stale, ignore_errors=True)
     info = scene.load_video_info()
     scale = float(info.get("scale_working_from_source", 1.0))
     if config.known_intrinsics and (kf["crop"]["left"] or kf["crop"]["top"]):
@@ -293,20 +300,10 @@ def _map(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: l
         return None, 0
     best = max(models.values(), key=lambda r: r.num_reg_images())
     n_models = len(models)
-    if n_models > 1 and config.mapper == "incremental" and best.num_reg_images() < len(names):
-        # Continue incremental registration from the largest model: images of the smaller models (and any
-        # left out) get another chance now that the largest model has more structure.
-        start = out_dir / "largest"
-        start.mkdir()
-        best.write(start)
-        cont = out_dir / "continued"
-        cont.mkdir()
-        opts.multiple_models = False
-        more = pycolmap.incremental_mapping(db_path, image_dir, cont, opts, input_path=start)
-        if more:
-            cand = max(more.values(), key=lambda r: r.num_reg_images())
-            if cand.num_reg_images() > best.num_reg_images():
-                best = cand
+    if config.mapper == "incremental":
+        best = _multi_start(db_path, image_dir, out_dir, opts, models, best, len(names), config)
+    if config.mapper == "incremental" and best.num_reg_images() < len(names):
+        best = _register_rest(db_path, image_dir, out_dir, opts, best, config.merge_passes)
     if config.refine_principal_point == "final" and not config.known_intrinsics:
         best = refine_principal_point(best)
     best.extract_colors_for_all_images(str(image_dir))
@@ -336,6 +333,65 @@ def refine_principal_point(rec, max_offset: float = 0.1):
     if refined.compute_mean_reprojection_error() > rec.compute_mean_reprojection_error() * 1.05:
         return rec
     return refined
+
+
+def _multi_start(db_path: Path, image_dir: Path, out_dir: Path, opts, models: dict, best, n_images: int,
+                 config: Config):
+    """Re-run incremental mapping initialised inside the next-largest models when the largest is too small.
+
+    COLMAP starts from the best-connected image pair; on walkthrough video the model it grows can stop at a
+    fast turn (pure rotation: no new triangulations, too few 2D–3D inliers), while a model started on the
+    other side of the turn may grow across it (on the sample clip: 79/147 keyframes from the default
+    start, 147/147 from a start inside the third model). Up to ``multi_start_attempts`` restarts, each
+    initialised with two keyframes from the middle of another model; the largest model wins.
+    """
+    import pycolmap
+
+    others = sorted((m for m in models.values() if m is not best), key=lambda r: -r.num_reg_images())
+    for k, m in enumerate(others[: config.multi_start_attempts]):
+        if best.num_reg_images() >= config.multi_start_below * n_images:
+            break
+        ids = sorted(m.reg_image_ids())
+        if len(ids) < 3:
+            continue
+        mid = len(ids) // 2
+        opts.init_image_id1, opts.init_image_id2 = ids[mid], ids[min(mid + 2, len(ids) - 1)]
+        out = out_dir / f"restart_{k}"
+        out.mkdir()
+        res = pycolmap.incremental_mapping(db_path, image_dir, out, opts)
+        cand = max(res.values(), key=lambda r: r.num_reg_images()) if res else None
+        if cand is not None and cand.num_reg_images() > best.num_reg_images():
+            best = cand
+    opts.init_image_id1 = opts.init_image_id2 = -1
+    return best
+
+
+def _register_rest(db_path: Path, image_dir: Path, out_dir: Path, opts, best, passes: int):
+    """Continue incremental registration from the largest model to pull in the frames it left out.
+
+    Frames of the smaller models (split off at fast turns, where consecutive keyframes share few inliers)
+    get further chances once the largest model holds more structure. Continuation passes accept a camera
+    pose with fewer 2D–3D inliers (15 instead of 30, inlier ratio 0.15 instead of 0.25): a frame is only
+    added *to* the existing model, so a weak pose cannot start a separate, wrongly scaled model. Passes
+    repeat while they register more frames.
+    """
+    import pycolmap
+
+    opts.multiple_models = False
+    opts.mapper.abs_pose_min_num_inliers = 15
+    opts.mapper.abs_pose_min_inlier_ratio = 0.15
+    for k in range(passes):
+        start = out_dir / f"start_{k}"
+        start.mkdir()
+        best.write(start)
+        cont = out_dir / f"continued_{k}"
+        cont.mkdir()
+        more = pycolmap.incremental_mapping(db_path, image_dir, cont, opts, input_path=start)
+        cand = max(more.values(), key=lambda r: r.num_reg_images()) if more else None
+        if cand is None or cand.num_reg_images() <= best.num_reg_images():
+            break
+        best = cand
+    return best
 
 
 def _check(qc: dict, config: Config) -> None:
