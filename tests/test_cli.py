@@ -95,8 +95,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     base = _texture(240, 320).astype(np.float32)
     static = [np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8) for _ in range(60)]
-    big = _texture(260, 320 + 40 * 6 + 20, seed=1)
-    moving = [big[10:250, i * 6: i * 6 + 320] for i in range(40)]
+    big = _texture(260, 320 + 40 * 9 + 20, seed=1)
+    moving = [big[10:250, i * 9: i * 9 + 320] for i in range(40)]  # ≥ 10 keyframes at 8% disparity
     notvideo = d / "holiday.mp4"
     notvideo.write_text("this is a text file with a video's name\n" * 50)
     return {"static": _encode(d / "static.mp4", static), "moving": _encode(d / "moving.mp4", moving),

@@ -23,7 +23,7 @@ WALL_DEPTH_M = 2.5       # camera at y = 1.5 m looking at the +y wall of the 4 m
 STEP_M = 0.035           # sideways travel per frame
 N = 40
 PX_PER_FRAME = K[0, 0] * STEP_M / WALL_DEPTH_M   # ≈ 3.52 px
-THRESHOLD = 0.05         # default keyframes.min_disparity: 16 px of the 320 px long side
+THRESHOLD = 0.05         # keyframes.min_disparity used here: 16 px of the 320 px long side
 
 
 def _sideways(n: int = N, width: int = W, height: int = H, step_m: float = STEP_M) -> list[np.ndarray]:
@@ -40,8 +40,8 @@ def _sideways(n: int = N, width: int = W, height: int = H, step_m: float = STEP_
 
 
 def _cfg(**keyframes):
-    # 40 frames at 3.5 px/frame give 9 keyframes at the default threshold: lower min_keyframes (default 10).
-    return fast_config(keyframes={"min_keyframes": 4, **keyframes})
+    # 40 frames at 3.5 px/frame give 9 keyframes at THRESHOLD: lower min_keyframes (default 10).
+    return fast_config(keyframes={"min_keyframes": 4, "min_disparity": THRESHOLD, **keyframes})
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The pipeline runner: resume after a crash, skip what is complete, re-run on config change, refuse a scene
 folder made from another input, record failures, atomic writes (DESIGN.md: "The scene folder").
 
-A short synthetic clip (a window sliding across a large random texture, 6 px per frame) goes through
+A short synthetic clip (a window sliding across a large random texture, 9 px per frame) goes through
 ``ingest .. keyframes`` once per module (~2 s); each test works on a copy of that scene folder.
 """
 
@@ -62,7 +62,7 @@ def _texture(h: int, w: int, seed: int) -> np.ndarray:
     return cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 1.5)
 
 
-def moving_clip(path: Path, n: int = 40, w: int = 320, h: int = 240, step: int = 6, seed: int = 0) -> Path:
+def moving_clip(path: Path, n: int = 40, w: int = 320, h: int = 240, step: int = 9, seed: int = 0) -> Path:
     """A camera panning across a textured plane: a ``w×h`` window sliding ``step`` px per frame, 10 fps."""
     big = _texture(h + 20, w + n * step + 20, seed)
     return _encode(path, [big[10:10 + h, i * step: i * step + w] for i in range(n)])

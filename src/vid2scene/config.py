@@ -17,7 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import depth as _depth
+from . import fusion as _fusion
 from . import ingest as _ingest
+from . import layout as _layout
 from . import keyframes as _keyframes
 from . import quality as _quality
 from . import sfm as _sfm
@@ -34,6 +37,9 @@ class PipelineConfig(BaseModel):
     quality: _quality.Config = Field(default_factory=_quality.Config)
     keyframes: _keyframes.Config = Field(default_factory=_keyframes.Config)
     sfm: _sfm.Config = Field(default_factory=_sfm.Config)
+    depth: _depth.Config = Field(default_factory=_depth.Config)
+    fusion: _fusion.Config = Field(default_factory=_fusion.Config)
+    layout: _layout.Config = Field(default_factory=_layout.Config)
 
 
 #: Named presets: partial configs applied over the defaults.

@@ -23,7 +23,7 @@ from .errors import InputError, StageFailed, Vid2SceneError
 from .scene import Scene, config_hash, now_iso
 from .stage import StageResult
 
-STAGE_ORDER: list[str] = ["ingest", "shots", "quality", "keyframes", "sfm"]
+STAGE_ORDER: list[str] = ["ingest", "shots", "quality", "keyframes", "sfm", "depth", "fusion", "layout"]
 
 
 def stage_module(name: str):

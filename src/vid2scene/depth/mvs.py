@@ -1,0 +1,155 @@
+"""``mvs`` backend: CPU plane-sweep multi-view stereo (Collins 1996; Gallup et al. 2007) with ZNCC.
+
+For one reference view and its selected source views, at working resolution:
+
+1. Fronto-parallel planes ``z = d`` of the reference camera, uniform in inverse depth over the range the
+   sparse SfM points give for this view. For plane ``d`` the homography from reference to source pixels is
+   ``H = K_s (R + t n^T / d) K_r^-1`` (``n = (0, 0, 1)``, ``X_s = R X_r + t``); each source image is warped
+   onto the reference with one ``cv2.warpPerspective`` per plane.
+2. Cost: 1 − ZNCC over a ``window``×``window`` box (box filters; robust to exposure changes between
+   frames). Pixels whose window leaves the source image cost 1 (uncorrelated). Aggregation over sources:
+   mean of the ``best_k`` lowest costs (occlusion-robust).
+3. Winner-take-all over planes, parabola fit through the neighbouring planes for sub-plane inverse depth.
+4. Confidence: ``ncc_best × peak`` where ``peak`` measures how far the minimum sits below the mean of the
+   cost curve (mean over planes) (a flat curve — untextured wall, out-of-range — gives ≈ 0). Pixels whose own window has almost
+   no texture are reported as weak, as are those with a flat curve, so the stage can fill them from the
+   sparse SfM depths.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .base import Sparse, View, cv_K, relative_pose
+
+
+class MVSBackend:
+    name = "mvs"
+    uses_sources = True
+
+    def __init__(self, config):
+        self.n_planes = config.n_planes
+        self.window = config.window
+        self.best_k = config.best_k
+        self.min_texture = config.min_texture
+        self.min_confidence = config.min_confidence
+
+    @classmethod
+    def is_installed(cls) -> tuple[bool, str]:
+        return True, "installed"
+
+    def estimate(self, ref: View, sources: list[View], sparse: Sparse,
+                 depth_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, w = ref.shape
+        if not sources:
+            return np.zeros((h, w), np.float32), np.zeros((h, w), np.float32), np.ones((h, w), bool)
+        cost, inv_depths, texture = plane_sweep(ref, sources, depth_range, self.n_planes, self.window,
+                                                self.best_k)
+        depth, conf, flat = winner_take_all(cost, inv_depths)
+        weak = (texture < self.min_texture) | flat
+        conf = np.where(texture < self.min_texture, 0, conf)
+        keep = conf >= self.min_confidence
+        return np.where(keep, depth, 0).astype(np.float32), np.where(keep, conf, 0).astype(np.float32), weak
+
+
+def plane_sweep(ref: View, sources: list[View], depth_range: tuple[float, float], n_planes: int, window: int,
+                best_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aggregated cost volume ``D×h×w`` (0 best .. 2), the planes' inverse depths (descending: near first) and
+    the reference's local texture (std of grey in the window)."""
+    h, w = ref.shape
+    ksize = (window, window)
+    I_r = ref.grey
+    mu_r = cv2.blur(I_r, ksize)
+    var_r = np.maximum(cv2.blur(I_r * I_r, ksize) - mu_r * mu_r, 0)
+    sd_r = np.sqrt(var_r)
+    lo, hi = depth_range
+    inv_depths = np.linspace(1.0 / lo, 1.0 / hi, n_planes)
+    Kr_inv = np.linalg.inv(cv_K(ref.K))
+    n = np.array([0.0, 0.0, 1.0])
+    k = max(1, min(best_k, len(sources)))
+    poses = [relative_pose(s.cam_from_world, ref.cam_from_world) for s in sources]
+    Ks = [cv_K(s.K) for s in sources]
+    cost = np.empty((n_planes, h, w), np.float32)
+    per_src = np.empty((len(sources), h, w), np.float32)
+    eps2 = np.float32(1e-8)
+    one = np.float32(1.0)
+    # Out-of-image pixels are marked by a -1 border (grey is 0..1) and cost 1 (uncorrelated). A NaN border
+    # would not do: OpenCV's box filter keeps running sums, so one NaN spoils a whole row.
+    stack = np.empty((h, w, 3), np.float32)
+    ncc = np.empty((h, w), np.float32)
+    for p, invd in enumerate(inv_depths):
+        for j, ((R, t), K_s) in enumerate(zip(poses, Ks)):
+            H = K_s @ (R + np.outer(t, n) * invd) @ Kr_inv
+            g = cv2.warpPerspective(sources[j].grey, H, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=-1.0)
+            stack[..., 0] = g
+            np.multiply(g, g, out=stack[..., 1])
+            np.multiply(I_r, g, out=stack[..., 2])
+            b = cv2.blur(stack, ksize)
+            mu_s = np.ascontiguousarray(b[..., 0])
+            var_s = b[..., 1] - mu_s * mu_s
+            np.maximum(var_s, 0, out=var_s)
+            var_s *= var_r
+            var_s += eps2
+            np.sqrt(var_s, out=var_s)
+            np.subtract(b[..., 2], mu_r * mu_s, out=ncc)
+            ncc /= var_s
+            np.subtract(one, ncc, out=per_src[j])
+            np.copyto(per_src[j], one, where=g < 0)
+        cost[p] = mean_k_smallest(per_src, k)
+    return cost, inv_depths, sd_r
+
+
+def mean_k_smallest(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the ``k`` smallest values along axis 0 of ``x`` (S×h×w), by running min/max selection
+    (a full sort along a short axis is ~20× slower in NumPy)."""
+    S = len(x)
+    if k >= S:
+        return x.mean(0)
+    if k == 1:
+        return x.min(0)
+    m = S - k
+    if m <= k:  # total minus the m largest
+        top = [np.full(x.shape[1:], -np.inf, np.float32) for _ in range(m)]
+        for v in x:
+            for lvl in range(m):
+                hi = np.maximum(top[lvl], v)
+                v = np.minimum(top[lvl], v)
+                top[lvl] = hi
+        return (x.sum(0) - sum(top)) / np.float32(k)
+    low = [np.full(x.shape[1:], np.inf, np.float32) for _ in range(k)]
+    for v in x:
+        for lvl in range(k):
+            lo = np.minimum(low[lvl], v)
+            v = np.maximum(low[lvl], v)
+            low[lvl] = lo
+    return sum(low) / np.float32(k)
+
+
+def winner_take_all(cost: np.ndarray, inv_depths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth (parabola-refined in inverse depth), confidence 0..1 and a 'flat curve' mask from a cost volume.
+
+    Minima on the first or last plane (the true surface is probably outside the range) get depth 0."""
+    D, h, w = cost.shape
+    best = np.argmin(cost, axis=0)
+    c0 = np.take_along_axis(cost, best[None], 0)[0]
+    bm = np.clip(best - 1, 0, D - 1)
+    bp = np.clip(best + 1, 0, D - 1)
+    cm = np.take_along_axis(cost, bm[None], 0)[0]
+    cp = np.take_along_axis(cost, bp[None], 0)[0]
+    denom = cm - 2 * c0 + cp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        off = np.where(denom > 1e-6, 0.5 * (cm - cp) / denom, 0.0)
+    off = np.clip(off, -0.5, 0.5)
+    step = inv_depths[1] - inv_depths[0] if D > 1 else 0.0
+    inv = inv_depths[best] + off * step
+    interior = (best > 0) & (best < D - 1)
+    with np.errstate(divide="ignore"):
+        depth = np.where(interior & (inv > 0), 1.0 / inv, 0.0).astype(np.float32)
+    peak = np.clip((cost.mean(0) - c0) / 0.5, 0, 1)  # a flat curve (no minimum) gives ≈ 0
+    ncc_best = np.clip(1.0 - c0, 0, 1)
+    conf = (ncc_best * peak).astype(np.float32)
+    flat = peak < 0.2
+    conf = np.where(depth > 0, conf, 0).astype(np.float32)
+    return depth, conf, flat

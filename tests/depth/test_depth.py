@@ -1,0 +1,155 @@
+"""The depth stage on a hand-built synthetic room scene (true cameras, sparse points on the true surfaces;
+SfM units are metres here, so tolerances are in metres)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from vid2scene import depth
+from vid2scene.depth import BACKENDS, Config, align_scale_shift, backend_status, depth_path, load_depth
+from vid2scene.depth.mvs import mean_k_smallest
+from vid2scene.errors import BackendNotInstalled, StageFailed
+
+
+@pytest.fixture(scope="module")
+def ran(synth_scene):
+    res = depth.run(synth_scene.scene, Config())
+    return synth_scene, res
+
+
+def _errors(synth, min_conf):
+    errs, cov = [], []
+    for f, gt in synth.true_depth.items():
+        if f in synth.unregistered:
+            continue
+        d = load_depth(synth.scene, f)
+        m = (d["depth_m"] > 0) & (d["confidence"] > min_conf)
+        errs.append(d["depth_m"][m] - gt[m])
+        cov.append(m.mean())
+    return errs, cov
+
+
+def test_dense_depth_matches_the_true_depth(ran):
+    synth, res = ran
+    cfg = Config()
+    # confident multi-view depths (above the sparse-fill confidence)
+    errs, cov = _errors(synth, cfg.fill_confidence + 1e-3)
+    gts = []
+    for f, gt in synth.true_depth.items():
+        if f not in synth.unregistered:
+            d = load_depth(synth.scene, f)
+            gts.append(gt[(d["depth_m"] > 0) & (d["confidence"] > cfg.fill_confidence + 1e-3)])
+    e = np.concatenate(errs)
+    g = np.concatenate(gts)
+    absrel = float(np.mean(np.abs(e) / g))
+    assert absrel < 0.05, absrel
+    assert np.median(np.abs(e)) < 0.02  # metres (room 5 × 4 m, depths 1–4.5 m)
+    assert np.mean(cov) >= 0.5
+    # with the sparse fill: more coverage, still accurate
+    errs_all, cov_all = _errors(synth, 0.0)
+    assert np.mean(cov_all) > np.mean(cov)
+    assert np.median(np.abs(np.concatenate(errs_all))) < 0.03
+    assert res.qc["sparse_median_rel_error"] < 0.02
+    assert res.qc["n_depth_maps"] == len(synth.true_depth) - len(synth.unregistered)
+
+
+def test_file_format_and_unregistered_keyframes(ran):
+    synth, _ = ran
+    files = sorted(p.name for p in (synth.scene.root / "depth").glob("*.npz"))
+    expected = sorted(f"{f:06d}.npz" for f in synth.true_depth if f not in synth.unregistered)
+    assert files == expected
+    for f in synth.unregistered:
+        assert not depth_path(synth.scene, f).exists()
+    d = load_depth(synth.scene, expected and int(expected[0][:6]))
+    h, w = next(iter(synth.true_depth.values())).shape
+    assert d["depth_m"].shape == (h, w) and d["depth_m"].dtype == np.float32
+    assert d["confidence"].dtype == np.float32
+    assert 0 <= d["confidence"].min() and d["confidence"].max() <= 1
+    assert np.all(d["confidence"][d["depth_m"] == 0] == 0)
+    assert d["scale_applied"] == 1.0 and d["world"] == "sfm"
+    assert not list((synth.scene.root / "depth").glob(".*tmp*"))
+
+
+def test_rerun_is_idempotent(ran):
+    synth, res = ran
+    f = next(f for f in synth.true_depth if f not in synth.unregistered)
+    before = load_depth(synth.scene, f)
+    res2 = depth.run(synth.scene, Config())
+    after = load_depth(synth.scene, f)
+    np.testing.assert_array_equal(before["depth_m"], after["depth_m"])
+    np.testing.assert_array_equal(before["confidence"], after["confidence"])
+    assert res2.qc["n_depth_maps"] == res.qc["n_depth_maps"]
+
+
+def test_no_registered_keyframes_fails_with_reason(tmp_path, scene_builder):
+    synth = scene_builder(tmp_path / "scene", n=4, register=False)
+    with pytest.raises(StageFailed, match="no registered keyframes"):
+        depth.run(synth.scene, Config())
+
+
+def test_requires_sfm(tmp_path, scene_builder):
+    synth = scene_builder(tmp_path / "scene", n=4)
+    synth.scene.update_manifest(lambda m: m["stages"]["sfm"].update(status="failed"))
+    with pytest.raises(StageFailed, match="sfm"):
+        depth.run(synth.scene, Config())
+
+
+def test_config_and_registry():
+    assert set(BACKENDS) == {"mvs", "mono"}
+    st = backend_status()
+    assert st["mvs"] == "installed"
+    assert st["mono"] == "installed" or st["mono"].startswith("not installed: pip install transformers")
+    with pytest.raises(ValidationError):
+        Config(backend="nope")
+    with pytest.raises(ValidationError):
+        Config(extra_field=1)
+    with pytest.raises(ValidationError):
+        Config(window=6)
+    assert depth.NAME == "depth" and depth.OUTPUTS == ["depth"]
+
+
+def test_mono_without_model_is_not_installed(synth_scene):
+    with pytest.raises(BackendNotInstalled, match="not installed|model_path"):
+        depth.run(synth_scene.scene, Config(backend="mono", model_path=None))
+
+
+def test_mean_k_smallest_matches_sort():
+    x = np.random.default_rng(0).random((6, 5, 7)).astype(np.float32)
+    for k in range(1, 7):
+        np.testing.assert_allclose(mean_k_smallest(x, k), np.sort(x, 0)[:k].mean(0), atol=1e-6)
+
+
+def test_scale_shift_alignment_recovers_known_values():
+    rng = np.random.default_rng(1)
+    z = rng.uniform(0.8, 6.0, 400)                       # true depths
+    s_true, t_true = 0.37, 0.05
+    pred = (1.0 / z - t_true) / s_true                   # relative inverse depth the model "predicts"
+    pred = pred * (1 + 0.01 * rng.standard_normal(400))  # 1% noise
+    out = rng.choice(400, 80, replace=False)             # 20% gross outliers
+    pred[out] = rng.uniform(pred.min(), pred.max(), 80)
+    s, t, inl = align_scale_shift(pred, 1.0 / z)
+    assert s == pytest.approx(s_true, rel=0.03)
+    assert t == pytest.approx(t_true, abs=0.01)
+    assert inl.sum() >= 300 and inl[out].mean() < 0.3
+    with pytest.raises(ValueError):
+        align_scale_shift(np.array([1.0]), np.array([2.0]))
+
+
+def test_mono_backend_loads_a_tiny_local_model(tmp_path, synth_scene):
+    transformers = pytest.importorskip("transformers", reason="transformers not installed: mono model loading "
+                                       "is not tested (alignment is)")
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=56, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+                              head_hidden_size=8, reassemble_hidden_size=32, patch_size=14)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(tmp_path / "model")
+    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False).save_pretrained(tmp_path / "model")
+    res = depth.run(synth_scene.scene, Config(backend="mono", model_path=str(tmp_path / "model")))
+    assert res.qc["n_depth_maps"] > 0
