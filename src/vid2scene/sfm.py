@@ -185,7 +185,7 @@ def run(scene: Scene, config: Config) -> StageResult:
 
     scene.require("keyframes")
     level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING lines would drown the progress bars
+    pycolmap.logging.minloglevel = 3  # COLMAP logs (even ERROR lines for models it drops) would drown the bars
     try:
         return _run(scene, config)
     finally:
