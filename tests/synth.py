@@ -325,3 +325,26 @@ def run_stages(scene, cfg, until: str, start: str = "ingest") -> dict:
     order = pipeline.STAGE_ORDER
     return {name: pipeline.run_stage(scene, name, cfg)
             for name in order[order.index(start): order.index(until) + 1]}
+
+
+def encode_clip(path, frames, fps: int = 10):
+    """Encode ``H×W×3`` uint8 RGB ``frames`` as an H.264 mp4 at ``fps`` with PyAV; returns ``path``."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=fps)
+        h, w = frames[0].shape[:2]
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"preset": "ultrafast"}
+        for img in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+    return path
+
+
+def random_texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A lightly blurred random ``h×w×3`` uint8 texture that KLT and SIFT lock onto."""
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 1.5)

@@ -18,10 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
+from tests.synth import encode_clip, random_texture
 from vid2scene import __version__
 from vid2scene.pipeline import STAGE_ORDER
 from vid2scene.shots import BACKENDS
@@ -70,23 +70,8 @@ def error_line(proc: Result) -> str:
 
 # ---- clips -----------------------------------------------------------------------------------------------------
 
-def _encode(path: Path, frames, fps: int = 10) -> Path:
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=fps)
-        h, w = frames[0].shape[:2]
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"preset": "ultrafast"}
-        for img in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
-    return path
-
-
-def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 1.5)
+_encode = encode_clip
+_texture = random_texture
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ A short synthetic clip (a window sliding across a large random texture, 9 px per
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.synth import encode_clip, random_texture
 from vid2scene import io as v2s_io
 from vid2scene import progress
 from vid2scene.config import PipelineConfig
@@ -43,23 +43,8 @@ def _quiet():
 
 # ---- clips -----------------------------------------------------------------------------------------------------
 
-def _encode(path: Path, frames, fps: int = 10) -> Path:
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=fps)
-        h, w = frames[0].shape[:2]
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"preset": "ultrafast"}
-        for img in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
-    return path
-
-
-def _texture(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 1.5)
+_encode = encode_clip
+_texture = random_texture
 
 
 def moving_clip(path: Path, n: int = 40, w: int = 320, h: int = 240, step: int = 9, seed: int = 0) -> Path:

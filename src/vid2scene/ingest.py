@@ -134,11 +134,13 @@ def probe_video(path: Path) -> dict:
         container.close()
 
 
-def iter_video_frames(path: Path, out_size_fn=None) -> Iterator[tuple[int, float, int, np.ndarray | None, bool]]:
-    """Decode ``path`` in order: yields ``(source_frame, timestamp_s, rotation_deg, get_rgb, truncated)``.
+def iter_video_frames(path: Path) -> Iterator[tuple[int, float, int, "object | None", bool]]:
+    """Decode ``path`` in order: yields ``(source_frame, timestamp_s, rotation_deg, frame, truncated)``.
 
-    ``get_rgb(width, height)`` converts the frame (only called for kept frames, to save work).
-    The last item has ``truncated=True`` when decoding stopped on a corrupt packet.
+    ``frame`` is the undecoded-to-array ``av.VideoFrame`` (convert only the frames you keep, e.g.
+    ``frame.to_ndarray(format="rgb24", width=w, height=h)``); ``timestamp_s`` comes from the frame's pts
+    (variable frame rate safe). A last item ``(i, nan, 0, None, True)`` is yielded when decoding stopped on
+    corrupt data. Raises InputError when the file cannot be opened as a video.
     """
     import av
 

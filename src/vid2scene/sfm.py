@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import progress
-from .errors import InputError, StageFailed
+from .errors import StageFailed
 from .io import write_json, write_ply_points
 from .scene import CameraFrame, Scene, frame_name
 from .stage import StageResult

@@ -18,3 +18,15 @@ class StageResult:
     qc: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     warnings: list[str] = field(default_factory=list)
+
+
+def backend_status(backends: dict[str, type]) -> dict[str, str]:
+    """``{name: "installed" | "not installed: <how to install>"}`` for a stage's backend registry.
+
+    Each backend class has ``is_installed() -> (bool, hint)``.
+    """
+    out = {}
+    for name, cls in backends.items():
+        ok, hint = cls.is_installed()
+        out[name] = "installed" if ok else hint
+    return out

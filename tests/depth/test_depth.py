@@ -3,7 +3,6 @@ SfM units are metres here, so tolerances are in metres)."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -43,6 +43,7 @@ from .. import progress
 from ..errors import BackendNotInstalled, StageFailed
 from ..scene import Scene, frame_name
 from ..stage import StageResult
+from ..stage import backend_status as _backend_status
 from .base import (Sparse, View, consistency_count, depth_range, load_grey, project_sparse, scaled_K,
                    select_sources, sparse_fill, sparse_observations, upsample, working_scale, working_size,
                    write_depth)
@@ -107,11 +108,7 @@ class Config(BaseModel):
 
 def backend_status() -> dict[str, str]:
     """``{name: "installed" | "not installed: <how to install>"}`` for every registered backend."""
-    out = {}
-    for name, cls in BACKENDS.items():
-        ok, hint = cls.is_installed()
-        out[name] = "installed" if ok else hint
-    return out
+    return _backend_status(BACKENDS)
 
 
 def depth_path(scene: Scene, source_frame: int):

@@ -36,6 +36,7 @@ from ..errors import BackendNotInstalled, InputError, RejectedInput, StageFailed
 from ..io import write_json
 from ..scene import FrameRecord, Scene
 from ..stage import StageResult
+from ..stage import backend_status as _backend_status
 from .adaptive import AdaptiveBackend
 from .base import ShotBackend, cuts_to_spans, spans_to_cuts, transitions_to_spans
 from .transnetv2 import TransNetV2Backend
@@ -72,11 +73,7 @@ class Config(BaseModel):
 
 def backend_status() -> dict[str, str]:
     """``{name: "installed" | "not installed: <how to install>"}`` for every registered backend."""
-    out = {}
-    for name, cls in BACKENDS.items():
-        ok, hint = cls.is_installed()
-        out[name] = "installed" if ok else hint
-    return out
+    return _backend_status(BACKENDS)
 
 
 def get_backend(name: str) -> type:
