@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import progress
 from .errors import BackendNotInstalled, StageFailed
 from .io import atomic_path, read_json
+from .people import PersonDetector, mask_people_in_depth
 from .scene import CameraFrame, Scene
 from .stage import StageResult
 
@@ -66,6 +67,8 @@ class Config(BaseModel):
     normal_neighbors: int = Field(30, ge=3)
     min_component_triangles: int = Field(100, ge=0, description="drop mesh components with fewer triangles")
     max_stat_frames: int = Field(20, ge=1, description="depth maps read to estimate the median depth")
+    mask_people: bool = Field(True, description="zero depth under COCO person boxes (SSD detector, refined by "
+                                                "depth) so walking people leave no ghosts (vid2scene.people)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -302,12 +305,20 @@ def run(scene: Scene, config: Config) -> StageResult:
         voxel_length=voxel, sdf_trunc=sdf_trunc, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8)
     chunks_p, chunks_c = [], []
     n_fused = 0
+    detector, n_person_px = (PersonDetector() if config.mask_people else None), 0
+    people_warning = None
+    if detector is not None and not detector.is_installed()[0]:
+        people_warning = f"people not masked: person detector {detector.is_installed()[1]}"
+        detector = None
     centres = []
     for c in progress.track(cams, "fusion: integrating depth"):
         d, conf = load_depth(depth_path(scene, c.source_frame), target_scale)
         h, w = d.shape
         K = _scaled_K(c, w, h)
         rgb = read_rgb(scene.keyframe_path(c.source_frame), w, h)
+        if detector is not None:
+            d, conf, n_px = mask_people_in_depth(scene, d, conf, c.source_frame, detector, rgb=rgb)
+            n_person_px += n_px
         good = (d > 0) & (d <= depth_trunc) & (conf >= config.min_confidence)
         if not good.any():
             continue
@@ -374,12 +385,14 @@ def run(scene: Scene, config: Config) -> StageResult:
     qc = {"frame": world, "units": "m" if world == WORLD_METRIC else "sfm", "n_depth_maps": len(cams),
           "n_fused": n_fused, "median_depth": round(median_depth, 6), "voxel_size": round(voxel, 6),
           "sdf_trunc": round(sdf_trunc, 6), "depth_trunc": round(depth_trunc, 6), "point_voxel_size": round(pvoxel, 6),
-          "min_confidence": config.min_confidence, "mesh_vertices": n_vert, "mesh_triangles": n_tri,
+          "min_confidence": config.min_confidence, "mask_people": config.mask_people,
+          "person_pixels_masked": n_person_px, "mesh_vertices": n_vert, "mesh_triangles": n_tri,
           "mesh_triangles_before_cleaning": n_tri_raw, "points_backprojected_after_frame_voxel": n_raw,
           "points_after_voxel": n_vox, "points": int(len(pts)),
           "seconds_per_keyframe": round(seconds / max(n_fused, 1), 4)}
     return StageResult(qc=qc, summary=f"fused {n_fused} depth maps: mesh {n_vert} vertices / {n_tri} triangles, "
-                       f"{len(pts)} cleaned points (voxel {voxel:.3g} {qc['units']})")
+                       f"{len(pts)} cleaned points (voxel {voxel:.3g} {qc['units']})",
+                       warnings=[people_warning] if people_warning else [])
 
 
 def small_components(triangles: np.ndarray, n_vertices: int, min_triangles: int) -> np.ndarray:

@@ -137,7 +137,11 @@ def run(scene: Scene, config: Config) -> StageResult:
     if not ok:
         raise BackendNotInstalled(f"depth backend '{config.backend}' {hint}")
     t0 = time.perf_counter()
-    cams = scene.load_cameras()
+    from ..layout import sfm_cameras
+
+    # Always the SfM frame (from the COLMAP model): after ``layout``, cameras.json is metric and z-up, but
+    # depth is computed against the SfM points, and a re-run of this stage must not mix the two frames.
+    cams = sfm_cameras(scene)[0]
     frames = [c for c in cams if c.registered]
     if not frames:
         raise StageFailed(NAME, f"no registered keyframes (0/{len(cams)} in cameras.json)")
