@@ -152,3 +152,31 @@ def test_mono_backend_loads_a_tiny_local_model(tmp_path, synth_scene):
     DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False).save_pretrained(tmp_path / "model")
     res = depth.run(synth_scene.scene, Config(backend="mono", model_path=str(tmp_path / "model")))
     assert res.qc["n_depth_maps"] > 0
+
+
+def test_rerun_after_layout_still_uses_the_sfm_frame(ran, tmp_path):
+    """After ``layout`` cameras.json is metric and z-up; a depth re-run must still match the SfM points
+    (regression: it once mixed metric cameras with SfM-frame points and produced garbage)."""
+    import shutil
+
+    from vid2scene.io import read_json, write_json
+    from vid2scene.scene import Scene
+
+    synth, _ = ran
+    scene = Scene(shutil.copytree(synth.scene.root, tmp_path / "scene"))
+    f = next(f for f in synth.true_depth if f not in synth.unregistered)
+    before = load_depth(scene, f)
+    # emulate layout: world = 2.5 × a 90° yaw of the SfM frame
+    S = np.eye(4)
+    S[:3, :3] = 2.5 * np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    cj = read_json(scene.cameras_json)
+    for fr in cj["frames"]:
+        if fr.get("registered"):
+            T = np.asarray(fr["cam_from_world"]) @ np.linalg.inv(S)
+            fr["cam_from_world"] = T.tolist()
+    cj.update(world="gravity_z_up_metric", world_from_sfm=S.tolist())
+    write_json(scene.cameras_json, cj)
+    depth.run(scene, Config())
+    after = load_depth(scene, f)
+    np.testing.assert_allclose(after["depth_m"], before["depth_m"], rtol=1e-5, atol=1e-6)
+    assert after["world"] == "sfm"
