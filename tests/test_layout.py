@@ -241,3 +241,50 @@ def test_cameras_come_from_the_colmap_model(fused_scene, laid_out, tmp_path):
         assert a.name == b.name and np.allclose(a.cam_from_world, b.cam_from_world, atol=1e-6)
     sp, _ = scene.load_sparse_points()
     assert len(sp) == 500 and fusion.ply_frame(scene.sparse_points_ply)[0] == "gravity_z_up_metric"
+
+
+def _warped_floor_and_wall(rng, tilt_deg: float):
+    """A 6 m × 4 m floor with a ±2 cm bowl-shaped warp whose flat RANSAC-sized patch (x < 1.2 m) is tilted by
+    ``tilt_deg`` about y, and a vertical wall at y = 4 m; true up is +z."""
+    x = rng.uniform(0, 6, 40000)
+    y = rng.uniform(0, 4, 40000)
+    z = 0.02 * (((x - 3) / 3) ** 2 + ((y - 2) / 2) ** 2) + rng.normal(0, 0.003, x.size)
+    patch = x < 1.2
+    z[patch] += np.tan(np.radians(tilt_deg)) * (x[patch] - 0.6)
+    floor = np.stack([x, y, z], 1)
+    wx, wz = rng.uniform(0, 6, 20000), rng.uniform(0, 2.5, 20000)
+    wall = np.stack([wx, np.full_like(wx, 4.0) + rng.normal(0, 0.003, wx.size), wz], 1)
+    return floor, wall
+
+
+def test_floor_refit_and_manhattan_gravity_beat_a_tilted_patch():
+    rng = np.random.default_rng(0)
+    floor, wall = _warped_floor_and_wall(rng, tilt_deg=3.0)
+    patch = floor[floor[:, 0] < 1.2]
+    c = patch.mean(0)
+    n_patch = np.linalg.svd(patch - c)[2][2]
+    n_patch *= np.sign(n_patch[2])
+    err = lambda n: np.degrees(np.arccos(min(1.0, abs(n[2]) / np.linalg.norm(n))))  # noqa: E731
+    assert err(n_patch) > 2.0  # what a thin RANSAC patch gives
+    n_refit, d_refit, used = layout.refit_floor(floor, n_patch, -float(n_patch @ c), band=0.1, huber=0.01)
+    assert used > 0.9 * len(floor)
+    assert err(n_refit) < 0.6 * err(n_patch)
+    assert abs(d_refit) < 0.05  # the plane stays at the floor
+    wall_plane = {"normal": np.array([0.0, -1.0, 0.0]), "inliers": np.arange(len(wall))}
+    n_m = layout.manhattan_up(n_refit, [wall_plane])
+    assert abs(n_m @ wall_plane["normal"]) < 1e-3  # orthogonal to the vertical wall
+    assert n_m[2] > 0 and err(n_m) <= err(n_refit) + 1e-9
+    assert np.allclose(layout.manhattan_up(n_refit, []), n_refit)
+
+
+def test_footprint_opening_cuts_a_bridge_to_a_neighbouring_space():
+    rng = np.random.default_rng(1)
+    room = rng.uniform([0, 0], [5, 4], (40000, 2))
+    bridge = np.stack([rng.uniform(5, 6, 400), rng.uniform(1.95, 2.05, 400)], 1)  # 10 cm wide door spur
+    annex = rng.uniform([6, 0], [7, 3], (3000, 2))  # a smaller space beyond it
+    poly, area, extent, mn = layout.footprint(np.concatenate([room, bridge, annex]), 0.05)
+    assert area == pytest.approx(20.0, rel=0.05)
+    assert extent[0] == pytest.approx(5.0, abs=0.1) and extent[1] == pytest.approx(4.0, abs=0.1)
+    assert len(poly) <= 6  # a rectangle, not a staircase
+    poly2, area2, _, _ = layout.footprint(np.concatenate([room, bridge, annex]), 0.05, open_m=0.0)
+    assert area2 > area + 2.0  # without the opening the annex is joined through the bridge

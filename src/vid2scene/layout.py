@@ -11,11 +11,15 @@ Steps (all detection is done in the SfM frame, so a re-run sees the same input a
 3. Floor: among near-horizontal planes (normal within ``horizontal_tol_deg`` of camera up) with most cameras
    above them and enough support, the lowest. None → :class:`StageFailed`. Ceiling: the highest such plane with
    the cameras below it. Walls: near-vertical planes.
-4. Rotation: floor normal → +z; the normal of the best-supported wall → +x (Manhattan yaw; PCA of the floor
+4. Gravity: the floor normal is refit (IRLS, Huber) on every point within a wide band of the RANSAC floor (a
+   warped video floor tilts a thin RANSAC patch by degrees), then made orthogonal to the wall normals
+   (Manhattan: walls are vertical; :func:`manhattan_up`) unless that moves it by more than
+   ``max_manhattan_correction_deg``. Rotation: floor normal → +z; the normal of the best-supported wall → +x (Manhattan yaw; PCA of the floor
    points without walls). Scale s (metres per SfM unit): user ``metric_scale``, else inverse-variance
    combination of the priors camera height above the floor (1.55 ± 0.15 m) and floor-to-ceiling height
    (2.6 ± 0.3 m, only with a ceiling plane). Translation: floor at z = 0, room footprint's min corner at x = y = 0.
 5. Footprint: occupancy grid (``grid_m``) of all points between floor and ceiling, closed, holes filled,
+   opened (``footprint_open_m``: spurs through doors, thin bridges),
    largest component → polygon (Douglas–Peucker), floor area, extent.
 6. Writes (idempotent: every asset is regenerated from its SfM-frame source): ``layout.json``;
    ``cameras.json`` (``world: gravity_z_up_metric``, ``world_from_sfm``), ``sparse_points.ply``,
@@ -30,7 +34,9 @@ normal ``n``)::
      "scale": {"metres_per_sfm_unit": s, "sigma": σ, "method": "user" | "priors",
                "estimates": [{"source": "camera_height" | "ceiling_height", "value": s_i, "sigma": σ_i,
                               "measured_sfm": sfm units, "prior_m": m, "prior_sigma_m": m}]},
-     "gravity": {"camera_up_vs_floor_normal_deg": deg, "up_in_sfm": [3]},
+     "gravity": {"camera_up_vs_floor_normal_deg": deg, "up_in_sfm": [3],
+                 "method": "floor_refit+walls" | "floor_refit" | "floor_ransac", "walls_used": n,
+                 "correction_vs_ransac_floor_deg": deg},
      "floor": {"normal": [0,0,1], "d": 0, "n_inliers": n, "rms_m": m},
      "ceiling": {"normal": [3], "d": d, "height_m": m, "n_inliers": n} | null,
      "walls": [{"normal": [3], "d": d, "n_inliers": n, "length_m": m}],
@@ -77,6 +83,16 @@ class Config(BaseModel):
     ransac_iterations: int = Field(1000, ge=50)
     max_ransac_points: int = Field(50_000, ge=1000, description="random subsample for plane RANSAC")
     grid_m: float = Field(0.05, gt=0, description="footprint occupancy cell (metres)")
+    footprint_open_m: float = Field(0.5, ge=0, description="footprint: opening square (metres) that cuts spurs "
+                                    "through doors/windows and thin bridges to neighbouring spaces")
+    footprint_simplify_m: float = Field(0.15, gt=0, description="footprint polygon simplification tolerance (m)")
+    floor_refit_band_rel: float = Field(0.05, ge=0, description="refit the floor normal (IRLS, Huber) on all "
+                                        "points within this distance of the RANSAC floor (relative to the median "
+                                        "point-to-camera distance): a warped floor's RANSAC patch tilts by degrees")
+    manhattan_gravity: bool = Field(True, description="make the floor normal orthogonal to the wall normals "
+                                    "(walls are vertical), weighted by support; ignored if it moves the normal by "
+                                    "more than max_manhattan_correction_deg")
+    max_manhattan_correction_deg: float = Field(5.0, gt=0)
     seed: int = 0
 
 
@@ -253,6 +269,47 @@ def gravity_rotation(n_floor: np.ndarray, walls: list[dict], floor_points: np.nd
     return np.stack([x, np.cross(n, x), n])
 
 
+def refit_floor(points: np.ndarray, normal: np.ndarray, d: float, band: float, huber: float,
+                iterations: int = 10) -> tuple[np.ndarray, float, int]:
+    """Refit a plane ``n·x + d = 0`` to every point within ``band`` of it by iteratively reweighted least squares
+    (Huber weights with scale ``huber``; weighted PCA). ``points`` N×3 float (any frame/units; band and huber in
+    the same units). Returns (unit normal oriented like ``normal``, d, points used); the input plane when fewer
+    than 3 points are in the band.
+
+    Why: on video reconstructions the floor is slightly warped (pose drift), so the RANSAC inlier patch of a thin
+    threshold tilts by a few degrees; the wide-support fit averages the warp out (hololens_office: 3.6° → 2.2°
+    against the ground-truth gravity)."""
+    n = np.asarray(normal, np.float64)
+    P = points[np.abs(points @ n + d) < band]
+    if len(P) < 3:
+        return n, float(d), 0
+    c = P.mean(0)
+    for _ in range(iterations):
+        r = (P - c) @ n
+        w = 1.0 / np.maximum(np.abs(r) / huber, 1.0)
+        c = (P * w[:, None]).sum(0) / w.sum()
+        Q = P - c
+        evals, evecs = np.linalg.eigh((Q * w[:, None]).T @ Q)
+        m = evecs[:, 0]
+        n = m if m @ normal >= 0 else -m
+    return n, -float(n @ c), len(P)
+
+
+def manhattan_up(n_floor: np.ndarray, walls: list[dict], floor_weight: float = 0.1) -> np.ndarray:
+    """Unit up vector close to ``n_floor`` and orthogonal to the wall normals: the eigenvector of the smallest
+    eigenvalue of ``Σ_i w_i n_i n_iᵀ − λ n_f n_fᵀ`` (``w_i`` = wall inliers, ``λ = floor_weight · Σ w_i``), i.e. the
+    minimiser of ``Σ w_i (n·n_i)² + λ (1 − (n·n_f)²)`` — walls are vertical in a Manhattan room (one wall: the
+    floor normal projected onto the wall plane's orthogonal complement; two: nearly their cross product).
+    Returns ``n_floor`` when there are no walls."""
+    if not walls:
+        return n_floor
+    W = np.array([len(w["inliers"]) for w in walls], np.float64)
+    N = np.array([w["normal"] for w in walls], np.float64)
+    M = (N * W[:, None]).T @ N - floor_weight * W.sum() * np.outer(n_floor, n_floor)
+    n = np.linalg.eigh(M)[1][:, 0]
+    return n if n @ n_floor >= 0 else -n
+
+
 def combine_scale(estimates: list[dict]) -> tuple[float, float]:
     """Inverse-variance weighted mean and its sigma."""
     w = np.array([1.0 / e["sigma"] ** 2 for e in estimates])
@@ -260,11 +317,24 @@ def combine_scale(estimates: list[dict]) -> tuple[float, float]:
     return float((w * v).sum() / w.sum()), float(1.0 / math.sqrt(w.sum()))
 
 
-def footprint(points_xy: np.ndarray, cell: float):
-    """(polygon ``K×2``, area m², extent (sx, sy), (xmin, ymin)) of the largest closed occupied region."""
+def footprint(points_xy: np.ndarray, cell: float, open_m: float = 0.5, simplify_m: float = 0.15):
+    """Room footprint from the floor-plane projection of the points between floor and ceiling.
+
+    ``points_xy`` N×2 float (metres, gravity-aligned frame). Occupancy grid of ``cell`` metres → closing (small
+    gaps) → holes filled → morphological opening with a ``open_m`` square (cuts thin spurs: points seen through
+    doors and windows, one-cell bridges to a neighbouring space; a square keeps the corners of a wall-aligned
+    room) → the largest region → polygon simplified by Douglas–Peucker with tolerance ``simplify_m``.
+
+    Returns (polygon K×2 metres, area m² of the region, extent (sx, sy) m of the points in it, (xmin, ymin) of
+    those points).
+
+    Raises:
+        StageFailed: no occupied cell.
+    """
     import cv2
 
-    pad = 6  # cells: more than the closing radius, so closing never reaches the image border
+    k_open = max(1, int(round(open_m / cell)))
+    pad = 6 + k_open  # cells: more than the closing/opening radius, so they never reach the image border
     lo = points_xy.min(0) - pad * cell
     ij = np.floor((points_xy - lo) / cell).astype(np.int64)
     shape = ij.max(0) + pad + 1
@@ -274,14 +344,23 @@ def footprint(points_xy: np.ndarray, cell: float):
     contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         raise StageFailed(NAME, "no room footprint: no occupied floor cells")
-    c = max(contours, key=cv2.contourArea)
     filled = np.zeros_like(grid)
-    cv2.drawContours(filled, [c], -1, 255, thickness=-1)
-    area = float((filled > 0).sum()) * cell * cell
-    sel = filled[ij[:, 1], ij[:, 0]] > 0
+    cv2.drawContours(filled, contours, -1, 255, thickness=-1)
+    if k_open > 1:
+        opened = cv2.morphologyEx(filled, cv2.MORPH_OPEN, np.ones((k_open, k_open), np.uint8))
+        if opened.any():
+            filled = opened
+    contours, _ = cv2.findContours(filled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    c = max(contours, key=cv2.contourArea)
+    region = np.zeros_like(grid)
+    cv2.drawContours(region, [c], -1, 255, thickness=-1)
+    area = float((region > 0).sum()) * cell * cell
+    sel = region[ij[:, 1], ij[:, 0]] > 0
+    if not sel.any():
+        sel = np.ones(len(points_xy), bool)
     mn = points_xy[sel].min(0)  # not from cell indices: those flip with float rounding at a cell boundary
     extent = points_xy[sel].max(0) - mn
-    approx = cv2.approxPolyDP(c, 2.0, True).reshape(-1, 2)
+    approx = cv2.approxPolyDP(c, max(simplify_m / cell, 1.0), True).reshape(-1, 2)
     poly = lo + (approx + 0.5) * cell
     return poly, area, extent, mn
 
@@ -331,6 +410,24 @@ def run(scene: Scene, config: Config) -> StageResult:
         if w["normal"] @ centres.mean(0) + w["d"] < 0:
             w["normal"], w["d"] = -w["normal"], -w["d"]
 
+    # gravity: the floor normal refit over a wide band, then made orthogonal to the walls (Manhattan)
+    n_ransac = n_f
+    if config.floor_refit_band_rel > 0:
+        n_f, d_f, n_band = refit_floor(pts, n_f, d_f, config.floor_refit_band_rel * ref, thr)
+    gravity_method = "floor_refit" if config.floor_refit_band_rel > 0 else "floor_ransac"
+    walls_used = 0
+    if config.manhattan_gravity and walls:
+        n_m = manhattan_up(n_f, walls)
+        corr = math.degrees(math.acos(min(1.0, float(n_m @ n_f))))
+        if corr <= config.max_manhattan_correction_deg:
+            # keep the floor through the same point: the band's centroid height does not change
+            c_f = -d_f * n_f
+            n_f, d_f = n_m, -float(n_m @ c_f)
+            gravity_method += "+walls"
+            walls_used = len(walls)
+    floor["normal"], floor["d"] = n_f, d_f
+    refit_deg = math.degrees(math.acos(min(1.0, float(n_f @ n_ransac))))
+
     # rotation: floor normal -> z; yaw: the Manhattan axis (from the walls, else floor PCA) closest to the
     # first camera's horizontal viewing direction -> +x
     R = gravity_rotation(n_f, walls, sample[floor["inliers"]], reg[0].cam_from_world[2, :3])
@@ -366,7 +463,8 @@ def run(scene: Scene, config: Config) -> StageResult:
     band = (P[:, 2] > -0.1) & (P[:, 2] < room_h + 0.1)
     if band.sum() < 3:
         raise StageFailed(NAME, "no room footprint: no points between floor and ceiling")
-    poly, area, extent, mn = footprint(P[band, :2], config.grid_m)
+    poly, area, extent, mn = footprint(P[band, :2], config.grid_m, config.footprint_open_m,
+                                      config.footprint_simplify_m)
     T[:2, 3] -= mn
     poly = poly - mn
 
@@ -384,7 +482,9 @@ def run(scene: Scene, config: Config) -> StageResult:
     layout = {
         "frame": WORLD_METRIC, "units": "m", "world_from_sfm": T.tolist(),
         "scale": {"metres_per_sfm_unit": s, "sigma": sigma, "method": method, "estimates": estimates},
-        "gravity": {"camera_up_vs_floor_normal_deg": round(gravity_deg, 3), "up_in_sfm": up.tolist()},
+        "gravity": {"camera_up_vs_floor_normal_deg": round(gravity_deg, 3), "up_in_sfm": up.tolist(),
+                    "method": gravity_method, "walls_used": walls_used,
+                    "correction_vs_ransac_floor_deg": round(refit_deg, 3)},
         "floor": {k: v for k, v in floor_out.items() if k != "length_m"},
         "ceiling": None if ceiling is None else dict(plane_out(ceiling), height_m=round(s * ceil_sfm, 4)),
         "walls": [plane_out(w) for w in walls],
