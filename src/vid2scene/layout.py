@@ -274,25 +274,29 @@ def refit_floor(points: np.ndarray, normal: np.ndarray, d: float, band: float, h
     """Refit a plane ``n·x + d = 0`` to every point within ``band`` of it by iteratively reweighted least squares
     (Huber weights with scale ``huber``; weighted PCA). ``points`` N×3 float (any frame/units; band and huber in
     the same units). Returns (unit normal oriented like ``normal``, d, points used); the input plane when fewer
-    than 3 points are in the band.
+    than 3 points are in the band. The band is re-selected around each refit plane (``iterations`` times).
 
     Why: on video reconstructions the floor is slightly warped (pose drift), so the RANSAC inlier patch of a thin
     threshold tilts by a few degrees; the wide-support fit averages the warp out (hololens_office: 3.6° → 2.2°
     against the ground-truth gravity)."""
     n = np.asarray(normal, np.float64)
-    P = points[np.abs(points @ n + d) < band]
-    if len(P) < 3:
-        return n, float(d), 0
-    c = P.mean(0)
-    for _ in range(iterations):
-        r = (P - c) @ n
-        w = 1.0 / np.maximum(np.abs(r) / huber, 1.0)
-        c = (P * w[:, None]).sum(0) / w.sum()
-        Q = P - c
-        evals, evecs = np.linalg.eigh((Q * w[:, None]).T @ Q)
-        m = evecs[:, 0]
-        n = m if m @ normal >= 0 else -m
-    return n, -float(n @ c), len(P)
+    d = float(d)
+    used = 0
+    for _ in range(iterations):  # the band is re-selected around each new plane: a tilted start walks back
+        P = points[np.abs(points @ n + d) < band]
+        if len(P) < 3:
+            break
+        used = len(P)
+        c = P.mean(0)
+        for _ in range(3):
+            r = (P - c) @ n
+            w = 1.0 / np.maximum(np.abs(r) / huber, 1.0)
+            c = (P * w[:, None]).sum(0) / w.sum()
+            Q = P - c
+            m = np.linalg.eigh((Q * w[:, None]).T @ Q)[1][:, 0]
+            n = m if m @ normal >= 0 else -m
+        d = -float(n @ c)
+    return n, d, used
 
 
 def manhattan_up(n_floor: np.ndarray, walls: list[dict], floor_weight: float = 0.1) -> np.ndarray:
