@@ -118,3 +118,52 @@ def export_dir(scene: Scene, fmt: str, out: str | Path | None) -> Path:
     d = Path(out) if out is not None else scene.root / "tasks" / "exports" / fmt
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+STRUCTURE_NONE, STRUCTURE_FLOOR, STRUCTURE_CEILING = -1, -2, -3  # wall j is -(4 + j)
+
+
+def structure_owner(verts: np.ndarray, layout: dict | None, tol_m: float = 0.05) -> np.ndarray:
+    """Per-vertex structural label from ``layout.json`` planes (``int64``): ``-2`` floor (|z| < tol),
+    ``-3`` ceiling (within tol of the ceiling plane), ``-(4 + j)`` wall ``j`` (within tol of its plane
+    ``n·x + d = 0`` and between floor and ceiling), ``-1`` none. The floor wins over walls, walls over the
+    ceiling. Without a layout every vertex is ``-1``."""
+    out = np.full(len(verts), STRUCTURE_NONE, dtype=np.int64)
+    if not layout:
+        return out
+    v = np.asarray(verts, dtype=np.float64)
+    ceil = layout.get("ceiling")
+    if ceil:
+        n, d = np.asarray(ceil["normal"], dtype=np.float64), float(ceil["d"])
+        out[np.abs(v @ n + d) < tol_m] = STRUCTURE_CEILING
+    top = float(((layout.get("room") or {}).get("height_m")) or np.inf)
+    for j, w in reversed(list(enumerate(layout.get("walls") or []))):
+        n, d = np.asarray(w["normal"], dtype=np.float64), float(w["d"])
+        out[(np.abs(v @ n + d) < tol_m) & (v[:, 2] > tol_m) & (v[:, 2] < top - tol_m)] = -(4 + j)
+    out[np.abs(v[:, 2]) < tol_m] = STRUCTURE_FLOOR
+    return out
+
+
+def structure_name(code: int) -> str:
+    """ScanNet raw category of a :func:`structure_owner` code (``floor``, ``ceiling``, ``wall``)."""
+    return {STRUCTURE_FLOOR: "floor", STRUCTURE_CEILING: "ceiling"}.get(int(code), "wall")
+
+
+def structure_label(code: int) -> dict:
+    """:func:`map_label`-style record for a structure code (NYU40 1 wall, 2 floor, 22 ceiling)."""
+    raw = structure_name(code)
+    t = label_table()
+    nyu = {"wall": 1, "floor": 2, "ceiling": 22}[raw]
+    ids200 = t["scannet200"]["ids"]
+    sid = dict(zip(t["scannet200"]["labels"], ids200))[raw]
+    ids20 = t["scannet20_nyu40_ids"]
+    return {"scannet_raw_category": raw, "scannet_id": sid, "nyu40_id": nyu, "nyu40_name": t["nyu40_names"][str(nyu)],
+            "scannet20_index": ids20.index(nyu) if nyu in ids20 else -1, "scannet200_index": ids200.index(sid)}
+
+
+def scene_id(scene: Scene, given: str | None = None) -> str:
+    """A file-name-safe scene id: ``given`` or the scene folder's name."""
+    import re
+
+    s = given or scene.root.resolve().name or "scene"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
