@@ -87,6 +87,7 @@ def main() -> None:
             sys.exit(f"{src} has no instances.json; pass --dummy-instances K to time on dummy boxes")
         dummy_instances(work, args.dummy_instances)
         dummy = True
+    dummy = dummy or bool(json.loads((work / "instances.json").read_text()).get("dummy"))
     scene = Scene(work)
     verts, _, tris = load_mesh(scene)
     print(json.dumps({"step": "scene", "scene": str(src), "work": str(work), "n_vertices": int(len(verts)),

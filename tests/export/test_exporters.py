@@ -54,6 +54,18 @@ def test_spatiallm_angle_wrap_and_scannet20_classes():
     assert [b["class_name"] for b in s20["bboxes"]] == ["sofa", "table"]  # tv is not a ScanNet20 object class
 
 
+def test_spatiallm_walls_from_a_staircase_polygon_are_simplified():
+    # a 4 m x 3 m room whose x = 4 side is a 5 cm grid staircase (as layout's occupancy footprint produces)
+    stairs = [[4.0 - 0.05 * (i % 2), 0.25 * (i // 2 + 1)] for i in range(22)]
+    poly = [[0, 0], [4, 0]] + stairs + [[4, 3], [0, 3]]
+    lay = {"room": {"polygon_xy": poly, "height_m": 2.6}}
+    raw = parse_layout("\n".join(layout_lines([], lay, wall_simplify_m=0)))["walls"]
+    walls = parse_layout("\n".join(layout_lines([], lay)))["walls"]
+    assert len(raw) == len(poly) and len(walls) == 4
+    ends = sorted((round(w["ax"], 2), round(w["ay"], 2)) for w in walls)
+    assert ends == [(0, 0), (0, 3), (4, 0), (4, 3)] and all(w["height"] == 2.6 for w in walls)
+
+
 def test_scannet_segments_and_aggregation_recover_instance_vertices(s5, tmp_path):
     out = EXPORTERS["scannet"](s5.scene, tmp_path)
     r = read_scannet(tmp_path, "room5")

@@ -50,18 +50,28 @@ def vertex_labels(scene: Scene, verts: np.ndarray, structure_tol_m: float = 0.05
 def oversegment(verts: np.ndarray, owner: np.ndarray, cell_m: float) -> np.ndarray:
     """Segment index per vertex (``int64``, 0..S−1): unique (owner, voxel cell of size ``cell_m``) pairs."""
     cell = np.floor(np.asarray(verts) / cell_m).astype(np.int64)
-    key = np.concatenate([owner[:, None], cell], axis=1)
-    _, seg = np.unique(key, axis=0, return_inverse=True)
+    cols = np.concatenate([np.asarray(owner, dtype=np.int64)[:, None], cell], axis=1)
+    cols -= cols.min(axis=0)
+    key = np.ravel_multi_index(cols.T, tuple(int(m) + 1 for m in cols.max(axis=0)))  # one int64 per vertex
+    _, seg = np.unique(key, return_inverse=True)
     return seg.reshape(-1).astype(np.int64)
 
-
-def _write_ply(path: Path, elements) -> None:
-    from plyfile import PlyData
-
+def _write_ply(path: Path, vertices: np.ndarray, tris: np.ndarray) -> None:
+    """Binary little-endian PLY of a structured vertex array and triangles (vectorised; plyfile writes list
+    properties row by row, 15 s for 333k faces)."""
+    names = {"<f4": "float", "|u1": "uchar", "<u2": "ushort"}
+    head = ["ply", "format binary_little_endian 1.0", "comment frame: gravity_z_up_metric", "comment units: m",
+            "comment source: vid2scene scannet export", f"element vertex {len(vertices)}"]
+    head += [f"property {names[t]} {n}" for n, t in vertices.dtype.descr]
+    head += [f"element face {len(tris)}", "property list uchar int vertex_indices", "end_header"]
+    faces = np.empty(len(tris), dtype=[("n", "u1"), ("v", "<i4", (3,))])
+    faces["n"] = 3
+    faces["v"] = tris
     with atomic_path(path) as tmp:
-        PlyData(elements, text=False, comments=["frame: gravity_z_up_metric", "units: m",
-                                                "source: vid2scene scannet export"]).write(str(tmp))
-
+        with open(tmp, "wb") as f:
+            f.write(("\n".join(head) + "\n").encode("ascii"))
+            f.write(vertices.tobytes())
+            f.write(faces.tobytes())
 
 def export(scene: Scene, out: str | Path | None = None, scene_name: str | None = None,
            segment_cell_m: float = 0.5, structure_tol_m: float = 0.05) -> dict:
@@ -70,8 +80,6 @@ def export(scene: Scene, out: str | Path | None = None, scene_name: str | None =
     Returns a summary dict (files, counts). Raises InputError when mesh.ply or instances.json is missing or a
     ``vertex_ids`` entry is out of range.
     """
-    from plyfile import PlyElement
-
     verts, cols, tris = load_mesh(scene)
     owner, labels, contested = vertex_labels(scene, verts, structure_tol_m)
     seg = oversegment(verts, owner, segment_cell_m)
@@ -84,11 +92,7 @@ def export(scene: Scene, out: str | Path | None = None, scene_name: str | None =
     v["x"], v["y"], v["z"] = verts.T.astype(np.float32)
     c = cols if cols is not None else np.full((n, 3), 128, np.uint8)
     v["red"], v["green"], v["blue"], v["alpha"] = c[:, 0], c[:, 1], c[:, 2], 255
-    faces = np.empty(len(tris), dtype=[("vertex_indices", "<i4", (3,))])
-    faces["vertex_indices"] = tris
-    face_el = PlyElement.describe(faces, "face", len_types={"vertex_indices": "u1"},
-                                  val_types={"vertex_indices": "i4"})
-    _write_ply(d / f"{sid}_vh_clean_2.ply", [PlyElement.describe(v, "vertex"), face_el])
+    _write_ply(d / f"{sid}_vh_clean_2.ply", v, tris)
 
     lab = np.zeros(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
                              ("blue", "u1"), ("alpha", "u1"), ("label", "<u2")])
@@ -98,7 +102,7 @@ def export(scene: Scene, out: str | Path | None = None, scene_name: str | None =
     nyu = np.array([labels[int(k)]["nyu40_id"] for k in codes], dtype=np.int64)
     has = owner != STRUCTURE_NONE
     lab["label"][has] = nyu[np.searchsorted(codes, owner[has])]
-    _write_ply(d / f"{sid}_vh_clean_2.labels.ply", [PlyElement.describe(lab, "vertex"), face_el])
+    _write_ply(d / f"{sid}_vh_clean_2.labels.ply", lab, tris)
 
     write_json(d / f"{sid}{SEGS_SUFFIX}", {"params": {"kThresh": "0.01", "segMinVerts": "20", "minPoints": "0",
                                                       "maxPoints": "0", "thinThresh": "0", "flatThresh": "0",

@@ -8,7 +8,8 @@ world (floor z = 0)::
     bbox_0=Bbox(class_name,position_x,position_y,position_z,angle_z,scale_x,scale_y,scale_z)
 
 * Walls: our ``layout.json`` stores walls as infinite planes, so the wall *segments* are the edges of the room
-  footprint ``room.polygon_xy`` (one wall per edge, a→b in polygon order, ``az = bz = 0``), height = the room
+  footprint ``room.polygon_xy`` after Douglas–Peucker simplification (``wall_simplify_m``), one wall per edge
+  (a→b in polygon order, ``az = bz = 0``), height = the room
   height ``room.height_m``, thickness ``wall_thickness_m`` (0 by default, as SpatialLM's own ``to_boxes``
   assumes). No layout → no walls.
 * Bboxes: ``position`` = box centre, ``angle_z`` = ``yaw_rad`` wrapped to [−π, π) (rotation of the box's local x
@@ -52,8 +53,11 @@ def wrap_angle(a: float) -> float:
 
 
 def layout_lines(instances: list[dict], layout: dict | None, class_names: str = "coco",
-                 wall_thickness_m: float = 0.0) -> list[str]:
-    """SpatialLM text lines (walls first, then bboxes) for instances + layout; see the module docstring."""
+                 wall_thickness_m: float = 0.0, wall_simplify_m: float = 0.15) -> list[str]:
+    """SpatialLM text lines (walls first, then bboxes) for instances + layout; see the module docstring.
+
+    ``wall_simplify_m``: Douglas–Peucker tolerance (metres, ``cv2.approxPolyDP``) applied to the room polygon
+    before its edges become walls (layout's occupancy-grid footprint has grid staircases); 0 keeps every edge."""
     lines = []
     room = (layout or {}).get("room") or {}
     poly = room.get("polygon_xy") or []
@@ -62,6 +66,12 @@ def layout_lines(instances: list[dict], layout: dict | None, class_names: str = 
         P = np.asarray(poly, dtype=np.float64)
         if np.allclose(P[0], P[-1]):
             P = P[:-1]
+        if wall_simplify_m > 0:
+            import cv2
+
+            Q = cv2.approxPolyDP(P.astype(np.float32).reshape(-1, 1, 2), float(wall_simplify_m), True)
+            if len(Q) >= 3:
+                P = Q.reshape(-1, 2).astype(np.float64)
         for i in range(len(P)):
             a, b = P[i], P[(i + 1) % len(P)]
             lines.append(f"wall_{i}=Wall({_f(a[0])},{_f(a[1])},{_f(0)},{_f(b[0])},{_f(b[1])},{_f(0)},"
@@ -110,14 +120,14 @@ def parse_layout(text: str) -> dict:
 
 def export(scene: Scene, out: str | Path | None = None, scene_name: str | None = None,
            class_names: Literal["coco", "scannet20"] = "coco", wall_thickness_m: float = 0.0,
-           write_points: bool = True) -> dict:
+           wall_simplify_m: float = 0.15, write_points: bool = True) -> dict:
     """Write ``<out>/<scene_id>.txt`` (and ``<scene_id>.ply``); default ``out`` is
     ``SCENE/tasks/exports/spatiallm/``. Returns a summary dict. Raises InputError on missing inputs."""
     inst = load_instances(scene)["instances"]
     layout = load_layout(scene)
     d = export_dir(scene, FORMAT, out)
     sid = scene_id(scene, scene_name)
-    lines = layout_lines(inst, layout, class_names, wall_thickness_m)
+    lines = layout_lines(inst, layout, class_names, wall_thickness_m, wall_simplify_m)
     txt = d / f"{sid}.txt"
     with atomic_path(txt) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
