@@ -146,6 +146,30 @@ def version() -> None:
     typer.echo(__version__)
 
 
+# ---- export (issue 5 part B) ------------------------------------------------------------------------------
+@app.command()
+def export(scene_dir: Path = typer.Argument(..., help="scene folder (after layout and instances)"),
+           format: str = typer.Option(..., "--format", "-f", help="spatiallm | scannet | pointcept | sceneverse"),
+           output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                 help="folder to write into (default SCENE/tasks/exports/FORMAT)"),
+           ) -> None:
+    """Export a scene to another tool's format; prints a JSON summary of what was written."""
+    from .export import EXPORTERS
+    from .scene import Scene
+
+    try:
+        if format not in EXPORTERS:
+            raise InputError(f"unknown export format {format!r}; choose one of {', '.join(EXPORTERS)}")
+        scene = Scene(scene_dir)
+        if not scene.root.is_dir():
+            raise InputError(f"not a folder: {scene_dir}")
+        summary = EXPORTERS[format](scene, output)
+    except Vid2SceneError as e:
+        _fail(e)
+        return
+    typer.echo(json.dumps(summary))
+
+
 def main() -> None:  # pragma: no cover
     app()
 
