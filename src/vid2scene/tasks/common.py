@@ -64,7 +64,7 @@ def require_inputs(scene: Scene | str | Path, names: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # instances
 # ---------------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(eq=False)
 class Instance:
     """One object instance of ``instances.json`` (world frame ``gravity_z_up_metric``, metres).
 
