@@ -115,7 +115,8 @@ def write_scene(root: str | Path, objects=OBJECTS, walk=WALK, with_graph: bool =
                 for i in instances]
         rel = [{"subject": 8, "predicate": "on", "object": 2, "evidence": {"gap_m": 0.0, "overlap_xy": 1.0}},
                {"subject": 4, "predicate": "near", "object": 2, "distance_m": 0.25},
-               {"subject": 3, "predicate": "near", "object": 2, "distance_m": 0.2}]
+               {"subject": 3, "predicate": "near", "object": 2, "distance_m": 0.2},
+               {"subject": 6, "predicate": "near", "object": 1, "distance_m": 1.2}]
         rel += [{"subject": i["id"], "predicate": "inside", "object": "room"} for i in instances]
         write_json(root / "scene_graph.json", {
             "frame": "gravity_z_up_metric", "units": "m",
