@@ -5,11 +5,12 @@ world +x, counter-clockwise seen from above, so a *left* turn adds to the yaw.
 
 1. **Floor trajectory** — registered keyframe camera centres projected to the floor (z dropped), in time order.
 2. **Refinement** (:func:`refine_trajectory`) — Gaussian smoothing (σ in samples), densified to a fine arc-length
-   spacing, then *loop erasure* (Lawler's loop-erased walk, with a tolerance): when the walk comes back within
-   ``revisit_radius_m`` of a point it left more than ``revisit_gap_m`` of path ago, the loop between is cut —
-   this removes back-tracking (a reversal is a thin loop) and small loops. A loop longer than ``max_erase_m`` is
-   a real route, not a detour: the trajectory is split there instead, so each segment is a simple path.
-   Segments are resampled every ``resample_m``.
+   spacing; back-tracking cut by :func:`despike` (a stack scan dropping points where the path reverses by more
+   than ``reversal_deg``, so out-and-back walks and jitter in place collapse); then *loop erasure* (Lawler's
+   loop-erased walk, with a tolerance): when the walk comes back within ``revisit_radius_m`` of a point it left
+   more than ``revisit_gap_m`` of path ago, the loop between is cut (detours, back-tracking along a parallel
+   line). A loop longer than ``max_erase_m`` is a real route, not a detour: the trajectory is split there
+   instead, so each segment is a simple path. Segments are resampled every ``resample_m``.
 3. **Free space** (:class:`FreeSpace`) — a grid of the room polygon minus the floor footprints of instances
    whose boxes reach into the body height band, eroded by the agent radius, plus the walked corridor (where the
    camera went is walkable).
@@ -41,6 +42,7 @@ class NavConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     smooth_sigma: float = Field(1.5, ge=0, description="Gaussian smoothing of the camera track, in keyframes")
     dense_step_m: float = Field(0.05, gt=0, description="arc-length spacing used for loop erasure")
+    reversal_deg: float = Field(150.0, gt=90, le=180, description="a turn sharper than this is back-tracking")
     revisit_radius_m: float = Field(0.35, gt=0, description="coming back this close to an earlier point ...")
     revisit_gap_m: float = Field(1.0, gt=0, description="... that lies this much path behind closes a loop")
     max_erase_m: float = Field(6.0, gt=0, description="loops up to this length are cut; longer ones split")
@@ -90,6 +92,29 @@ def resample_polyline(pts: np.ndarray, step: float) -> np.ndarray:
     return np.stack([np.interp(q, s, pts[:, k]) for k in range(pts.shape[1])], axis=1)
 
 
+def despike(pts: np.ndarray, reversal_deg: float = 150.0) -> np.ndarray:
+    """Cut back-tracking from a densely sampled polyline (``N×D``, x/y metres first): a stack scan that drops the
+    last kept point while the path turns by more than ``reversal_deg`` there, so a walk out and back along the
+    same line (or jitter in place) collapses to the point where it turned back. Returns the kept rows."""
+    cos_max = math.cos(math.radians(reversal_deg))
+    out: list[np.ndarray] = []
+    for p in np.asarray(pts, dtype=np.float64):
+        while out:
+            if np.hypot(*(p[:2] - out[-1][:2])) < 1e-9:
+                break
+            if len(out) < 2:
+                break
+            a, b = out[-1][:2] - out[-2][:2], p[:2] - out[-1][:2]
+            na, nb = np.hypot(*a), np.hypot(*b)
+            if na < 1e-9 or float(a @ b) / (na * nb) < cos_max:
+                out.pop()
+                continue
+            break
+        if not out or np.hypot(*(p[:2] - out[-1][:2])) >= 1e-9:
+            out.append(p)
+    return np.asarray(out).reshape(-1, np.asarray(pts).shape[1])
+
+
 @dataclass
 class RefinedTrajectory:
     """Refined floor trajectory: ``segments`` each ``K×3`` (x, y metres; timestamp_s), simple paths sampled
@@ -117,6 +142,9 @@ def refine_trajectory(xy: np.ndarray, t: np.ndarray, config: NavConfig | None = 
     if len(xy) >= 3 and cfg.smooth_sigma > 0:
         xy = gaussian_filter1d(xy, cfg.smooth_sigma, axis=0, mode="nearest")
     dense = resample_polyline(np.column_stack([xy, t]), cfg.dense_step_m) if len(xy) > 1 else np.column_stack([xy, t])
+    before = float(_arc(dense[:, :2])[-1])
+    dense = despike(dense, cfg.reversal_deg)
+    backtrack = before - float(_arc(dense[:, :2])[-1])
     segments: list[np.ndarray] = []
     buf = np.empty_like(dense)  # the current segment, buf[:n]; arc[:n] its cumulative length
     arc = np.empty(len(dense))
@@ -141,9 +169,12 @@ def refine_trajectory(xy: np.ndarray, t: np.ndarray, config: NavConfig | None = 
         buf[n], arc[n] = p, arc[n - 1] + step
         n += 1
     segments.append(buf[:n].copy())
-    out = [resample_polyline(s, cfg.resample_m) for s in segments if len(s) > 1]
+    # loop erasure leaves a stub (up to revisit_radius_m) where the walk came back: despike again
+    cleaned = [despike(s, cfg.reversal_deg) for s in segments]
+    backtrack += sum(float(_arc(a[:, :2])[-1] - _arc(b[:, :2])[-1]) for a, b in zip(segments, cleaned) if len(a) > 1)
+    out = [resample_polyline(s, cfg.resample_m) for s in cleaned if len(s) > 1]
     out = [s for s in out if len(s) > 1 and _arc(s[:, :2])[-1] >= cfg.min_segment_m]
-    stats = {"raw_length_m": round(raw_len, 3), "erased_loop_m": round(erased, 3), "n_loops_erased": n_erased,
+    stats = {"raw_length_m": round(raw_len, 3), "backtrack_cut_m": round(backtrack, 3), "erased_loop_m": round(erased, 3), "n_loops_erased": n_erased,
              "n_splits": n_split, "n_segments": len(out),
              "refined_length_m": round(float(sum(_arc(s[:, :2])[-1] for s in out)), 3)}
     return RefinedTrajectory(out, stats)
