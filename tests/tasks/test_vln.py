@@ -28,10 +28,10 @@ def _is_simple(seg: np.ndarray, radius: float, gap: float) -> bool:
     return not np.any((d < radius) & (behind > gap))
 
 
-def test_refine_cuts_back_tracking():
+def test_refine_erases_back_tracking():
     pts = walk_points()
     t = np.arange(len(pts)) * 0.1
-    tr = nav.refine_trajectory(pts, t)
+    tr = nav.refine_trajectory(pts, t, nav.NavConfig(backtrack="erase"))
     assert tr.stats["n_segments"] == 1 and tr.stats["n_splits"] == 0
     assert tr.stats["backtrack_cut_m"] + tr.stats["erased_loop_m"] == pytest.approx(2.0, abs=0.4)
     # the 1 m back-track (2 m of walking) is cut; smoothing rounds the corners a little
@@ -44,6 +44,21 @@ def test_refine_cuts_back_tracking():
     assert np.all(np.diff(seg[:, 2]) >= -1e-9)  # time still increases
     # the cut happens at the turn-back point's neighbourhood: no refined point south of y = 1.9
     assert seg[:, 1].min() > 1.75
+
+
+def test_refine_splits_at_the_u_turn():
+    pts = walk_points()
+    tr = nav.refine_trajectory(pts, np.arange(len(pts)) * 0.1)  # default: backtrack="split"
+    assert tr.stats["n_uturn_splits"] == 1 and tr.stats["n_segments"] == 2
+    a, b = tr.segments
+    # out leg ends, back leg starts at the turn-back point (4.6, 1.0); smoothing (σ = 1.5 keyframes = 0.22 m)
+    # pulls a reversal's apex back by about 0.27 m
+    assert a[-1, :2] == pytest.approx([4.6, 1.0], abs=0.35) and b[0, :2] == pytest.approx(a[-1, :2])
+    assert a[-1, 2] <= b[0, 2]
+    assert tr.length_m == pytest.approx(walk_length(), abs=1.0)  # the shortened apex (2 × 0.27 m), corners
+    assert all(_is_simple(s, 0.3, 1.0) for s in tr.segments)
+    for s in tr.segments:
+        assert np.linalg.norm(np.diff(s[:, :2], axis=0), axis=1) == pytest.approx(0.25, abs=0.06)
 
 
 def test_refine_splits_a_long_loop_and_erases_a_small_one():

@@ -5,12 +5,13 @@ world +x, counter-clockwise seen from above, so a *left* turn adds to the yaw.
 
 1. **Floor trajectory** — registered keyframe camera centres projected to the floor (z dropped), in time order.
 2. **Refinement** (:func:`refine_trajectory`) — Gaussian smoothing (σ in samples), densified to a fine arc-length
-   spacing; back-tracking cut by :func:`despike` (a stack scan dropping points where the path reverses by more
-   than ``reversal_deg``, so out-and-back walks and jitter in place collapse); then *loop erasure* (Lawler's
-   loop-erased walk, with a tolerance): when the walk comes back within ``revisit_radius_m`` of a point it left
-   more than ``revisit_gap_m`` of path ago, the loop between is cut (detours, back-tracking along a parallel
-   line). A loop longer than ``max_erase_m`` is a real route, not a detour: the trajectory is split there
-   instead, so each segment is a simple path. Segments are resampled every ``resample_m``.
+   spacing; back-tracking cut: by default (``backtrack="split"``) the walk is cut at its U-turns
+   (:func:`split_at_uturns`), so an out-and-back excursion gives two one-way legs; with ``"erase"`` the back leg
+   is dropped (:func:`despike`, a stack scan that collapses reversals). Then, within each piece, *loop erasure*
+   (Lawler's loop-erased walk, with a tolerance): when the walk comes back within ``revisit_radius_m`` of a
+   point it left more than ``revisit_gap_m`` of path ago, the loop between is cut (detours, wide turn-backs). A
+   loop longer than ``max_erase_m`` is a real route, not a detour: the piece is split there instead. Stubs left
+   by the cuts are despiked; every segment is a simple path, resampled every ``resample_m``.
 3. **Free space** (:class:`FreeSpace`) — a grid of the room polygon minus the floor footprints of instances
    whose boxes reach into the body height band, eroded by the agent radius, plus the walked corridor (where the
    camera went is walkable).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +45,9 @@ class NavConfig(BaseModel):
     smooth_sigma: float = Field(1.5, ge=0, description="Gaussian smoothing of the camera track, in keyframes")
     dense_step_m: float = Field(0.05, gt=0, description="arc-length spacing used for loop erasure")
     reversal_deg: float = Field(150.0, gt=90, le=180, description="a turn sharper than this is back-tracking")
+    backtrack: Literal["split", "erase"] = Field("split", description="at a U-turn, split the walk into its out and "
+                                                                        "back legs, or erase the back leg")
+    uturn_window_m: float = Field(1.0, gt=0, description="path window of the U-turn test (turn radius ≲ w/π)")
     revisit_radius_m: float = Field(0.35, gt=0, description="coming back this close to an earlier point ...")
     revisit_gap_m: float = Field(1.0, gt=0, description="... that lies this much path behind closes a loop")
     max_erase_m: float = Field(6.0, gt=0, description="loops up to this length are cut; longer ones split")
@@ -128,6 +133,67 @@ class RefinedTrajectory:
         return float(sum(_arc(s[:, :2])[-1] for s in self.segments))
 
 
+def _loop_erase(dense: np.ndarray, cfg: "NavConfig") -> tuple[list[np.ndarray], float, int, int]:
+    """Loop erasure with tolerance on one dense polyline: (simple segments, metres erased, loops erased, splits)."""
+    segments: list[np.ndarray] = []
+    buf = np.empty_like(dense)  # the current segment, buf[:n]; arc[:n] its cumulative length
+    arc = np.empty(len(dense))
+    buf[0], arc[0], n = dense[0], 0.0, 1
+    erased, n_erased, n_split = 0.0, 0, 0
+    for p in dense[1:]:
+        step = math.hypot(p[0] - buf[n - 1, 0], p[1] - buf[n - 1, 1])
+        d = np.hypot(buf[:n, 0] - p[0], buf[:n, 1] - p[1])
+        behind = arc[n - 1] + step - arc[:n]
+        hit = np.flatnonzero((d < cfg.revisit_radius_m) & (behind > cfg.revisit_gap_m))
+        if len(hit):
+            j = int(hit[0])
+            if behind[j] <= cfg.max_erase_m:  # a detour: erase the loop
+                erased += float(behind[j])
+                n_erased += 1
+                n = j + 1
+                continue
+            n_split += 1  # a long loop is a real route: split
+            segments.append(buf[:n].copy())
+            buf[0], arc[0], n = p, 0.0, 1
+            continue
+        buf[n], arc[n] = p, arc[n - 1] + step
+        n += 1
+    segments.append(buf[:n].copy())
+    return segments, erased, n_erased, n_split
+
+
+def split_at_uturns(dense: np.ndarray, window_m: float, reversal_deg: float) -> list[np.ndarray]:
+    """Cut a densely, evenly sampled polyline (``N×D``, x/y metres first) at its U-turns: points where the
+    direction over the ``window_m/2`` before and the ``window_m/2`` after differ by more than ``reversal_deg``
+    (a turn back within a radius of about ``window_m/π``); each run of such points is cut at its sharpest one.
+    Returns the pieces (consecutive pieces share the cut point)."""
+    xy = np.asarray(dense, dtype=np.float64)[:, :2]
+    if len(xy) < 3:
+        return [np.asarray(dense)]
+    step = float(np.median(np.linalg.norm(np.diff(xy, axis=0), axis=1))) or 1.0
+    w = max(1, int(round(window_m / 2 / step)))
+    if len(xy) <= 2 * w:
+        return [np.asarray(dense)]
+    i = np.arange(w, len(xy) - w)
+    vin, vout = xy[i] - xy[i - w], xy[i + w] - xy[i]
+    cos = np.einsum("ij,ij->i", vin, vout) / np.maximum(np.linalg.norm(vin, axis=1) * np.linalg.norm(vout, axis=1),
+                                                         1e-12)
+    cand = cos < math.cos(math.radians(reversal_deg))
+    cuts = []
+    k = 0
+    while k < len(i):
+        if cand[k]:
+            m = k
+            while m + 1 < len(i) and cand[m + 1]:
+                m += 1
+            cuts.append(int(i[k + int(np.argmin(cos[k:m + 1]))]))
+            k = m + 1
+        else:
+            k += 1
+    bounds = [0] + cuts + [len(xy) - 1]
+    return [np.asarray(dense)[a:b + 1] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
 def refine_trajectory(xy: np.ndarray, t: np.ndarray, config: NavConfig | None = None) -> RefinedTrajectory:
     """Smooth, loop-erase / split and resample a floor trajectory (``N×2`` metres, ``N`` seconds, time order).
 
@@ -143,38 +209,27 @@ def refine_trajectory(xy: np.ndarray, t: np.ndarray, config: NavConfig | None = 
         xy = gaussian_filter1d(xy, cfg.smooth_sigma, axis=0, mode="nearest")
     dense = resample_polyline(np.column_stack([xy, t]), cfg.dense_step_m) if len(xy) > 1 else np.column_stack([xy, t])
     before = float(_arc(dense[:, :2])[-1])
-    dense = despike(dense, cfg.reversal_deg)
-    backtrack = before - float(_arc(dense[:, :2])[-1])
+    n_uturns = 0
+    if cfg.backtrack == "split":
+        pieces = split_at_uturns(dense, cfg.uturn_window_m, cfg.reversal_deg)
+        n_uturns = len(pieces) - 1
+        backtrack = 0.0
+    else:
+        pieces = [despike(dense, cfg.reversal_deg)]
+        backtrack = before - float(_arc(pieces[0][:, :2])[-1])
     segments: list[np.ndarray] = []
-    buf = np.empty_like(dense)  # the current segment, buf[:n]; arc[:n] its cumulative length
-    arc = np.empty(len(dense))
-    buf[0], arc[0], n = dense[0], 0.0, 1
     erased, n_erased, n_split = 0.0, 0, 0
-    for p in dense[1:]:
-        step = math.hypot(p[0] - buf[n - 1, 0], p[1] - buf[n - 1, 1])
-        d = np.hypot(buf[:n, 0] - p[0], buf[:n, 1] - p[1])
-        behind = arc[n - 1] + step - arc[:n]
-        hit = np.flatnonzero((d < cfg.revisit_radius_m) & (behind > cfg.revisit_gap_m))
-        if len(hit):
-            j = int(hit[0])
-            if behind[j] <= cfg.max_erase_m:  # a detour or back-track: erase the loop
-                erased += float(behind[j])
-                n_erased += 1
-                n = j + 1
-                continue
-            n_split += 1  # a long loop is a real route: split
-            segments.append(buf[:n].copy())
-            buf[0], arc[0], n = p, 0.0, 1
-            continue
-        buf[n], arc[n] = p, arc[n - 1] + step
-        n += 1
-    segments.append(buf[:n].copy())
+    for piece in pieces:
+        segs, e, ne, ns = _loop_erase(piece, cfg)
+        segments += segs
+        erased, n_erased, n_split = erased + e, n_erased + ne, n_split + ns
     # loop erasure leaves a stub (up to revisit_radius_m) where the walk came back: despike again
     cleaned = [despike(s, cfg.reversal_deg) for s in segments]
     backtrack += sum(float(_arc(a[:, :2])[-1] - _arc(b[:, :2])[-1]) for a, b in zip(segments, cleaned) if len(a) > 1)
     out = [resample_polyline(s, cfg.resample_m) for s in cleaned if len(s) > 1]
     out = [s for s in out if len(s) > 1 and _arc(s[:, :2])[-1] >= cfg.min_segment_m]
-    stats = {"raw_length_m": round(raw_len, 3), "backtrack_cut_m": round(backtrack, 3), "erased_loop_m": round(erased, 3), "n_loops_erased": n_erased,
+    stats = {"raw_length_m": round(raw_len, 3), "backtrack": cfg.backtrack, "n_uturn_splits": n_uturns,
+             "backtrack_cut_m": round(backtrack, 3), "erased_loop_m": round(erased, 3), "n_loops_erased": n_erased,
              "n_splits": n_split, "n_segments": len(out),
              "refined_length_m": round(float(sum(_arc(s[:, :2])[-1] for s in out)), 3)}
     return RefinedTrajectory(out, stats)
