@@ -255,3 +255,19 @@ def test_combos_caps_deterministically():
     a = vqa._combos(list(range(30)), 4, 50, np.random.default_rng(1))
     b = vqa._combos(list(range(30)), 4, 50, np.random.default_rng(1))
     assert a == b and len(set(a)) == 50
+
+
+def test_multiple_choice_letters_balanced_when_capped(scene):
+    from collections import Counter
+
+    rows, meta = vqa.generate(scene, vqa.Config(max_per_type=12))
+    for level, n_opts in (("easy", 2), ("medium", 3), ("hard", 4)):
+        qt = f"object_rel_direction_{level}"
+        c = Counter(r["ground_truth"] for r in rows if r["question_type"] == qt)
+        assert sum(c.values()) == 12
+        accepted = Counter(r["ground_truth"] for r in vqa.GENERATORS[qt](vqa._Context(scene, vqa.Config()),
+                                                                        np.random.default_rng(0)).accepted)
+        # every letter gets min(its accepted count, a fair share)
+        fair = 12 // n_opts
+        for letter, k in accepted.items():
+            assert c[letter] >= min(k, fair)

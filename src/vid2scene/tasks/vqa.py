@@ -40,7 +40,8 @@ in the scene, so the name is an unambiguous referent):
   ``landmark_radius_m``, or the route has no turn / more than ``route_max_legs`` legs / no path.
 
 Candidates are enumerated in a fixed order (at most ``max_candidates`` per type, a seeded sample beyond), each is
-accepted or rejected with a reason, and at most ``max_per_type`` accepted questions are kept (seeded sample).
+accepted or rejected with a reason, and at most ``max_per_type`` accepted questions are kept (seeded sample; for
+multiple choice drawn round-robin over the ground-truth letters, so a most-frequent-letter guess gains little).
 Everything is deterministic given ``seed``.
 """
 
@@ -127,6 +128,23 @@ def _cap(items: list, n: int, rng: np.random.Generator) -> list:
         return list(items)
     idx = np.sort(rng.choice(len(items), size=n, replace=False))
     return [items[i] for i in idx]
+
+
+def _balanced_cap(rows: list[dict], n: int, rng: np.random.Generator) -> list[dict]:
+    """At most ``n`` rows, drawn round-robin over their ground-truth letters (each letter's rows in a seeded
+    order), so that no letter is over-represented when there is a choice; kept in their original order."""
+    if len(rows) <= n:
+        return list(rows)
+    groups: dict[str, list[int]] = {}
+    for k, r in enumerate(rows):
+        groups.setdefault(r["ground_truth"], []).append(k)
+    queues = {g: [idx[i] for i in rng.permutation(len(idx))] for g, idx in sorted(groups.items())}
+    picked: list[int] = []
+    while len(picked) < n:
+        for g in sorted(queues):
+            if queues[g] and len(picked) < n:
+                picked.append(queues[g].pop(0))
+    return [rows[k] for k in sorted(picked)]
 
 
 def _combos(pool: list, k: int, limit: int, rng: np.random.Generator, ordered: bool = False) -> list[tuple]:
@@ -534,7 +552,8 @@ def generate(scene, config: Config | None = None) -> tuple[list[dict], dict]:
         rng = np.random.default_rng([cfg.seed, ti])
         ts = time.perf_counter()
         tally = GENERATORS[qtype](ctx, rng)
-        kept = _cap(tally.accepted, cfg.max_per_type, rng)
+        kept = (_balanced_cap(tally.accepted, cfg.max_per_type, rng) if qtype in MC_TYPES
+                else _cap(tally.accepted, cfg.max_per_type, rng))
         for r in kept:
             row = {"id": len(rows), "dataset": cfg.dataset, "scene_name": ctx.name, "question_type": qtype,
                    "question": r["question"], "options": r.get("options"), "ground_truth": r["ground_truth"],
