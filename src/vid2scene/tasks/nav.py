@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -318,8 +319,9 @@ class NavGraph:
     space: FreeSpace
     config: NavConfig
 
-    @property
+    @cached_property
     def xy(self) -> np.ndarray:
+        """``N×2`` node positions (metres), row = node id (ids are 0..N-1)."""
         return np.array([self.graph.nodes[n]["xy"] for n in sorted(self.graph.nodes)]).reshape(-1, 2)
 
     def approach_node(self, inst: Instance) -> tuple[int | None, float]:

@@ -156,13 +156,16 @@ def _combos(pool: list, k: int, limit: int, rng: np.random.Generator, ordered: b
         it = itertools.permutations(pool, k) if ordered else itertools.combinations(pool, k)
         return list(it)
     seen: set = set()
-    out = []
-    while len(out) < limit:
-        idx = rng.choice(n, size=k, replace=False)
-        key = tuple(idx) if ordered else tuple(sorted(idx))
-        if key not in seen:
-            seen.add(key)
-            out.append(tuple(pool[i] for i in key))
+    out: list[tuple] = []
+    while len(out) < limit:  # vectorised draws of k distinct indices, deduplicated, in draw order
+        idx = np.argsort(rng.random((2 * (limit - len(out)) + 8, n)), axis=1)[:, :k]
+        for row in idx.tolist():
+            key = tuple(row) if ordered else tuple(sorted(row))
+            if key not in seen:
+                seen.add(key)
+                out.append(tuple(pool[i] for i in key))
+                if len(out) == limit:
+                    break
     return out
 
 
@@ -308,11 +311,27 @@ def gen_room_size_estimation(ctx: _Context, rng) -> _Tally:
 
 def gen_object_rel_distance(ctx: _Context, rng) -> _Tally:
     t = _Tally()
-    cands = []
-    for ref in ctx.unique:
-        others = [lab for lab in ctx.labels if lab != ref.label]
-        cands += [(ref, c) for c in _combos(others, 4, ctx.cfg.max_candidates, rng)]
-    for ref, choice in _cap(cands, ctx.cfg.max_candidates, rng):
+    labels = list(ctx.labels)
+    limit = ctx.cfg.max_candidates
+    if len(ctx.unique) * math.comb(max(len(labels) - 1, 0), 4) <= limit:
+        cands = [(ref, c) for ref in ctx.unique
+                 for c in itertools.combinations([lab for lab in labels if lab != ref.label], 4)]
+    else:  # distinct seeded draws of (reference, four other labels)
+        seen: set = set()
+        cands = []
+        while len(cands) < limit:
+            m = 2 * (limit - len(cands)) + 8
+            refs = rng.integers(len(ctx.unique), size=m)
+            idx = np.argsort(rng.random((m, len(labels))), axis=1)[:, :5]
+            for r, row in zip(refs.tolist(), idx.tolist()):
+                ref = ctx.unique[r]
+                choice = tuple(sorted([labels[i] for i in row if labels[i] != ref.label][:4]))
+                if len(choice) == 4 and (r, choice) not in seen:
+                    seen.add((r, choice))
+                    cands.append((ref, choice))
+                    if len(cands) == limit:
+                        break
+    for ref, choice in cands:
         dist = {lab: ctx.label_distance(lab, ref) for lab in choice}
         order = sorted(choice, key=lambda lab: dist[lab][0])
         margin = dist[order[1]][0] - dist[order[0]][0]
@@ -364,9 +383,17 @@ def _gen_direction(level: str) -> Callable:
 
 def gen_obj_appearance_order(ctx: _Context, rng) -> _Tally:
     t = _Tally()
+    video = common.load_video_info(ctx.scene) or {}
+    fps = float(video.get("fps") or 0)
+
+    def when(i: Instance) -> float | None:  # first_timestamp_s, else first_frame / fps (video.json)
+        if i.first_timestamp_s is not None:
+            return i.first_timestamp_s
+        return i.first_frame / fps if i.first_frame is not None and fps > 0 else None
+
     first = {}
     for lab, insts in ctx.labels.items():
-        ts = [(i.first_timestamp_s, i.id) for i in insts if i.first_timestamp_s is not None and i.id in ctx.inside]
+        ts = [(when(i), i.id) for i in insts if when(i) is not None and i.id in ctx.inside]
         if ts:
             first[lab] = min(ts)
     for choice in _combos(sorted(first), 4, ctx.cfg.max_candidates, rng):
