@@ -55,6 +55,7 @@ from typing import Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import InputError
 from ..io import atomic_path, write_json
 from . import common, nav
 from .common import Instance, PointCache
@@ -240,7 +241,7 @@ class _Context:
         if self._nav is None:
             try:
                 cams = common.load_cameras(self.scene)
-            except Exception:  # no cameras: no trajectory nodes, free-space lattice only
+            except InputError:  # no usable cameras: no trajectory nodes, free-space lattice only
                 cams = []
             ncfg = self.cfg.nav
             segs = []
