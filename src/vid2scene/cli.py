@@ -168,6 +168,57 @@ def export(scene_dir: Path = typer.Argument(..., help="scene folder (after layou
         _fail(e)
         return
     typer.echo(json.dumps(summary))
+# ---- task generators and the spatial-QA evaluator (issue 5, part A) -------------------------------------
+@app.command()
+def tasks(scene_dir: Path = typer.Argument(..., help="scene folder with instances.json and layout.json"),
+          only: Optional[str] = typer.Option(None, "--only", help="comma-separated generators (default: all)"),
+          seed: Optional[int] = typer.Option(None, "--seed", help="random seed of every generator"),
+          as_json: bool = typer.Option(False, "--json", help="print the summaries as JSON")) -> None:
+    """Generate task data (spatial QA, navigation episodes, ...) under SCENE/tasks/."""
+    from .tasks import GENERATORS, run_tasks
+
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    try:
+        res = run_tasks(scene_dir, names, seed=seed)
+    except Vid2SceneError as e:
+        _fail(e)
+        return
+    if as_json:
+        typer.echo(json.dumps(res, indent=1))
+        return
+    for name, summary in res.items():
+        outs = ", ".join(GENERATORS[name].OUTPUTS)
+        out.print(f"[bold]{name}[/] -> {outs}: " + json.dumps(summary), highlight=False, soft_wrap=True)
+
+
+@app.command("eval-vqa")
+def eval_vqa(predictions: Path = typer.Argument(..., help="JSON lines with id and prediction"),
+             questions: Optional[Path] = typer.Option(None, "--questions",
+                                                      help="scene folder or vqa.jsonl (when the predictions "
+                                                           "do not carry question_type / ground_truth)"),
+             as_json: bool = typer.Option(False, "--json", help="print the scores as JSON")) -> None:
+    """Score spatial-QA predictions as VSI-Bench does (accuracy for multiple choice, MRA for numbers)."""
+    from .tasks import eval_vqa as ev
+
+    try:
+        res = ev.evaluate(ev.read_jsonl(predictions), ev.load_questions(questions) if questions else None)
+    except Vid2SceneError as e:
+        _fail(e)
+        return
+    if as_json:
+        typer.echo(json.dumps(res, indent=1))
+        return
+    t = Table(title="spatial QA (VSI-Bench scoring)", title_justify="left")
+    for col in ("question type", "n", "missing", "metric", "score"):
+        t.add_column(col)
+    for qtype, d in res["per_type"].items():
+        t.add_row(qtype, str(d["n"]), str(d["n_missing"]), d["metric"], f"{100 * d['score']:.1f}")
+    if res["object_rel_direction"] is not None:
+        t.add_row("object_rel_direction (mean of 3)", "", "", "accuracy", f"{100 * res['object_rel_direction']:.1f}")
+    if res["overall"] is not None:
+        t.add_row("[bold]overall[/] (mean over types)", str(res["n"]), "", "", f"{100 * res['overall']:.1f}")
+        t.add_row("overall (mean over questions)", "", "", "", f"{100 * res['overall_micro']:.1f}")
+    out.print(t)
 
 
 def main() -> None:  # pragma: no cover

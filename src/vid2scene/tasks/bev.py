@@ -445,3 +445,11 @@ def generate(scene: Scene, config: BevConfig | None = None) -> dict:
             "json": str(tasks / "gpt4scene.json"), "n_instances": len(instances),
             "n_markers_per_frame": [len(f["markers"]) for f in frames_out],
             "seconds": round(time.perf_counter() - t0, 3), "bev_seconds": round(t_bev, 3)}
+
+
+Config = BevConfig  # the task-generator protocol (tasks/__init__.py): NAME, OUTPUTS, Config, run
+
+
+def run(scene, config: BevConfig | None = None) -> dict:
+    """Task-generator entry point (``vid2scene tasks --only bev``): :func:`generate`."""
+    return generate(scene, config)
