@@ -18,14 +18,11 @@ from ..scene import Scene
 
 
 def load_json_asset(scene: Scene, name: str, why: str) -> dict:
-    """``scene.root / name`` parsed, or :class:`InputError` saying which stage writes it."""
-    path = scene.root / name
-    if not path.is_file():
-        raise InputError(f"{path} is missing ({why})")
-    try:
-        return read_json(path)
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"unreadable {path}: {e}") from e
+    """``scene.root / name`` parsed, or :class:`InputError` saying which stage writes it (one reader for the task
+    generators and the exporters: :func:`vid2scene.tasks.common._read`)."""
+    from ..tasks.common import _read
+
+    return _read(scene.root / name, why)
 
 
 def load_instances(scene: Scene) -> dict:
