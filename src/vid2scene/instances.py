@@ -394,56 +394,88 @@ def consensus(vis: np.ndarray, assign: np.ndarray, config: Config, seg_size: np.
     if len(good) == 0:
         return group
     size = np.ones(n_seg) if seg_size is None else np.asarray(seg_size, float)
-    n_det = int(assign.max()) + 1
-    # per group: visible counts (n_views,) and detection weights (n_views × n_det)
+    # per group: visible counts (n_views,) and detection weights {view: {detection: vertices}}
     gvis = {int(s): vis[:, s].astype(np.int64) for s in good}
-    gw = {}
-    for s in good:
-        w = np.zeros((n_views, n_det))
-        v = np.flatnonzero(asg[:, s])
-        w[v, assign[v, s]] = size[s]
-        gw[int(s)] = w
+    gw = {int(s): {int(v): {int(assign[v, s]): float(size[s])} for v in np.flatnonzero(asg[:, s])} for s in good}
     members = {int(s): [int(s)] for s in good}
 
     def det_of(g):
-        w = gw[g]
-        return np.where(w.sum(1) > 0, w.argmax(1), -1)
+        d = np.full(n_views, -1, np.int64)
+        for v, dd in gw[g].items():
+            d[v] = max(dd, key=dd.get)
+        return d
+
+    def merge_weights(a, b):
+        out = {v: dict(dd) for v, dd in a.items()}
+        for v, dd in b.items():
+            o = out.setdefault(v, {})
+            for d, w in dd.items():
+                o[d] = o.get(d, 0.0) + w
+        return out
+
+    det = {g: det_of(g) for g in members}
+    index: dict[tuple[int, int], set] = {}  # (view, detection) -> groups assigned to it
+
+    def add_index(g):
+        for v in np.flatnonzero(det[g] >= 0):
+            index.setdefault((int(v), int(det[g][v])), set()).add(g)
+
+    def drop_index(g):
+        for v in np.flatnonzero(det[g] >= 0):
+            index[(int(v), int(det[g][v]))].discard(g)
+
+    for g in members:
+        add_index(g)
 
     def score(g, h):
-        dg, dh = det_of(g), det_of(h)
+        dg, dh = det[g], det[h]
         sg, sh = gvis[g] >= config.min_visible_vertices, gvis[h] >= config.min_visible_vertices
         together = int(((dg >= 0) & (dg == dh)).sum())
         denom = int((sg & sh & ((dg >= 0) | (dh >= 0))).sum())
         return together / max(denom, 1), together, denom
 
     def neighbours(g):
-        d = det_of(g)
         out = set()
-        for h in members:
-            if h != g and ((d >= 0) & (d == det_of(h))).any():
-                out.add(h)
+        for v in np.flatnonzero(det[g] >= 0):
+            out |= index[(int(v), int(det[g][v]))]
+        out.discard(g)
         return out
 
-    scores = {}
-    for g in list(members):
-        for h in neighbours(g):
-            if g < h:
-                scores[(g, h)] = score(g, h)
     def wilson(r, n):  # lower bound (z = 1) of the agreement: well-supported merges go first
         n = max(n, 1)
         return (r + 0.5 / n - math.sqrt(r * (1 - r) / n + 0.25 / n ** 2)) / (1 + 1 / n)
 
-    while scores:
-        ok = {k: v for k, v in scores.items() if v[0] >= config.merge_ratio and v[1] >= 2}
-        if not ok:
-            break
-        (g, h), _ = max(ok.items(), key=lambda kv: (wilson(kv[1][0], kv[1][2]), kv[1][1]))
+    import heapq
+
+    version = {g: 0 for g in members}
+    heap: list = []
+
+    def push(g, h):
+        g, h = min(g, h), max(g, h)
+        r, tog, den = score(g, h)
+        if r >= config.merge_ratio and tog >= 2:
+            heapq.heappush(heap, (-wilson(r, den), -tog, g, h, version[g], version[h]))
+
+    for g in list(members):
+        for h in neighbours(g):
+            if g < h:
+                push(g, h)
+    while heap:
+        _, _, g, h, vg, vh = heapq.heappop(heap)
+        if g not in members or h not in members or version[g] != vg or version[h] != vh:
+            continue  # stale entry: one of the two groups changed since it was scored
+        drop_index(g)
+        drop_index(h)
         gvis[g] = gvis[g] + gvis.pop(h)
-        gw[g] = gw[g] + gw.pop(h)
+        gw[g] = merge_weights(gw[g], gw.pop(h))
         members[g] += members.pop(h)
-        scores = {k: v for k, v in scores.items() if g not in k and h not in k}
+        det.pop(h)
+        version.pop(h)
+        det[g] = det_of(g)
+        version[g] += 1
+        add_index(g)
         for x in neighbours(g):
-            scores[(min(g, x), max(g, x))] = score(min(g, x), max(g, x))
+            push(g, x)
     for i, (_, segs) in enumerate(sorted(members.items())):
         group[segs] = i
     return group
@@ -670,6 +702,9 @@ def build_instances(group: np.ndarray, seg: np.ndarray, obj_idx: np.ndarray, V: 
                 if n_diff > len(shared) - n_diff:
                     continue
                 pa, pb = pts(a), pts(b)
+                gap = np.maximum(np.maximum(pa.min(0) - pb.max(0), pb.min(0) - pa.max(0)), 0)
+                if np.linalg.norm(gap) > config.dup_gap_m:  # bounding boxes already too far apart
+                    continue
                 dist = cKDTree(pa[:: max(1, len(pa) // 3000)]).query(pb[:: max(1, len(pb) // 3000)], k=1)[0].min()
                 if dist <= config.dup_gap_m:
                     segs = np.concatenate([a["segs"], b["segs"]])
