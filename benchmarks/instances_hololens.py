@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/instances_hololens")
     ap.add_argument("--iou", type=float, default=0.5)
     ap.add_argument("--min-visible", type=float, default=0.3)
+    ap.add_argument("--gt", default="/work/shared/data/hololens_office", help="folder with poses.txt (GT)")
     args = ap.parse_args()
 
     from vid2scene import progress
@@ -134,6 +135,25 @@ def main() -> None:
     for r in g["relations"]:
         counts[r["predicate"]] = counts.get(r["predicate"], 0) + 1
     emit(figure="scene_graph", n_objects=len(g["objects"]), relations=counts, scale=inst["scale"] | {"objects": None})
+    # ground truth: metres per SfM unit from the HoloLens poses (camera-centre distances, GT vs SfM)
+    gt_dir = Path(args.gt)
+    if (gt_dir / "poses.txt").is_file():
+        T = np.loadtxt(gt_dir / "poses.txt").reshape(-1, 4, 4)
+        W = np.asarray(m.get("world_from_sfm") or json.loads((work / "cameras.json").read_text())["world_from_sfm"])
+        s_layout = float(np.cbrt(np.linalg.det(W[:3, :3])))
+        c_w = np.array([f.center_in_world for f in frames])
+        c_gt = np.array([T[f.source_frame][:3, 3] for f in frames])
+        i, j = np.triu_indices(len(frames), 1)
+        d_w, d_gt = np.linalg.norm(c_w[i] - c_w[j], axis=1), np.linalg.norm(c_gt[i] - c_gt[j], axis=1)
+        far = d_gt > 0.5
+        true_s = s_layout * float(np.median(d_gt[far] / d_w[far]))
+        sc = inst["scale"]
+        emit(figure="scale_vs_ground_truth", true_metres_per_sfm_unit=round(true_s, 4),
+             layout=sc["layout_metres_per_sfm_unit"], object_prior=sc["object_prior_metres_per_sfm_unit"],
+             combined=sc["combined"], layout_error=round(sc["layout_metres_per_sfm_unit"] / true_s - 1, 4),
+             object_prior_error=None if sc["object_prior_metres_per_sfm_unit"] is None else
+             round(sc["object_prior_metres_per_sfm_unit"] / true_s - 1, 4),
+             combined_error=round(sc["combined"] / true_s - 1, 4), objects=sc["objects"])
     write_report(scene)
     import cv2
 

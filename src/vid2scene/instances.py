@@ -24,7 +24,9 @@ SceneVerse++'s 2D→3D view consensus, with ScanNet's mesh segmentator for the 3
    instances are the connected components.
 5. Per instance, per view the detection holding most of its vertices votes ``score`` for its label; the
    label is the vote winner, the supporting views those whose detection has that label; instances with
-   fewer than ``min_views`` supporting views are dropped. Same-label instances closer than ``dup_gap_m``
+   fewer than ``min_views`` supporting views are dropped, where a view supports the instance only if the box
+   of its projected visible vertices has IoU ≥ ``min_view_iou`` with the detection (a small fragment that
+   sits inside a chair's box in every view is not the chair). Same-label instances closer than ``dup_gap_m``
    that fall in the same detection at least as often as in two different ones (views where both are assigned)
    are merged (an object seen from two sides). Segments farther than ``cluster_gap_m`` from the largest
    spatial cluster of their instance are dropped first (a stray piece of a neighbour that sat in the box).
@@ -33,7 +35,8 @@ SceneVerse++'s 2D→3D view consensus, with ScanNet's mesh segmentator for the 3
    percentile, snapped to the floor when within ``floor_snap_m``. Local x is the longer horizontal side,
    ``yaw_rad`` in [−π/2, π/2).
 7. Scale: object-size priors (:data:`SIZE_PRIORS`, typical sizes of COCO indoor classes) from confident
-   instances give a second metric scale estimate (inverse-variance mean of log size ratios); it is recorded
+   instances (median view IoU ≥ ``prior_min_iou``) give a second metric scale estimate (inverse-variance mean
+   of log size ratios, ratios beyond 1.5× of the median one dropped); it is recorded
    next to the layout scale and their combination under ``"scale"``; the scene is not rescaled.
 8. Optional captions: :mod:`vid2scene.instances_caption` sends the best crop of each instance to an
    OpenAI-compatible chat endpoint (``captioner: "openai"``).
@@ -76,12 +79,15 @@ class Config(BaseModel):
     min_segment_support: float = Field(0.3, ge=0, le=1, description="assigned views / seen views of a segment")
     merge_ratio: float = Field(0.5, gt=0, le=1)
     min_views: int = Field(3, ge=1, description="instances supported by fewer keyframes are dropped")
+    min_view_iou: float = Field(0.2, ge=0, le=1, description="a view supports an instance only if the projected box "
+                                "of its visible vertices has at least this IoU with the detection")
     dup_gap_m: float = Field(0.1, ge=0, description="same-label instances this close may be one object")
     cluster_gap_m: float = Field(0.1, gt=0, description="segments of an instance farther than this from its "
                                  "largest spatial cluster are dropped")
     floor_snap_m: float = Field(0.1, ge=0, description="box bottoms this close to the floor are set to z = 0")
     prior_min_score: float = Field(0.5, ge=0, le=1, description="instances used for the object-size scale")
     prior_min_views: int = Field(3, ge=1)
+    prior_min_iou: float = Field(0.5, ge=0, le=1, description="median view IoU of instances used for the scale")
     captioner: Literal["none", "openai"] = Field("none", description="labeller backend for captions")
     vlm_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
                                      "(env VID2SCENE_VLM_BASE_URL)")
@@ -500,6 +506,8 @@ def object_scale(instances: list[dict], layout_scale: float | None, layout_sigma
         pr = SIZE_PRIORS.get(inst["label"])
         if pr is None or inst["score"] < config.prior_min_score or inst["n_views"] < config.prior_min_views:
             continue
+        if inst.get("views") and np.median([v["iou"] for v in inst["views"]]) < config.prior_min_iou:
+            continue  # the box does not frame the detected object well: its size says little
         dim, prior_m, sigma_m = pr
         size = inst["box"]["size"]
         measured = size[2] if dim == "height" else max(size[0], size[1])
@@ -513,6 +521,13 @@ def object_scale(instances: list[dict], layout_scale: float | None, layout_sigma
     if not used or layout_scale is None:
         return out
     logs = np.log([u["ratio"] for u in used])
+    if len(used) >= 3:  # drop ratios more than 1.5x away from the median one (partial or merged objects)
+        keep = np.abs(logs - np.median(logs)) <= math.log(1.5)
+        for u, k in zip(used, keep):
+            u["used"] = bool(k)
+        used = [u for u, k in zip(used, keep) if k]
+        logs = logs[keep]
+        out["n_objects_used"] = len(used)
     sig = np.array([SIZE_PRIORS[u["label"]][2] / SIZE_PRIORS[u["label"]][1] for u in used])
     wts = 1.0 / sig ** 2
     mu = float((wts * logs).sum() / wts.sum())
@@ -723,19 +738,27 @@ def build_instances(group: np.ndarray, seg: np.ndarray, obj_idx: np.ndarray, V: 
         if len(support) < config.min_views:
             continue
         vmask = np.isin(seg, c["segs"])
-        P = V[vmask]
-        box = oriented_box(P, config.floor_snap_m)
-        views = []
         n_pts = int(vmask.sum())
+        views = []
         for v in sorted(support):
             j, lab, sc = support[v]
             bb = bbox[v, c["segs"]]
             ok = np.isfinite(bb[:, 0])
+            if not ok.any():
+                continue
             proj = [float(bb[ok, 0].min()), float(bb[ok, 1].min()), float(bb[ok, 2].max()), float(bb[ok, 3].max())]
             det_box = det_lists[v][j]["bbox_xyxy"]
+            iou = box_iou(proj, det_box)
+            if iou < config.min_view_iou:  # a fragment inside the box, not the object the box frames
+                continue
             views.append({"frame": frames[v].source_frame, "bbox_xyxy": det_box, "score": round(sc, 4),
-                          "projected_bbox_xyxy": [round(x, 1) for x in proj], "iou": round(box_iou(proj, det_box), 3),
+                          "projected_bbox_xyxy": [round(x, 1) for x in proj], "iou": round(iou, 3),
                           "visible_share": round(float(vis[v, c["segs"]].sum()) / max(n_pts, 1), 3)})
+        if len(views) < config.min_views:
+            continue
+        kept = {fr["frame"] for fr in views}
+        support = {v: t for v, t in support.items() if frames[v].source_frame in kept}
+        box = oriented_box(V[vmask], config.floor_snap_m)
         fr = [frames[v] for v in sorted(support)]
         out.append({"label": c["label"], "score": round(float(np.mean([t[2] for t in support.values()])), 4),
                     "n_views": len(support), "label_votes": {k: round(x, 3) for k, x in
