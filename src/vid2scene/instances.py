@@ -87,7 +87,7 @@ class Config(BaseModel):
     floor_snap_m: float = Field(0.1, ge=0, description="box bottoms this close to the floor are set to z = 0")
     prior_min_score: float = Field(0.5, ge=0, le=1, description="instances used for the object-size scale")
     prior_min_views: int = Field(3, ge=1)
-    prior_min_iou: float = Field(0.5, ge=0, le=1, description="median view IoU of instances used for the scale")
+    prior_min_iou: float = Field(0.4, ge=0, le=1, description="median view IoU of instances used for the scale")
     captioner: Literal["none", "openai"] = Field("none", description="labeller backend for captions")
     vlm_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
                                      "(env VID2SCENE_VLM_BASE_URL)")
@@ -98,16 +98,18 @@ class Config(BaseModel):
     caption_max_instances: int = Field(50, ge=0)
 
 
-#: Typical sizes of COCO indoor classes: (dimension, metres, sigma metres). ``height`` is the z extent,
-#: ``length`` the longer horizontal side. Rough figures from common furniture standards / product ranges.
+#: Typical sizes of COCO indoor classes: (dimension, metres, sigma metres). ``top`` is the height of the top
+#: above the floor (z max; robust to legs the reconstruction misses, for furniture standing on the floor),
+#: ``height`` the z extent, ``length`` the longer horizontal side. Rough figures from common furniture
+#: standards / product ranges; "dining table" is wide because COCO's class also takes desks and counters.
 SIZE_PRIORS: dict[str, tuple[str, float, float]] = {
-    "chair": ("height", 0.88, 0.12),
-    "couch": ("height", 0.85, 0.12),
-    "bed": ("height", 0.6, 0.15),
-    "dining table": ("height", 0.75, 0.05),
-    "toilet": ("height", 0.75, 0.08),
-    "refrigerator": ("height", 1.7, 0.2),
-    "oven": ("height", 0.9, 0.06),
+    "chair": ("top", 0.88, 0.12),
+    "couch": ("top", 0.85, 0.12),
+    "bed": ("top", 0.6, 0.15),
+    "dining table": ("top", 0.75, 0.1),
+    "toilet": ("top", 0.75, 0.08),
+    "refrigerator": ("top", 1.7, 0.2),
+    "oven": ("top", 0.9, 0.06),
     "microwave": ("height", 0.3, 0.05),
     "tv": ("height", 0.5, 0.2),
     "laptop": ("length", 0.34, 0.05),
@@ -510,7 +512,10 @@ def object_scale(instances: list[dict], layout_scale: float | None, layout_sigma
             continue  # the box does not frame the detected object well: its size says little
         dim, prior_m, sigma_m = pr
         size = inst["box"]["size"]
-        measured = size[2] if dim == "height" else max(size[0], size[1])
+        if dim == "top":
+            measured = inst["box"]["center"][2] + size[2] / 2 if "center" in inst["box"] else size[2]
+        else:
+            measured = size[2] if dim == "height" else max(size[0], size[1])
         if measured <= 0.01:
             continue
         used.append({"id": inst["id"], "label": inst["label"], "dimension": dim, "measured_m": round(measured, 4),
