@@ -27,6 +27,11 @@ from . import sfm as _sfm
 from . import shots as _shots
 from .errors import InputError
 
+# issue 4: semantic instances and the scene graph
+from . import detect as _detect  # noqa: E402
+from . import instances as _instances  # noqa: E402
+from . import scene_graph as _scene_graph  # noqa: E402
+
 
 class PipelineConfig(BaseModel):
     """Configuration of every stage, in pipeline order."""
@@ -40,6 +45,9 @@ class PipelineConfig(BaseModel):
     depth: _depth.Config = Field(default_factory=_depth.Config)
     fusion: _fusion.Config = Field(default_factory=_fusion.Config)
     layout: _layout.Config = Field(default_factory=_layout.Config)
+    detect: _detect.Config = Field(default_factory=_detect.Config)
+    instances: _instances.Config = Field(default_factory=_instances.Config)
+    scene_graph: _scene_graph.Config = Field(default_factory=_scene_graph.Config)
 
 
 #: Named presets: partial configs applied over the defaults.

@@ -85,20 +85,7 @@ class PersonDetector:
         return (True, "installed") if model_paths() is not None else (False, INSTALL_HINT)
 
     def _net(self):
-        from .errors import BackendNotInstalled
-
-        paths = self._paths or model_paths()
-        if paths is None or not all(p.is_file() for p in paths):
-            raise BackendNotInstalled(f"person detector {INSTALL_HINT}")
-        key = (str(paths[0]), str(paths[1]))
-        with _NETS_LOCK:
-            net = _NETS.get(key)
-            if net is None:
-                import cv2
-
-                net = cv2.dnn.readNetFromTensorflow(key[0], key[1])
-                _NETS[key] = net
-        return net
+        return load_ssd_net(self._paths)
 
     def detect(self, rgb: np.ndarray) -> list[Box]:
         """Person boxes in an ``H×W×3`` uint8 RGB image.
@@ -109,25 +96,58 @@ class PersonDetector:
         normalises itself), RGB channel order — ``blobFromImage(..., swapRB=True)`` on OpenCV's BGR images;
         this method takes RGB, so it does not swap.
         """
-        import cv2
+        rows = ssd_coco_forward(rgb, self._paths)
+        rows = rows[(np.round(rows[:, 0]) == PERSON_CLASS_ID) & (rows[:, 1] >= self.score_threshold)]
+        return [(float(a), float(b), float(c), float(d), float(s)) for s, a, b, c, d in rows[:, 1:6]]
 
-        img = np.asarray(rgb)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"expected an H×W×3 uint8 RGB image, got {img.shape} {img.dtype}")
-        h, w = img.shape[:2]
-        blob = cv2.dnn.blobFromImage(np.ascontiguousarray(img), scalefactor=1.0, size=(INPUT_SIZE, INPUT_SIZE),
-                                     swapRB=False, crop=False)
-        net = self._net()
-        with _NETS_LOCK:  # a cv2.dnn net is not re-entrant
-            net.setInput(blob)
-            out = np.asarray(net.forward())
-        rows = out.reshape(-1, 7)  # [image_id, class_id, score, x0, y0, x1, y1] (normalised corners)
-        keep = (np.round(rows[:, 1]) == PERSON_CLASS_ID) & (rows[:, 2] >= self.score_threshold)
-        rows = rows[keep]
-        rows = rows[np.argsort(-rows[:, 2], kind="stable")]
-        xy = np.clip(rows[:, 3:7], 0.0, 1.0) * np.array([w, h, w, h], dtype=np.float64)
-        return [(float(a), float(b), float(c), float(d), float(s))
-                for (a, b, c, d), s in zip(xy, rows[:, 2]) if c > a and d > b]
+
+def load_ssd_net(paths: tuple[Path, Path] | None = None):
+    """The SSD-MobileNet-v2 COCO ``cv2.dnn`` net for ``(pb, pbtxt)`` (default: :func:`model_paths`), loaded
+    once per process and cached. Raises :class:`~vid2scene.errors.BackendNotInstalled` when the files are
+    absent."""
+    from .errors import BackendNotInstalled
+
+    paths = paths or model_paths()
+    if paths is None or not all(Path(p).is_file() for p in paths):
+        raise BackendNotInstalled(f"SSD COCO detector {INSTALL_HINT}")
+    key = (str(paths[0]), str(paths[1]))
+    with _NETS_LOCK:
+        net = _NETS.get(key)
+        if net is None:
+            import cv2
+
+            net = cv2.dnn.readNetFromTensorflow(key[0], key[1])
+            _NETS[key] = net
+    return net
+
+
+def ssd_coco_forward(rgb: np.ndarray, paths: tuple[Path, Path] | None = None) -> np.ndarray:
+    """Every box of one SSD-MobileNet-v2 COCO forward pass on an ``H×W×3`` uint8 RGB image.
+
+    Returns an ``N×6`` float64 array ``[coco_id, score, x0, y0, x1, y1]``: ``coco_id`` in the 1-based 90-id
+    label map of the TF detection zoo, score 0..1, corners in pixels of ``rgb`` (clipped; x right, y down),
+    highest score first, empty boxes dropped. The graph's own per-class NMS has run; its score floor is the
+    graph's (pbtxt ``score_threshold``). Preprocessing as for this graph: resize to 300×300, no mean/scale
+    (the graph normalises itself), RGB order (``blobFromImage(..., swapRB=False)`` on RGB input).
+    Raises ValueError on a wrong image shape/dtype, BackendNotInstalled without the model files.
+    """
+    import cv2
+
+    img = np.asarray(rgb)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {img.shape} {img.dtype}")
+    h, w = img.shape[:2]
+    blob = cv2.dnn.blobFromImage(np.ascontiguousarray(img), scalefactor=1.0, size=(INPUT_SIZE, INPUT_SIZE),
+                                 swapRB=False, crop=False)
+    net = load_ssd_net(paths)
+    with _NETS_LOCK:  # a cv2.dnn net is not re-entrant
+        net.setInput(blob)
+        out = np.asarray(net.forward())
+    rows = out.reshape(-1, 7)  # [image_id, class_id, score, x0, y0, x1, y1] (normalised corners)
+    rows = rows[np.argsort(-rows[:, 2], kind="stable")]
+    xy = np.clip(rows[:, 3:7], 0.0, 1.0) * np.array([w, h, w, h], dtype=np.float64)
+    res = np.column_stack([np.round(rows[:, 1]), rows[:, 2], xy]).astype(np.float64).reshape(-1, 6)
+    return res[(res[:, 4] > res[:, 2]) & (res[:, 5] > res[:, 3])]
 
 
 def _box_pixels(box, h: int, w: int) -> tuple[int, int, int, int] | None:
@@ -251,5 +271,6 @@ def mask_people_in_depth(scene, depth_m: np.ndarray, confidence: np.ndarray, sou
     return np.where(mask, 0, depth).astype(np.float32), np.where(mask, 0, conf).astype(np.float32), n
 
 
-__all__ = ["PERSON_CLASS_ID", "PersonDetector", "mask_people_in_depth", "model_paths", "person_mask"]
+__all__ = ["PERSON_CLASS_ID", "PersonDetector", "load_ssd_net", "mask_people_in_depth", "model_paths", "person_mask",
+           "ssd_coco_forward"]
 

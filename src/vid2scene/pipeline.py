@@ -23,7 +23,8 @@ from .errors import InputError, StageFailed, Vid2SceneError
 from .scene import Scene, config_hash, now_iso
 from .stage import StageResult
 
-STAGE_ORDER: list[str] = ["ingest", "shots", "quality", "keyframes", "sfm", "depth", "fusion", "layout"]
+STAGE_ORDER: list[str] = ["ingest", "shots", "quality", "keyframes", "sfm", "depth", "fusion", "layout",
+                          "detect", "instances", "scene_graph"]
 
 
 def stage_module(name: str):

@@ -107,6 +107,7 @@ def write_report(scene: Scene) -> None:
         imgs = "".join(f"<figure><img src='{_jpg_data_uri(scene.keyframe_path(k['source_frame']))}'>"
                        f"<figcaption>{k['source_frame']} ({e(k['reason'])})</figcaption></figure>" for k in pick)
         parts.append(f"<h2>Keyframes ({len(kfs)})</h2><div class='strip'>{imgs}</div>")
+    parts += instances_sections(scene)
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}pre{margin:0;font-size:11px}"
              ".complete{color:green}.failed{color:#b00}.warn{color:#a60}.running,.stale,.incomplete{color:#a60}"
@@ -115,3 +116,151 @@ def write_report(scene: Scene) -> None:
           f"</head><body>{''.join(parts)}</body></html>"
     with atomic_path(scene.report_html) as tmp:
         tmp.write_text(doc)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# issue 4: objects (instances.json) seen from above and projected into keyframes
+# ---------------------------------------------------------------------------------------------------------
+def _label_colour(label: str) -> tuple[int, int, int]:
+    import zlib
+
+    h = zlib.crc32(label.encode()) & 0xFFFFFF
+    return (60 + (h & 0x7F), 60 + ((h >> 8) & 0x7F), 60 + ((h >> 16) & 0x7F))
+
+
+def instances_top_down(instances: list[dict], polygon_xy=None, points: np.ndarray | None = None,
+                       centers: np.ndarray | None = None, size: int = 640) -> np.ndarray:
+    """``size×size×3`` uint8 RGB top-down view of the metric z-up world: room polygon (black), mesh points
+    (light grey, ``N×3``), camera path (blue), each instance's gravity-aligned box (coloured by label) with
+    ``id label``; +x to the right, +y up, 1 m grid (light lines), scale bar."""
+    import cv2
+
+    from .instances import box_corners
+
+    img = np.full((size, size, 3), 255, np.uint8)
+    refs = []
+    if polygon_xy is not None and len(polygon_xy):
+        refs.append(np.asarray(polygon_xy, float))
+    for i in instances:
+        refs.append(box_corners(i["box"]["center"], i["box"]["size"], i["box"]["yaw_rad"])[:, :2])
+    if centers is not None and len(centers):
+        refs.append(np.asarray(centers, float)[:, :2])
+    if not refs:
+        return img
+    ref = np.vstack(refs)
+    lo, hi = ref.min(0) - 0.3, ref.max(0) + 0.3
+    span = float(max((hi - lo).max(), 1e-6))
+    k = (size - 40) / span
+
+    def px(xy):
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        return np.stack([20 + (xy[:, 0] - lo[0]) * k, size - 20 - (xy[:, 1] - lo[1]) * k], 1).astype(np.int32)
+
+    for gx in np.arange(np.floor(lo[0]), hi[0] + 1):
+        a = px([[gx, lo[1]], [gx, hi[1]]])
+        cv2.line(img, tuple(map(int, a[0])), tuple(map(int, a[1])), (235, 235, 235), 1)
+    for gy in np.arange(np.floor(lo[1]), hi[1] + 1):
+        a = px([[lo[0], gy], [hi[0], gy]])
+        cv2.line(img, tuple(map(int, a[0])), tuple(map(int, a[1])), (235, 235, 235), 1)
+    if points is not None and len(points):
+        q = px(np.asarray(points)[:, :2])
+        ok = (q[:, 0] >= 0) & (q[:, 0] < size) & (q[:, 1] >= 0) & (q[:, 1] < size)
+        img[q[ok, 1], q[ok, 0]] = (200, 200, 200)
+    if polygon_xy is not None and len(polygon_xy) >= 3:
+        cv2.polylines(img, [px(polygon_xy)], True, (0, 0, 0), 2)
+    if centers is not None and len(centers) > 1:
+        cv2.polylines(img, [px(np.asarray(centers)[:, :2])], False, (60, 90, 230), 1)
+    for i in instances:
+        col = _label_colour(i["label"])
+        c = px(box_corners(i["box"]["center"], i["box"]["size"], i["box"]["yaw_rad"])[:4, :2])
+        cv2.polylines(img, [c], True, col, 2)
+        t = c.mean(0).astype(int)
+        cv2.putText(img, f"{i['id']} {i['label']}", (int(t[0]) - 10, int(t[1])), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    a = px([[lo[0] + 0.1, lo[1] + 0.1], [lo[0] + 1.1, lo[1] + 0.1]])
+    cv2.line(img, tuple(map(int, a[0])), tuple(map(int, a[1])), (0, 0, 0), 3)
+    cv2.putText(img, "1 m", (int(a[0][0]), int(a[0][1]) - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    return img
+
+
+def keyframe_with_boxes(rgb: np.ndarray, frame, items: list[tuple[dict, dict | None]]) -> np.ndarray:
+    """Keyframe ``rgb`` (``H×W×3`` uint8, the camera's image size) with each instance's 3D box projected as a
+    wireframe (label colour) and, if given, the supporting detection box of this view (thin white)."""
+    import cv2
+
+    from .instances import box_corners, project
+
+    img = np.ascontiguousarray(rgb.copy())
+    edges = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
+    for inst, view in items:
+        col = _label_colour(inst["label"])
+        if view is not None:
+            x0, y0, x1, y1 = map(int, view["bbox_xyxy"])
+            cv2.rectangle(img, (x0, y0), (x1, y1), (255, 255, 255), 1)
+        C = box_corners(inst["box"]["center"], inst["box"]["size"], inst["box"]["yaw_rad"])
+        uv, z = project(C, frame.K, frame.cam_from_world)
+        if (z <= 0.05).any():
+            continue
+        for a, b in edges:
+            cv2.line(img, tuple(map(int, uv[a])), tuple(map(int, uv[b])), col, 2, cv2.LINE_AA)
+        t = uv.min(0).astype(int)
+        cv2.putText(img, f"{inst['id']} {inst['label']}", (max(int(t[0]), 0), max(int(t[1]) - 3, 10)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, col, 1, cv2.LINE_AA)
+    return img
+
+
+def instances_sections(scene: Scene, n_keyframes: int = 4) -> list[str]:
+    """HTML sections for ``instances.json``: a top-down view with boxes and labels, a table of the objects
+    and ``n_keyframes`` keyframes (those supporting most instances) with the projected boxes."""
+    import cv2
+
+    from .io import read_json
+
+    p = scene.root / "instances.json"
+    if not p.is_file():
+        return []
+    e = html.escape
+    doc = read_json(p)
+    insts = doc.get("instances", [])
+    layout = read_json(scene.root / "layout.json") if (scene.root / "layout.json").is_file() else {}
+    frames = [f for f in scene.load_cameras() if f.registered] if scene.cameras_json.exists() else []
+    centers = np.array([f.center_in_world for f in frames]).reshape(-1, 3)
+    pts = None
+    if (scene.root / "points.ply").is_file():
+        from .fusion import read_points_ply
+
+        pts = read_points_ply(scene.root / "points.ply")[0]
+        pts = pts[(pts[:, 2] > 0.1) & (pts[:, 2] < 2.0)]  # furniture height band
+        if len(pts) > 60000:
+            pts = pts[np.random.default_rng(0).choice(len(pts), 60000, replace=False)]
+    top = instances_top_down(insts, (layout.get("room") or {}).get("polygon_xy"), pts, centers)
+    sc = doc.get("scale") or {}
+    rows = "".join(f"<tr><td>{i['id']}</td><td>{e(i['label'])}</td><td>{i['score']:.2f}</td><td>{i['n_views']}</td>"
+                   f"<td>{' × '.join(f'{v:.2f}' for v in i['box']['size'])}</td><td>{i['first_frame']}–{i['last_frame']}"
+                   f"</td><td>{e(i.get('caption') or '')}</td></tr>" for i in insts)
+    out = [f"<h2>Objects ({len(insts)}, top-down)</h2><p>gravity-aligned boxes from <code>instances.json</code> over "
+           "mesh points at 0.1–2 m (grey), room polygon (black), camera path (blue); 1 m grid. Scale: layout "
+           f"{sc.get('layout_metres_per_sfm_unit')}, object priors {sc.get('object_prior_metres_per_sfm_unit')} "
+           f"({sc.get('n_objects_used', 0)} objects) m per SfM unit.</p><img src='{_png_data_uri(top)}'>"
+           "<table><tr><th>id</th><th>label</th><th>score</th><th>views</th><th>size (m)</th><th>frames</th>"
+           f"<th>caption</th></tr>{rows}</table>"]
+    by_frame: dict[int, list] = {}
+    for i in insts:
+        for v in i["views"]:
+            by_frame.setdefault(v["frame"], []).append((i, v))
+    cams = {f.source_frame: f for f in frames}
+    pick = sorted(by_frame, key=lambda k: -len(by_frame[k]))[:n_keyframes]
+    figs = []
+    for sf in sorted(pick):
+        bgr = cv2.imread(str(scene.keyframe_path(sf)))
+        if bgr is None or sf not in cams:
+            continue
+        f = cams[sf]
+        if bgr.shape[:2] != (f.height, f.width):
+            bgr = cv2.resize(bgr, (f.width, f.height))
+        img = keyframe_with_boxes(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f, by_frame[sf])
+        figs.append(f"<figure><img src='{_png_data_uri(img)}' style='max-width:560px'><figcaption>{sf}: "
+                    f"{len(by_frame[sf])} supported instances (white: detection, colour: 3D box)</figcaption></figure>")
+    if figs:
+        out.append(f"<h2>Keyframes with projected boxes</h2><div class='strip'>{''.join(figs)}</div>")
+    return out

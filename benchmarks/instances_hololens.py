@@ -1,0 +1,172 @@
+"""Figures of the semantic stages (detect, instances, scene_graph) on the real office walkthrough.
+
+Runs on a *copy* of a complete reference scene (default /work/scenes/hololens: all stages through layout of
+../shared/data/hololens_office.mp4) and prints one JSON object per line:
+
+* ``{"figure": "instances_per_class", ...}`` — counts per label, and the 2D detections per class for context;
+* ``{"figure": "agreement", ...}`` — share of instances whose projected 3D points agree with the 2D detections:
+  (a) over the views that support the instance (``instances.json`` views, IoU of the projected box of its
+  visible vertices with the supporting detection), an instance agrees when the median IoU ≥ ``--iou``;
+  (b) over *all* registered keyframes that see it (≥ ``--min-visible`` of its vertices visible, occlusion by
+  the mesh ray-cast), an instance agrees when in at least half of them some detection *of its label* has IoU ≥
+  ``--iou`` with its projected box. (b) also counts views where the detector missed the object;
+* ``{"figure": "time", ...}`` — seconds per stage and per keyframe; ``{"figure": "memory", ...}`` — peak RSS;
+* ``{"figure": "scene_graph", ...}`` — relation counts.
+
+It also writes ``report.html`` and ``top_down.png`` (the report's top-down view) into the copy.
+
+Usage: ``PYTHONPATH=src python benchmarks/instances_hololens.py [--scene DIR] [--work DIR] [--iou 0.5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def emit(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scene", default="/work/scenes/hololens")
+    ap.add_argument("--work", default="/tmp/instances_hololens")
+    ap.add_argument("--iou", type=float, default=0.5)
+    ap.add_argument("--min-visible", type=float, default=0.3)
+    ap.add_argument("--gt", default="/work/shared/data/hololens_office", help="folder with poses.txt (GT)")
+    args = ap.parse_args()
+
+    from vid2scene import progress
+    from vid2scene.config import PipelineConfig
+    from vid2scene.detect import load_detections
+    from vid2scene.fusion import read_mesh_ply
+    from vid2scene.instances import MeshRaycaster, box_iou, project
+    from vid2scene.pipeline import peak_rss_mb, run_stage
+    from vid2scene.report import instances_top_down, write_report
+    from vid2scene.scene import Scene
+
+    progress.set_enabled(False)
+    src = Scene(args.scene)
+    m = src.read_manifest()
+    if m.get("status") != "complete" or m["stages"].get("layout", {}).get("status") != "complete":
+        raise SystemExit(f"{args.scene} is not complete through layout yet")
+    work = Path(args.work)
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(src.root, work, ignore=shutil.ignore_patterns("detections", "instances.json", "scene_graph.json"))
+    scene = Scene(work)
+    cfg = PipelineConfig()
+    frames = [f for f in scene.load_cameras() if f.registered]
+    n_kf = len(scene.load_keyframes()["keyframes"])
+    secs = {}
+    for name in ("detect", "instances", "scene_graph"):
+        t0 = time.perf_counter()
+        res = run_stage(scene, name, cfg)
+        secs[name] = time.perf_counter() - t0
+        emit(figure="stage", stage=name, summary=res.summary, warnings=res.warnings, qc=res.qc)
+    inst = json.loads((work / "instances.json").read_text())
+    instances = inst["instances"]
+    det_per_class: dict[str, int] = {}
+    dets = {f.source_frame: load_detections(scene, f.source_frame) for f in frames}
+    for d in dets.values():
+        for o in (d or {}).get("detections", []):
+            det_per_class[o["label"]] = det_per_class.get(o["label"], 0) + 1
+    per_class: dict[str, int] = {}
+    for i in instances:
+        per_class[i["label"]] = per_class.get(i["label"], 0) + 1
+    emit(figure="instances_per_class", n_instances=len(instances), per_class=dict(sorted(per_class.items())),
+         detections_per_class=dict(sorted(det_per_class.items())), n_keyframes=n_kf, n_registered=len(frames))
+
+    # (a) supporting views
+    med = [float(np.median([v["iou"] for v in i["views"]])) for i in instances]
+    share_a = float(np.mean([x >= args.iou for x in med])) if med else None
+    # (b) every view that sees the instance
+    mesh = read_mesh_ply(work / "mesh.ply")
+    V, F = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    ray = MeshRaycaster(V, F)
+    ws = cfg.instances.work_size
+    seen_views = {i["id"]: [] for i in instances}
+    for f in frames:
+        s = ws / max(f.width, f.height)
+        w, h = round(f.width * s), round(f.height * s)
+        K = f.K.copy()
+        K[0] *= w / f.width
+        K[1] *= h / f.height
+        zref = ray.depth(K, f.cam_from_world, w, h)
+        for i in instances:
+            P = V[np.asarray(i["vertex_ids"])]
+            uv, z = project(P, f.K, f.cam_from_world)
+            inimg = (z > 0.05) & (uv[:, 0] >= 0) & (uv[:, 0] < f.width) & (uv[:, 1] >= 0) & (uv[:, 1] < f.height)
+            if inimg.sum() < args.min_visible * len(P):
+                continue
+            px = np.clip((uv[inimg, 0] * s).astype(int), 0, w - 1)
+            py = np.clip((uv[inimg, 1] * s).astype(int), 0, h - 1)
+            vis = z[inimg] <= zref[py, px] * 1.05 + 0.04
+            if vis.sum() < args.min_visible * len(P):
+                continue
+            q = uv[inimg][vis]
+            box = [float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())]
+            cands = [o for o in (dets.get(f.source_frame) or {}).get("detections", []) if o["label"] == i["label"]]
+            best = max((box_iou(box, o["bbox_xyxy"]) for o in cands), default=0.0)
+            seen_views[i["id"]].append(best)
+    agree_b = [np.mean(np.asarray(v) >= args.iou) >= 0.5 for v in seen_views.values() if v]
+    per_view_b = [x for v in seen_views.values() for x in v]
+    emit(figure="agreement", iou_threshold=args.iou,
+         supporting_views={"share_of_instances_median_iou_ge_thr": share_a,
+                           "median_iou_per_instance": [round(x, 3) for x in med]},
+         all_views_that_see_it={"min_visible_share": args.min_visible,
+                                "share_of_instances_agreeing_in_half_their_views":
+                                    float(np.mean(agree_b)) if agree_b else None,
+                                "share_of_views_with_matching_detection":
+                                    float(np.mean(np.asarray(per_view_b) >= args.iou)) if per_view_b else None,
+                                "n_instance_views": len(per_view_b),
+                                "instances_never_seen_by_this_test": sum(1 for v in seen_views.values() if not v)})
+    emit(figure="time", seconds=secs | {"total": sum(secs.values())}, n_keyframes=n_kf, n_registered=len(frames),
+         seconds_per_keyframe={k: round(v / max(n_kf, 1), 4) for k, v in secs.items()})
+    emit(figure="memory", peak_rss_mb=round(peak_rss_mb(), 1), mesh_vertices=int(len(V)))
+    g = json.loads((work / "scene_graph.json").read_text())
+    counts: dict[str, int] = {}
+    for r in g["relations"]:
+        counts[r["predicate"]] = counts.get(r["predicate"], 0) + 1
+    emit(figure="scene_graph", n_objects=len(g["objects"]), relations=counts, scale=inst["scale"] | {"objects": None})
+    # ground truth: metres per SfM unit from the HoloLens poses (camera-centre distances, GT vs SfM)
+    gt_dir = Path(args.gt)
+    if (gt_dir / "poses.txt").is_file():
+        T = np.loadtxt(gt_dir / "poses.txt").reshape(-1, 4, 4)
+        W = np.asarray(m.get("world_from_sfm") or json.loads((work / "cameras.json").read_text())["world_from_sfm"])
+        s_layout = float(np.cbrt(np.linalg.det(W[:3, :3])))
+        c_w = np.array([f.center_in_world for f in frames])
+        c_gt = np.array([T[f.source_frame][:3, 3] for f in frames])
+        i, j = np.triu_indices(len(frames), 1)
+        d_w, d_gt = np.linalg.norm(c_w[i] - c_w[j], axis=1), np.linalg.norm(c_gt[i] - c_gt[j], axis=1)
+        far = d_gt > 0.5
+        true_s = s_layout * float(np.median(d_gt[far] / d_w[far]))
+        sc = inst["scale"]
+        emit(figure="scale_vs_ground_truth", true_metres_per_sfm_unit=round(true_s, 4),
+             layout=sc["layout_metres_per_sfm_unit"], object_prior=sc["object_prior_metres_per_sfm_unit"],
+             combined=sc["combined"], layout_error=round(sc["layout_metres_per_sfm_unit"] / true_s - 1, 4),
+             object_prior_error=None if sc["object_prior_metres_per_sfm_unit"] is None else
+             round(sc["object_prior_metres_per_sfm_unit"] / true_s - 1, 4),
+             combined_error=round(sc["combined"] / true_s - 1, 4), objects=sc["objects"])
+    write_report(scene)
+    import cv2
+
+    from vid2scene.fusion import read_points_ply
+
+    layout = json.loads((work / "layout.json").read_text())
+    pts = read_points_ply(work / "points.ply")[0]
+    pts = pts[(pts[:, 2] > 0.1) & (pts[:, 2] < 2.0)]
+    img = instances_top_down(instances, layout["room"]["polygon_xy"], pts,
+                             np.array([f.center_in_world for f in frames]), size=900)
+    cv2.imwrite(str(work / "top_down.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    emit(figure="files", report=str(work / "report.html"), top_down=str(work / "top_down.png"))
+
+
+if __name__ == "__main__":
+    main()

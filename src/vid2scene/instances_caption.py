@@ -1,0 +1,152 @@
+"""Optional labeller backend for ``instances``: object crops → a label and a one-line caption from a
+vision-language model behind an OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, llama.cpp
+server, Ollama, LM Studio, OpenAI itself).
+
+Off by default (``instances.captioner = "none"``). Configuration, config first, then environment:
+``vlm_base_url`` / ``VID2SCENE_VLM_BASE_URL`` (e.g. ``http://127.0.0.1:8000/v1``; ``/v1`` is appended
+when missing), ``vlm_model`` / ``VID2SCENE_VLM_MODEL``, ``vlm_api_key`` / ``VID2SCENE_VLM_API_KEY`` (sent
+as ``Authorization: Bearer``; never written to the scene). Each request carries one JPEG crop as a base64
+``data:`` URL in an ``image_url`` content part, asks for JSON ``{"label": ..., "caption": ...}``, and is retried
+(``vlm_retries`` more times, exponential back-off) on connection errors, timeouts, HTTP 429 and 5xx. A server
+that stays unreachable raises :class:`~vid2scene.errors.StageFailed` with a one-line reason; a missing base URL
+raises :class:`~vid2scene.errors.BackendNotInstalled`. Only the standard library (``urllib``) is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from .errors import BackendNotInstalled, StageFailed
+
+ENV_BASE_URL, ENV_MODEL, ENV_API_KEY = "VID2SCENE_VLM_BASE_URL", "VID2SCENE_VLM_MODEL", "VID2SCENE_VLM_API_KEY"
+PROMPT = ("This image is a crop around one object in an indoor scene; a detector called it '{hint}'. "
+          "Reply with JSON only: {{\"label\": <short lower-case object name>, \"caption\": <one sentence "
+          "describing the object: colour, material, state>}}.")
+
+
+class OpenAICompatLabeller:
+    """Client of an OpenAI-compatible chat-completions server for crop labels and captions."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
+                 timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.5, stage: str = "instances"):
+        base_url = base_url or os.environ.get(ENV_BASE_URL)
+        if not base_url:
+            raise BackendNotInstalled(f"labeller 'openai' not installed: set instances.vlm_base_url or "
+                                      f"{ENV_BASE_URL} to an OpenAI-compatible server URL")
+        base = base_url.rstrip("/")
+        self.url = (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
+        self.model = model or os.environ.get(ENV_MODEL) or "default"
+        self._key = api_key or os.environ.get(ENV_API_KEY)
+        self.timeout_s, self.retries, self.backoff_s, self.stage = float(timeout_s), int(retries), backoff_s, stage
+
+    @classmethod
+    def is_installed(cls) -> tuple[bool, str]:
+        return (True, "installed") if os.environ.get(ENV_BASE_URL) else \
+            (False, f"not installed: set {ENV_BASE_URL} (or instances.vlm_base_url)")
+
+    def _post(self, body: dict) -> dict:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                    return json.loads(r.read().decode("utf-8"))
+            except urllib.error.HTTPError as e:
+                msg = e.read().decode("utf-8", "replace")[:200] if e.fp else ""
+                last = f"HTTP {e.code} {msg}".strip()
+                if e.code != 429 and e.code < 500:  # a client error will not go away by retrying
+                    raise StageFailed(self.stage, f"labeller: {self.url} refused the request: {last}") from e
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+                reason = getattr(e, "reason", e)
+                last = f"timed out after {self.timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError)) \
+                    else str(reason)
+            except json.JSONDecodeError as e:
+                last = f"reply is not JSON ({e})"
+        raise StageFailed(self.stage, f"labeller: cannot get an answer from {self.url}: {last} "
+                                      f"(after {self.retries + 1} tries)")
+
+    def describe(self, crop_rgb: np.ndarray, hint: str = "object") -> dict:
+        """``{"label": str, "caption": str}`` for one ``H×W×3`` uint8 RGB crop.
+
+        The model's reply is parsed as JSON (also inside a ```json fence); a plain-text reply becomes the
+        caption (first line) with ``hint`` as the label. Raises StageFailed as described in the module.
+        """
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(crop_rgb), cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise ValueError("could not encode the crop as JPEG")
+        url = "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()
+        body = {"model": self.model, "temperature": 0, "max_tokens": 120,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT.format(hint=hint)},
+                                                          {"type": "image_url", "image_url": {"url": url}}]}]}
+        reply = self._post(body)
+        try:
+            text = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as e:
+            raise StageFailed(self.stage, f"labeller: unexpected reply from {self.url}: {str(reply)[:200]}") from e
+        if isinstance(text, list):  # content parts
+            text = " ".join(p.get("text", "") for p in text if isinstance(p, dict))
+        text = str(text).strip()
+        s = text.strip("`")
+        if s.startswith("json"):
+            s = s[4:]
+        try:
+            d = json.loads(s)
+            label, caption = str(d.get("label") or hint).strip().lower(), str(d.get("caption") or "").strip()
+        except (json.JSONDecodeError, AttributeError):
+            label, caption = hint, (text.splitlines() or [""])[0].strip()
+        return {"label": label, "caption": " ".join(caption.split())}
+
+
+def best_view(inst: dict) -> dict | None:
+    """The supporting view with the highest ``iou × score`` (``None`` without views)."""
+    return max(inst.get("views") or [], key=lambda v: v.get("iou", 0) * v.get("score", 0), default=None)
+
+
+def crop(rgb: np.ndarray, box, margin_rel: float = 0.1) -> np.ndarray:
+    """Crop ``box`` (``x0, y0, x1, y1`` pixels) grown by ``margin_rel`` per side, clipped to the image."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = box
+    mx, my = margin_rel * (x1 - x0), margin_rel * (y1 - y0)
+    c0, r0 = max(int(x0 - mx), 0), max(int(y0 - my), 0)
+    c1, r1 = min(int(np.ceil(x1 + mx)), w), min(int(np.ceil(y1 + my)), h)
+    return rgb[r0:max(r1, r0 + 1), c0:max(c1, c0 + 1)]
+
+
+def caption_instances(scene, instances: list[dict], config) -> int:
+    """Fill ``caption`` and ``caption_label`` of up to ``config.caption_max_instances`` instances (in
+    order) from their best view's crop; returns how many were captioned. Errors as in the module doc."""
+    import cv2
+
+    labeller = OpenAICompatLabeller(config.vlm_base_url, config.vlm_model, config.vlm_api_key,
+                                    timeout_s=config.vlm_timeout_s, retries=config.vlm_retries)
+    n = 0
+    for inst in instances[: config.caption_max_instances]:
+        v = best_view(inst)
+        if v is None:
+            continue
+        bgr = cv2.imread(str(scene.keyframe_path(v["frame"])), cv2.IMREAD_COLOR)
+        if bgr is None:
+            continue
+        out = labeller.describe(crop(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), v["bbox_xyxy"]), inst["label"])
+        inst["caption"], inst["caption_label"] = out["caption"], out["label"]
+        n += 1
+    return n
