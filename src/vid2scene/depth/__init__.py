@@ -82,8 +82,9 @@ class Config(BaseModel):
     min_confidence: float = Field(0.1, ge=0, le=1, description="mvs: matches below this confidence are dropped")
     geometric_filter: bool = Field(True, description="mvs: keep depths consistent with neighbouring views")
     min_consistent_views: int = Field(2, ge=1, description="mvs: views a depth must agree with")
-    consistency_rel_tol: float = Field(0.03, gt=0, description="mvs: relative depth error for agreement "
-                                       "(hololens_office: 1.5% -> 3% raised coverage 41% -> 49%, AbsRel unchanged)")
+    consistency_rel_tol: float = Field(0.05, gt=0, description="mvs: relative depth error for agreement "
+                                       "(hololens_office: 1.5% / 3% / 5% -> coverage 41% / 49% / 53%, AbsRel at GT "
+                                       "scale 0.063 / 0.063 / 0.065)")
     fill_weak: Literal["sparse", "none"] = Field("sparse", description="weak pixels without depth: "
                                                  "interpolate the sparse SfM depths, or leave 0")
     fill_confidence: float = Field(0.1, ge=0, le=1, description="confidence given to sparse-filled depths")
