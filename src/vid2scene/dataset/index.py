@@ -176,6 +176,12 @@ def rows_for_task(dataset_dir: Path, record: dict) -> list[dict]:
         r = scene_row(dataset_dir, root / e["path"], record, f"{tid}--shot_{int(e['shot']):03d}", tid, int(e["shot"]))
         for n in ("ingest", "shots"):  # the parent ran these once for all its shots
             r[f"seconds_{n}"] = (m["stages"].get(n) or {}).get("seconds")
+        try:  # the sub-scene's share of the video: its shot
+            shot = read_json(root / e["path"] / "shots.json")["shots"][0]
+            r["duration_s"], r["n_frames_kept"] = shot.get("duration_s"), r["n_frames_kept"] or len(
+                read_json(root / e["path"] / "frames_all" / "index.json")["frames"])
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
         rows.append(r)
     return rows
 

@@ -61,10 +61,10 @@ def scene_id_for(uri: str) -> str:
     folder and two files with the same name in different folders do not collide.
     """
     if is_url(uri):
-        from urllib.parse import urlsplit
+        from urllib.parse import unquote, urlsplit
 
         u = urlsplit(uri)
-        tail = u.path.rstrip("/").rsplit("/", 1)[-1]
+        tail = unquote(u.path).rstrip("/").rsplit("/", 1)[-1]
         stem = (tail.rsplit(".", 1)[0] if "." in tail else tail) or u.hostname or "url"
     else:
         stem = Path(uri).stem if Path(uri).suffix.lower() in VIDEO_EXTS else Path(uri).name
