@@ -228,10 +228,12 @@ def build_dataset(sources: str | Path, dataset_dir: str | Path, config: Pipeline
     n_total = len(srcs)
     done0 = len(summary.skipped_complete) + len(summary.skipped_failed)
     bar_ctx = _BuildBar(n_total, done0)
+    runner = None
     try:
         with bar_ctx as bar:
             bar.show(len(summary.completed), len(summary.failed), engine.running, summary)
-            for task, res in engine.run(todo):
+            runner = engine.run(todo)
+            for task, res in runner:
                 if task is not None:
                     rec = _record(task, res, records.get(task["task_id"]))
                     dsindex.write_task_record(ds, rec)
@@ -245,6 +247,8 @@ def build_dataset(sources: str | Path, dataset_dir: str | Path, config: Pipeline
                 bar.show(len(summary.completed), len(summary.failed), engine.running, summary)
     finally:
         summary.wall_s = round(time.monotonic() - t0, 3)
+        if runner is not None:
+            runner.close()  # on Ctrl-C: kill the running task processes now
         engine.close()
         idx.write()
         if opts.report:

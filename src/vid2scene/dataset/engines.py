@@ -7,7 +7,7 @@ overrun (``memory_mb``, sampled with psutil every 0.25 s over the process and it
 process only and come back as a ``failed`` result with a one-line reason; the other tasks go on.
 
 - :class:`LocalEngine`: ``workers`` threads, each supervising one task process at a time. No server, no
-  network.
+  network. Each task process's native thread pools are capped at ``cpu_count // workers`` threads.
 - :class:`RayEngine`: one ``ray.remote`` task per video (``num_cpus=cpus_per_task``, ``memory=memory_mb``
   reserved for scheduling) that calls :func:`supervise` on the Ray worker. A local Ray instance, or a
   cluster with ``address`` (``"auto"``, ``"ray://head:10001"``); the dataset folder must then be on a
@@ -47,8 +47,27 @@ def _orphan_watchdog(parent_pid: int) -> None:
             os._exit(137)
 
 
-def _child_main(fn: str, task: dict, conn, log_path: str | None, parent_pid: int) -> None:
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def _limit_threads(threads: int | None) -> None:
+    """Cap the native thread pools (OpenMP/BLAS: torch, NumPy; OpenCV) of a task process at ``threads``, so
+    that ``workers`` tasks share the cores instead of each using all of them. Variables set by the user win."""
+    if not threads:
+        return
+    for var in THREAD_ENV:
+        os.environ.setdefault(var, str(int(threads)))
+    try:
+        import cv2
+
+        cv2.setNumThreads(int(os.environ["OMP_NUM_THREADS"]))
+    except ImportError:
+        pass
+
+
+def _child_main(fn: str, task: dict, conn, log_path: str | None, parent_pid: int, threads: int | None = None) -> None:
     threading.Thread(target=_orphan_watchdog, args=(parent_pid,), daemon=True).start()
+    _limit_threads(threads)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -119,8 +138,11 @@ def _signal_reason(code: int) -> str:
 
 
 def supervise(task: dict, timeout_s: float | None = None, memory_mb: float | None = None,
-              fn: str = TASK_FN, log_path: str | None = None, poll_s: float = 0.25) -> dict:
+              fn: str = TASK_FN, log_path: str | None = None, poll_s: float = 0.25,
+              threads: int | None = None) -> dict:
     """Run ``fn(task)`` (``"module:function"``) in a new spawned process and watch it.
+
+    ``threads``: cap of the task process's native thread pools (``OMP_NUM_THREADS`` etc., OpenCV).
 
     Returns ``{"status": "complete"|"failed", "reason", "error_type", "wall_s", "peak_rss_mb", "worker",
     "result"}``: ``result`` is what ``fn`` returned (a dict; its own ``status``/``reason`` win), or None
@@ -132,7 +154,7 @@ def supervise(task: dict, timeout_s: float | None = None, memory_mb: float | Non
 
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(fn, task, send, log_path, os.getpid()),
+    proc = ctx.Process(target=_child_main, args=(fn, task, send, log_path, os.getpid(), threads),
                        name=f"vid2scene-task-{task.get('task_id', '?')}")
     t0 = time.monotonic()
     proc.start()
@@ -205,6 +227,7 @@ class LocalEngine:
                  fn: str = TASK_FN):
         self.workers = max(1, int(workers))
         self.timeout_s, self.memory_mb, self.fn = timeout_s, memory_mb, fn
+        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
         self._running = 0
         self._lock = threading.Lock()
 
@@ -216,7 +239,8 @@ class LocalEngine:
         with self._lock:
             self._running += 1
         try:
-            return supervise(task, self.timeout_s, self.memory_mb, self.fn, task.get("log_path"))
+            return supervise(task, self.timeout_s, self.memory_mb, self.fn, task.get("log_path"),
+                             threads=self.threads)
         finally:
             with self._lock:
                 self._running -= 1
@@ -243,8 +267,8 @@ class LocalEngine:
         pass
 
 
-def _ray_task(task: dict, timeout_s, memory_mb, fn: str) -> dict:
-    return supervise(task, timeout_s, memory_mb, fn, task.get("log_path"))
+def _ray_task(task: dict, timeout_s, memory_mb, fn: str, threads: int) -> dict:
+    return supervise(task, timeout_s, memory_mb, fn, task.get("log_path"), threads=threads)
 
 
 class RayEngine:
@@ -297,7 +321,8 @@ class RayEngine:
     def run(self, tasks: list[dict], heartbeat_s: float = 1.0) -> Iterator[tuple[dict | None, dict | None]]:
         """Yield ``(task, result)`` as tasks finish, and ``(None, None)`` every ``heartbeat_s`` meanwhile."""
         ray = self.ray
-        refs = {self._remote.remote(t, self.timeout_s, self.memory_mb, self.fn): t for t in tasks}
+        refs = {self._remote.remote(t, self.timeout_s, self.memory_mb, self.fn,
+                                       max(1, int(self.cpus_per_task))): t for t in tasks}
         pending = list(refs)
         self._pending = len(pending)
         try:
