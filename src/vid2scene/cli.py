@@ -219,6 +219,79 @@ def eval_vqa(predictions: Path = typer.Argument(..., help="JSON lines with id an
         t.add_row("[bold]overall[/] (mean over types)", str(res["n"]), "", "", f"{100 * res['overall']:.1f}")
         t.add_row("overall (mean over questions)", "", "", "", f"{100 * res['overall_micro']:.1f}")
     out.print(t)
+# ---- datasets from many videos (vid2scene.dataset) ---------------------------------------------------------
+
+@app.command()
+def build(
+    sources: Path = typer.Argument(..., help="text/CSV manifest of video paths and URLs, or a folder of videos"),
+    output: Path = typer.Option(..., "-o", "--output", help="dataset folder to create or resume"),
+    engine: str = typer.Option("local", "--engine", help="local (process pool) or ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, ray://host:10001)"),
+    workers: int = typer.Option(1, "--workers", help="videos processed at once (local) / CPUs of a local Ray"),
+    until: Optional[str] = typer.Option(None, "--until", help="stop every video after this stage"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="re-run videos that failed before"),
+    timeout_s: Optional[float] = typer.Option(None, "--timeout-s", help="time limit per video in seconds"),
+    memory_mb: Optional[float] = typer.Option(None, "--memory-mb", help="resident-memory limit per video (MiB)"),
+    cpus_per_task: float = typer.Option(1.0, "--cpus-per-task", help="CPUs Ray reserves per video"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON config file (stage sections)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="named preset: default, fast, quality"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Build (or resume) a dataset: one scene per video under OUTPUT/scenes, index.parquet, report.html."""
+    from .config import load_config
+    from .dataset.build import BuildOptions, build_dataset
+
+    progress.set_enabled(not quiet)
+    try:
+        cfg = load_config(config, preset)
+        opts = BuildOptions(engine=engine, address=address, workers=workers, until=until,
+                            retry_failed=retry_failed, timeout_s=timeout_s, memory_mb=memory_mb,
+                            cpus_per_task=cpus_per_task)
+        s = build_dataset(sources, output, cfg, opts)
+    except Vid2SceneError as e:
+        _fail(e)
+        return
+    out.print(f"ran {len(s.ran)} videos ({len(s.completed)} complete, {len(s.failed)} failed); skipped "
+              f"{len(s.skipped_complete)} complete and {len(s.skipped_failed)} failed before "
+              f"(--retry-failed re-runs them); {s.wall_s:.1f} s", highlight=False)
+    for tid, why in s.failed.items():
+        out.print(f"[red]failed[/] {tid}: {why}", highlight=False, soft_wrap=True)
+    out.print(f"dataset: {s.dataset_dir}  (index.parquet, report.html)", highlight=False)
+
+
+@app.command("dataset-info")
+def dataset_info(dataset_dir: Path = typer.Argument(..., help="dataset folder made by vid2scene build"),
+                 as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+                 report: bool = typer.Option(False, "--report", help="also rewrite report.html")) -> None:
+    """Summarise a dataset: scenes by status, failure reasons, QC medians."""
+    from .dataset.index import read_index, summarize
+
+    try:
+        rows = read_index(dataset_dir)
+    except Vid2SceneError as e:
+        _fail(e)
+        return
+    s = summarize(rows)
+    if report:
+        from .dataset.report import write_dataset_report
+
+        write_dataset_report(dataset_dir, rows)
+    if as_json:
+        typer.echo(json.dumps(s, indent=1))
+        return
+    out.print(f"{s['n_scenes']} scenes from {s['n_tasks']} videos: "
+              + ", ".join(f"{k} {v}" for k, v in s["by_status"].items()), highlight=False)
+    if s["failure_reasons"]:
+        t = Table(title="failure reasons", title_justify="left")
+        t.add_column("count")
+        t.add_column("stage: reason", overflow="fold")
+        for k, n in s["failure_reasons"].items():
+            t.add_row(str(n), k)
+        out.print(t)
+    if s["median_of_complete"]:
+        out.print("median of complete scenes: " + json.dumps(s["median_of_complete"]), highlight=False, soft_wrap=True)
+    out.print(f"index: {Path(dataset_dir) / 'index.parquet'}  report: {Path(dataset_dir) / 'report.html'}",
+              highlight=False)
 
 
 def main() -> None:  # pragma: no cover
