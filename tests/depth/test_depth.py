@@ -150,7 +150,13 @@ def test_mono_backend_loads_a_tiny_local_model(tmp_path, synth_scene):
                               head_hidden_size=8, reassemble_hidden_size=32, patch_size=14)
     DepthAnythingForDepthEstimation(cfg).save_pretrained(tmp_path / "model")
     DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False).save_pretrained(tmp_path / "model")
-    res = depth.run(synth_scene.scene, Config(backend="mono", model_path=str(tmp_path / "model")))
+    import shutil
+
+    from vid2scene.scene import Scene
+
+    # its own copy: the shared synthetic scene's MVS depth maps are read by later tests
+    scene = Scene(shutil.copytree(synth_scene.scene.root, tmp_path / "scene"))
+    res = depth.run(scene, Config(backend="mono", model_path=str(tmp_path / "model")))
     assert res.qc["n_depth_maps"] > 0
 
 
