@@ -63,6 +63,7 @@ def test_gravity_floor_and_scale_recovered(laid_out):
     lj = read_json(scene.root / "layout.json")
     assert lj["frame"] == "gravity_z_up_metric" and lj["scale"]["method"] == "user"
     assert lj["gravity"]["camera_up_vs_floor_normal_deg"] < 20
+    assert np.allclose(lj["floor"]["normal"], [0, 0, 1], atol=1e-6) and abs(lj["floor"]["d"]) < 1e-4  # z = 0
 
 
 def test_room_size_height_area(laid_out):

@@ -417,7 +417,7 @@ def run(scene: Scene, config: Config) -> StageResult:
     # gravity: the floor normal refit over a wide band, then made orthogonal to the walls (Manhattan)
     n_ransac = n_f
     if config.floor_refit_band_rel > 0:
-        n_f, d_f, n_band = refit_floor(pts, n_f, d_f, config.floor_refit_band_rel * ref, thr)
+        n_f, d_f, _ = refit_floor(pts, n_f, d_f, config.floor_refit_band_rel * ref, thr)
     gravity_method = "floor_refit" if config.floor_refit_band_rel > 0 else "floor_ransac"
     walls_used = 0
     if config.manhattan_gravity and walls:
@@ -474,11 +474,13 @@ def run(scene: Scene, config: Config) -> StageResult:
 
     def plane_out(p: dict) -> dict:
         n_w = R @ p["normal"]
-        c_w = apply_sim3(T, sample[p["inliers"]].mean(0, keepdims=True))[0]
+        # the plane itself mapped by T (n·x + d = 0 → n_w·x_w + s·d − n_w·t = 0), not its RANSAC inliers'
+        # centroid: the floor's plane is refit after RANSAC, and must come out as z = 0
+        d_w = s * float(p["d"]) - float(n_w @ T[:3, 3])
         Q = apply_sim3(T, sample[p["inliers"]])
         horiz = np.cross([0.0, 0.0, 1.0], n_w)
         length = float(np.ptp(Q @ horiz / max(np.linalg.norm(horiz), 1e-9))) if np.linalg.norm(horiz) > 1e-6 else None
-        return {"normal": np.round(n_w, 6).tolist(), "d": round(-float(n_w @ c_w), 5), "n_inliers": len(p["inliers"]),
+        return {"normal": np.round(n_w, 6).tolist(), "d": round(d_w, 5), "n_inliers": len(p["inliers"]),
                 "rms_m": round(s * p["rms"], 5), **({"length_m": round(length, 4)} if length is not None else {})}
 
     floor_out = plane_out(floor)
