@@ -30,3 +30,11 @@ def backend_status(backends: dict[str, type]) -> dict[str, str]:
         ok, hint = cls.is_installed()
         out[name] = "installed" if ok else hint
     return out
+
+
+def known_backend(name: str, backends: dict[str, type], stage: str) -> str:
+    """``name`` if it is registered in ``backends``; else ``ValueError`` naming the choices (for the pydantic
+    ``backend`` validators of the stages' configs)."""
+    if name not in backends:
+        raise ValueError(f"unknown {stage} backend {name!r}; choose one of {', '.join(backends)}")
+    return name

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .. import progress
 from ..errors import BackendNotInstalled, StageFailed
 from ..scene import Scene, frame_name
-from ..stage import StageResult
+from ..stage import StageResult, known_backend
 from ..stage import backend_status as _backend_status
 from .base import (Sparse, View, consistency_count, depth_range, load_grey, project_sparse, scaled_K,
                    select_sources, sparse_fill, sparse_observations, upsample, working_scale, working_size,
@@ -96,9 +96,7 @@ class Config(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        if v not in BACKENDS:
-            raise ValueError(f"unknown depth backend {v!r}; choose one of {', '.join(BACKENDS)}")
-        return v
+        return known_backend(v, BACKENDS, "depth")
 
     @field_validator("window")
     @classmethod

@@ -29,7 +29,7 @@ from .. import progress
 from ..errors import BackendNotInstalled, InputError, StageFailed
 from ..io import read_json, write_json
 from ..scene import Scene, frame_name
-from ..stage import StageResult
+from ..stage import StageResult, known_backend
 from ..stage import backend_status as _backend_status
 from .backends import BACKENDS, ONNXBackend, SSDCocoBackend
 from .coco import COCO80, COCO91, COCO_ID, INDOOR_CLASSES, PERSON
@@ -57,9 +57,7 @@ class Config(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        if v not in BACKENDS:
-            raise ValueError(f"unknown detect backend {v!r}; choose one of {', '.join(BACKENDS)}")
-        return v
+        return known_backend(v, BACKENDS, "detect")
 
     @field_validator("classes")
     @classmethod

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..errors import BackendNotInstalled, InputError, RejectedInput, StageFailed
 from ..io import write_json
 from ..scene import FrameRecord, Scene
-from ..stage import StageResult
+from ..stage import StageResult, known_backend
 from ..stage import backend_status as _backend_status
 from .adaptive import AdaptiveBackend
 from .base import ShotBackend, cuts_to_spans, spans_to_cuts, transitions_to_spans
@@ -66,9 +66,7 @@ class Config(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        if v not in BACKENDS:
-            raise ValueError(f"unknown shot backend {v!r}; choose one of {', '.join(BACKENDS)}")
-        return v
+        return known_backend(v, BACKENDS, "shot")
 
 
 def backend_status() -> dict[str, str]:
