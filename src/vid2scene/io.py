@@ -42,6 +42,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+def finished_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """Files of ``folder`` matching the glob ``pattern``, sorted, without :func:`atomic_path`'s in-progress
+    temporaries (``.NAME.tmp.XXXX.ext``, which keep the final suffix and so match the same patterns)."""
+    return sorted(p for p in Path(folder).glob(pattern) if not (p.name.startswith(".") and ".tmp." in p.name))
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()

@@ -58,7 +58,7 @@ from . import progress
 from .errors import StageFailed
 from .fusion import (WORLD_METRIC, WORLD_SFM, _open3d, frame_comments, ply_frame, read_mesh_ply, read_points_ply,
                      write_mesh_ply)
-from .io import atomic_path, read_json, write_json, write_ply_points
+from .io import atomic_path, finished_files, read_json, write_json, write_ply_points
 from .scene import CameraFrame, Scene
 from .stage import StageResult
 
@@ -551,7 +551,7 @@ def write_world_assets(scene: Scene, T: np.ndarray, frames_sfm: list[CameraFrame
         write_mesh_ply(mp, v, np.asarray(mesh.triangles),
                        colors=np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else None,
                        normals=None if n is None else n @ R.T, comments=comments)
-    for dp in sorted((scene.root / "depth").glob("*.npz")):
+    for dp in finished_files(scene.root / "depth", "*.npz"):
         rescale_depth(dp, s)
 
     def mark(m: dict) -> None:

@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from vid2scene.dataset import engines
 from vid2scene.dataset.build import BuildOptions, build_dataset
 from vid2scene.dataset.index import read_index, read_task_records
 from vid2scene.dataset.sources import read_sources, scene_id_for
+from vid2scene.io import finished_files
 
 pytest.importorskip("av")
 pytest.importorskip("pyarrow")
@@ -65,7 +65,7 @@ def _check_index_matches_folders(ds: Path) -> list[dict]:
     scenes = {p.name for p in (ds / "scenes").iterdir() if (p / "manifest.json").is_file()}
     with_folder = {r["scene_id"] for r in rows if (ds / r["scene_dir"] / "manifest.json").is_file()}
     assert with_folder == scenes  # every scene folder has exactly one row, and no row points to nothing
-    assert {r["task_id"] for r in rows} == {p.stem for p in (ds / "tasks").glob("*.json")}
+    assert {r["task_id"] for r in rows} == {p.stem for p in finished_files(ds / "tasks", "*.json")}
     for r in rows:
         if r["status"] == "complete":
             m = json.loads((ds / r["scene_dir"] / "manifest.json").read_text())
@@ -176,11 +176,11 @@ def test_resume_after_killed_build(tmp_path, clips):
            "--until", UNTIL, "--workers", "1", "--config", str(tmp_path / "cfg.json"), "-q"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((ds / "tasks").glob("*.json")):
+    while time.monotonic() < deadline and not finished_files(ds / "tasks", "*.json"):
         time.sleep(0.1)
     proc.kill()  # SIGKILL: no clean-up at all
     proc.wait()
-    finished = [p.stem for p in (ds / "tasks").glob("*.json")]
+    finished = [p.stem for p in finished_files(ds / "tasks", "*.json")]
     assert 1 <= len(finished) < 3, "the build should have been killed after its first video"
     time.sleep(1.5)  # the orphaned task process notices its parent is gone and exits
     before = {sid: _stage_finish_times(ds / "scenes" / sid) for sid in finished}

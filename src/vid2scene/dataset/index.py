@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, finished_files, read_json, write_json
 
 INDEX = "index.parquet"
 TASKS = "tasks"
@@ -69,7 +69,7 @@ def task_record_path(dataset_dir: Path, task_id: str) -> Path:
 def read_task_records(dataset_dir: Path) -> dict[str, dict]:
     """Every ``tasks/*.json`` record of ``dataset_dir`` by task id (unreadable ones are skipped)."""
     out = {}
-    for p in sorted((Path(dataset_dir) / TASKS).glob("*.json")):
+    for p in finished_files(Path(dataset_dir) / TASKS, "*.json"):
         try:
             rec = read_json(p)
         except (OSError, ValueError):
