@@ -1,4 +1,4 @@
-"""Shared fixtures for the stage tests. Synthetic scenes and helpers live in :mod:`tests.synth`."""
+"""Shared fixtures for the stage tests. Synthetic scenes and helpers live in :mod:`tests.fixtures.room`."""
 
 from __future__ import annotations
 

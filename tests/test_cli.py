@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.synth import encode_clip, random_texture
+from tests.fixtures.room import encode_clip, random_texture
 from vid2scene import __version__
-from vid2scene.pipeline import STAGE_ORDER
+from vid2scene.pipeline import STAGES
 from vid2scene.shots import BACKENDS
 
 av = pytest.importorskip("av")
@@ -181,7 +181,7 @@ def test_stages_lists_every_stage_and_shot_backend():
     p = cli("stages")
     assert p.returncode == 0, p.stderr
     text = re.sub(r"[│┃|\s]+", " ", p.stdout + p.stderr)  # table cells may wrap on a narrow terminal
-    for name in STAGE_ORDER:
+    for name in STAGES:
         assert name in text
     for backend in BACKENDS:
         assert backend in text

@@ -147,7 +147,7 @@ def test_onnx_not_installed_hints(tmp_path, monkeypatch):
 
 @ssd_ok
 def test_detect_stage_writes_one_file_per_keyframe(tmp_path):
-    from tests.synth_objects import build_scene
+    from tests.fixtures.objects import build_scene
     from vid2scene.config import PipelineConfig
     from vid2scene.pipeline import run_stage
 

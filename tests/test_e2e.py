@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vid2scene.pipeline import STAGE_ORDER
+from vid2scene.pipeline import STAGES
 from vid2scene.scene import Scene
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_run_exits_0_and_scene_is_complete(e2e_scene):
     assert p.returncode == 0, f"exit {p.returncode}:\n{tail(p.stderr)}"
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "complete" and m["failure"] is None
-    for s in STAGE_ORDER:
+    for s in STAGES:
         assert m["stages"][s]["status"] == "complete", s
     assert m["source"]["kind"] == "video" and m["source"]["path"] == str(CLIP.resolve())
     assert not [q for q in out.rglob("*") if ".tmp." in q.name]
@@ -127,7 +127,7 @@ def test_second_run_skips_every_stage(e2e_scene):
     before = files_of(out)
     p2 = vid2scene("run", CLIP, "-o", out, "-q", timeout=300)
     assert p2.returncode == 0, tail(p2.stderr)
-    for s in STAGE_ORDER:
+    for s in STAGES:
         assert f"{s}: skipped" in p2.stderr, f"{s} was not skipped:\n{tail(p2.stderr)}"
     assert files_of(out) == before
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"

@@ -13,10 +13,10 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.synth_objects import OBJECTS, Obj, box_mesh, build_scene, write_detections, yaw_error
+from tests.fixtures.objects import OBJECTS, Obj, box_mesh, build_scene, write_detections, yaw_error
 from vid2scene import instances as inst_mod
 from vid2scene.config import PipelineConfig
-from vid2scene.pipeline import STAGE_ORDER, run_stage
+from vid2scene.pipeline import STAGES, run_stage
 from vid2scene.scene import Scene
 
 
@@ -39,8 +39,8 @@ def by_label(doc):
 
 
 def test_stage_order_has_semantic_stages():
-    i = STAGE_ORDER.index("layout")
-    assert STAGE_ORDER[i + 1: i + 4] == ["detect", "instances", "scene_graph"]
+    i = STAGES.index("layout")
+    assert STAGES[i + 1: i + 4] == ["detect", "instances", "scene_graph"]
 
 
 def test_every_object_recovered_once_with_its_label(built):

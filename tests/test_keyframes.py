@@ -1,4 +1,4 @@
-"""``keyframes`` stage on known camera motion in the synthetic room (:mod:`tests.synth`).
+"""``keyframes`` stage on known camera motion in the synthetic room (:mod:`tests.fixtures.room`).
 
 The main sequence is a camera translating sideways at constant speed in front of a flat wall: every visible
 point is at the same depth ``D``, so the image motion is the same everywhere and known exactly,
@@ -15,7 +15,7 @@ import pytest
 
 from vid2scene.errors import RejectedInput
 from vid2scene.scene import frame_name
-from tests.synth import fast_config, intrinsics, linear_trajectory, render_room, run_stages, scene_from_images
+from tests.fixtures.room import fast_config, intrinsics, linear_trajectory, render_room, run_stages, scene_from_images
 
 W, H = 320, 240
 K = intrinsics(W, H)

@@ -1,6 +1,6 @@
 """``layout`` stage on the synthetic room: gravity, floor, scale, room size, idempotent rewrite of the assets.
 
-The scene comes from :func:`tests.test_fusion.make_dense_scene` (true poses moved into an emulated SfM frame
+The scene comes from :func:`tests.fixtures.dense.make_dense_scene` (true poses moved into an emulated SfM frame
 by a known similarity ``sfm_from_world``; no COLMAP model, so ``layout`` uses ``cameras.json``), fused by
 the real ``fusion`` stage. ``new_from_true = world_from_sfm @ sfm_from_world`` must then be a rotation about z
 by a multiple of 90° (Manhattan yaw), unit scale and a translation in x, y only.
@@ -17,8 +17,8 @@ import pytest
 from vid2scene import fusion, layout
 from vid2scene.errors import StageFailed
 from vid2scene.io import read_json, write_ply_points
-from tests.synth import ROOM, intrinsics, render_room, room_surface_distance
-from tests.test_fusion import (H, SFM_SCALE, W, fused_room, make_dense_scene, mark_complete, room_poses,
+from tests.fixtures.room import ROOM, intrinsics, render_room, room_surface_distance
+from tests.fixtures.dense import (H, SFM_SCALE, W, fused_room, make_dense_scene, mark_complete, room_poses,
                                sfm_from_world)
 
 TRUE_CAMERA_HEIGHT = 1.55  # median of the two standpoints (1.5 m and 1.6 m)

@@ -19,12 +19,12 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.synth import encode_clip, random_texture
+from tests.fixtures.room import encode_clip, random_texture
 from vid2scene import io as v2s_io
 from vid2scene import progress
 from vid2scene.config import PipelineConfig
 from vid2scene.errors import InputError, RejectedInput, StageFailed
-from vid2scene.pipeline import STAGE_ORDER, run_pipeline
+from vid2scene.pipeline import STAGES, run_pipeline
 from vid2scene.scene import Scene
 
 av = pytest.importorskip("av")
@@ -107,7 +107,7 @@ def base_scene(clips, tmp_path_factory) -> Path:
     progress.set_enabled(False)
     root = tmp_path_factory.mktemp("base") / "scene"
     report, seen = run(clips["moving"], root, fast_cfg())
-    assert seen == {s: "run" for s in STAGE_ORDER[: STAGE_ORDER.index(UNTIL) + 1]}
+    assert seen == {s: "run" for s in STAGES[: STAGES.index(UNTIL) + 1]}
     assert report.error is None
     return root
 
@@ -151,7 +151,7 @@ def test_unchanged_rerun_skips_everything_and_writes_nothing_but_the_manifest(sc
 @pytest.mark.parametrize("crashed", ["keyframes", "quality"])
 def test_crashed_stage_reruns_and_its_half_written_output_is_not_trusted(scene_copy, clips, crashed):
     scene = Scene(scene_copy)
-    earlier = STAGE_ORDER[: STAGE_ORDER.index(crashed)]
+    earlier = STAGES[: STAGES.index(crashed)]
     earlier_files = EARLY_FILES[: {"quality": 3, "keyframes": 4}[crashed]]
     before = snapshot(scene_copy, earlier_files)
     stage_records = {s: scene.stage_info(s) for s in earlier}
@@ -166,7 +166,7 @@ def test_crashed_stage_reruns_and_its_half_written_output_is_not_trusted(scene_c
 
     report, seen = run(clips["moving"], scene_copy, fast_cfg())
     assert all(seen[s] == "skip" for s in earlier)
-    assert all(seen[s] == "run" for s in STAGE_ORDER[STAGE_ORDER.index(crashed): STAGE_ORDER.index(UNTIL) + 1])
+    assert all(seen[s] == "run" for s in STAGES[STAGES.index(crashed): STAGES.index(UNTIL) + 1])
     assert snapshot(scene_copy, earlier_files) == before  # finished stages were not redone
     assert {s: scene.stage_info(s) for s in earlier} == stage_records
     assert not (scene.frames_dir / "999999.jpg").exists()
@@ -327,7 +327,7 @@ def test_static_camera_is_rejected_and_recorded(tmp_path, clips):
     st = m["stages"][f["stage"]]
     assert st["status"] == "failed" and "insufficient camera motion" in st["reason"]
     # Nothing after the failed stage ran, and its outputs do not exist: nothing looks complete that is not.
-    after = STAGE_ORDER[STAGE_ORDER.index(f["stage"]) + 1:]
+    after = STAGES[STAGES.index(f["stage"]) + 1:]
     assert all(m["stages"].get(s, {}).get("status") != "complete" for s in after)
     assert not scene.keyframes_json.exists() and not scene.cameras_json.exists()
     assert temp_leftovers(root) == []
@@ -337,7 +337,7 @@ def test_static_camera_is_rejected_and_recorded(tmp_path, clips):
         run(clips["static"], root, fast_cfg(), until=None)
     m2 = scene.read_manifest()
     assert m2["status"] == "failed" and m2["failure"]["stage"] == f["stage"]
-    assert all(m2["stages"][s]["status"] == "complete" for s in STAGE_ORDER[: STAGE_ORDER.index(f["stage"])])
+    assert all(m2["stages"][s]["status"] == "complete" for s in STAGES[: STAGES.index(f["stage"])])
 
 
 def test_internal_error_becomes_stage_failed_with_traceback(scene_copy, clips, monkeypatch):

@@ -1,6 +1,6 @@
 """``quality`` stage on rendered frames with known defects (blur, exposure, duplicates, bars, portrait).
 
-Scenes are image folders of the synthetic room (:mod:`tests.synth`) run through the real ``ingest`` (JPEG q95,
+Scenes are image folders of the synthetic room (:mod:`tests.fixtures.room`) run through the real ``ingest`` (JPEG q95,
 ``images_fps`` = 10) and ``shots`` (PySceneDetect adaptive) stages before ``quality``.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vid2scene.errors import RejectedInput
-from tests.synth import fast_config, intrinsics, render_room, run_stages, scene_from_images, walk_trajectory
+from tests.fixtures.room import fast_config, intrinsics, render_room, run_stages, scene_from_images, walk_trajectory
 
 W, H = 320, 240
 N = 40

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from tests.synth_objects import OBJECTS, ROOM, box_mesh, build_scene
+from tests.fixtures.objects import OBJECTS, ROOM, box_mesh, build_scene
 from vid2scene import scene_graph as sg
 from vid2scene.config import PipelineConfig
 from vid2scene.instances import box_corners
@@ -69,7 +69,7 @@ def test_relations_from_known_boxes():
 
 
 def test_object_outside_the_room_is_not_inside():
-    from tests.synth_objects import Obj
+    from tests.fixtures.objects import Obj
 
     objs, pts = gt_objects(extra=[Obj("bench", (6.0, 1.0), (1.2, 0.4, 0.45), 0.0)])
     room = Polygon([(0, 0), (ROOM[0], 0), (ROOM[0], ROOM[1]), (0, ROOM[1])])

@@ -1,4 +1,4 @@
-"""``sfm`` stage: poses and points recovered from the synthetic room (:mod:`tests.synth`) up to Sim(3).
+"""``sfm`` stage: poses and points recovered from the synthetic room (:mod:`tests.fixtures.room`) up to Sim(3).
 
 A 36-frame walk (2.6 m along the room, ±0.25 m sway, 40° of yaw, furniture for parallax) is rendered at
 320×240 and run through ingest → shots → quality → keyframes → sfm. The recovered camera centres are aligned
@@ -17,7 +17,7 @@ from vid2scene.errors import StageFailed
 from vid2scene.export.nerfstudio import cam_from_world_from_opengl
 from vid2scene.sfm import Config as SfmConfig
 from vid2scene.sfm import _check, bow_vectors, loop_pairs, sequential_pairs
-from tests.synth import (ROOM, camera_center, fast_config, intrinsics, look_at, render_room, room_surface_distance,
+from tests.fixtures.room import (ROOM, camera_center, fast_config, intrinsics, look_at, render_room, room_surface_distance,
                          run_stages, scene_from_images, walk_trajectory)
 
 W, H = 320, 240

@@ -39,12 +39,12 @@ def _parse_intrinsics(text: str) -> list[float]:
 
 
 def _stage_table(manifest: dict) -> Table:
-    from .pipeline import STAGE_ORDER
+    from .pipeline import STAGES
 
     t = Table(title=f"scene: {manifest.get('status', '?')}", title_justify="left")
     for col in ("stage", "status", "seconds", "result"):
         t.add_column(col, overflow="fold")
-    for name in STAGE_ORDER:
+    for name in STAGES:
         st = manifest.get("stages", {}).get(name)
         if not st:
             t.add_row(name, "-", "", "")
@@ -125,13 +125,13 @@ def info(scene_dir: Path = typer.Argument(..., help="scene folder"),
 @app.command()
 def stages() -> None:
     """List stages and their backends (with 'not installed' hints)."""
-    from .pipeline import STAGE_ORDER, stage_module
+    from .stage import STAGES, stage_module
 
     t = Table(title="stages (in order)")
     t.add_column("stage")
     t.add_column("writes")
     t.add_column("backends")
-    for name in STAGE_ORDER:
+    for name in STAGES:
         mod = stage_module(name)
         status = mod.backend_status() if hasattr(mod, "backend_status") else {}
         back = ", ".join(f"{k}: {'[green]installed[/]' if v == 'installed' else '[yellow]' + v + '[/]'}"

@@ -15,39 +15,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from . import depth as _depth
-from . import fusion as _fusion
-from . import ingest as _ingest
-from . import layout as _layout
-from . import keyframes as _keyframes
-from . import quality as _quality
-from . import sfm as _sfm
-from . import shots as _shots
 from .errors import InputError
-
-# issue 4: semantic instances and the scene graph
-from . import detect as _detect  # noqa: E402
-from . import instances as _instances  # noqa: E402
-from . import scene_graph as _scene_graph  # noqa: E402
+from .stage import STAGES, stage_module
 
 
-class PipelineConfig(BaseModel):
-    """Configuration of every stage, in pipeline order."""
+def _pipeline_config() -> type[BaseModel]:
+    fields = {name: (stage_module(name).Config, Field(default_factory=stage_module(name).Config)) for name in STAGES}
+    model = create_model("PipelineConfig", __config__=ConfigDict(extra="forbid"), **fields)
+    model.__doc__ = "Configuration of every stage, in pipeline order (one section per entry of stage.STAGES)."
+    return model
 
-    model_config = ConfigDict(extra="forbid")
-    ingest: _ingest.Config = Field(default_factory=_ingest.Config)
-    shots: _shots.Config = Field(default_factory=_shots.Config)
-    quality: _quality.Config = Field(default_factory=_quality.Config)
-    keyframes: _keyframes.Config = Field(default_factory=_keyframes.Config)
-    sfm: _sfm.Config = Field(default_factory=_sfm.Config)
-    depth: _depth.Config = Field(default_factory=_depth.Config)
-    fusion: _fusion.Config = Field(default_factory=_fusion.Config)
-    layout: _layout.Config = Field(default_factory=_layout.Config)
-    detect: _detect.Config = Field(default_factory=_detect.Config)
-    instances: _instances.Config = Field(default_factory=_instances.Config)
-    scene_graph: _scene_graph.Config = Field(default_factory=_scene_graph.Config)
+
+#: Configuration of every stage, built from the stage registry (:data:`vid2scene.stage.STAGES`).
+PipelineConfig = _pipeline_config()
 
 
 #: Named presets: partial configs applied over the defaults.

@@ -8,7 +8,6 @@ complete stage ``stale``. ``--overwrite`` re-runs everything.
 
 from __future__ import annotations
 
-import importlib
 import resource
 import shutil
 import sys
@@ -21,17 +20,7 @@ from . import __version__, progress
 from .config import PipelineConfig
 from .errors import InputError, StageFailed, Vid2SceneError
 from .scene import Scene, config_hash, now_iso
-from .stage import StageResult
-
-STAGE_ORDER: list[str] = ["ingest", "shots", "quality", "keyframes", "sfm", "depth", "fusion", "layout",
-                          "detect", "instances", "scene_graph"]
-
-
-def stage_module(name: str):
-    if name not in STAGE_ORDER:
-        raise InputError(f"unknown stage '{name}'; stages are: {', '.join(STAGE_ORDER)}")
-    return importlib.import_module(f"vid2scene.{name}")
-
+from .stage import STAGES, StageResult, stage_module
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux ru_maxrss is in KiB)."""
@@ -84,7 +73,7 @@ def run_stage(scene: Scene, name: str, config: PipelineConfig) -> StageResult:
         m["failure"] = None
         m["stages"][name] = {"status": "running", "started": now_iso(), "config": cfg_dict,
                              "config_hash": config_hash(cfg_dict)}
-        later = STAGE_ORDER[STAGE_ORDER.index(name) + 1:]
+        later = STAGES[STAGES.index(name) + 1:]
         for s in later:
             if m["stages"].get(s, {}).get("status") == "complete":
                 m["stages"][s]["status"] = "stale"
@@ -156,7 +145,7 @@ def run_pipeline(input_path: str | Path, scene_dir: str | Path, config: Pipeline
     from .ingest import describe_source
 
     config = config or PipelineConfig()
-    stages = STAGE_ORDER if until is None else STAGE_ORDER[: STAGE_ORDER.index(stage_module(until).NAME) + 1]
+    stages = STAGES if until is None else STAGES[: STAGES.index(stage_module(until).NAME) + 1]
     source = describe_source(input_path)
     scene = Scene.create(scene_dir, source, overwrite=overwrite)
     report = RunReport(scene)
@@ -277,7 +266,7 @@ def _finish(scene: Scene) -> None:
     def mark(m: dict) -> None:
         if m.get("failure"):
             m["status"] = "failed"
-        elif all(m["stages"].get(s, {}).get("status") == "complete" for s in STAGE_ORDER):
+        elif all(m["stages"].get(s, {}).get("status") == "complete" for s in STAGES):
             m["status"] = "complete"
         else:
             m["status"] = "incomplete"

@@ -1,30 +1,76 @@
-"""What every stage shares: the result type and the stage protocol.
+"""What every stage, backend, task generator and exporter shares: the registry, the result type, one plugin shape.
 
-A stage is a module with ``NAME``, a pydantic ``Config``, ``OUTPUTS`` (paths relative to the scene folder
-that it writes, removed before a re-run so a half-written result is never trusted) and
-``run(scene, config) -> StageResult``.
+Plugin shape (docs/architecture.md). A *stage* is a module with ``NAME``, a pydantic ``Config``, ``OUTPUTS``
+(paths relative to the scene folder that it writes, removed before a re-run so a half-written result is never
+trusted) and ``run(scene, config) -> StageResult``. Task generators (:mod:`vid2scene.tasks`) and exporters
+(:mod:`vid2scene.export`) have the same shape. :data:`STAGES` is the one list of pipeline stages, in order:
+the pipeline, the configuration model and the CLI are built from it.
+
+A *backend* (one way of doing a stage: shot detector, depth, detector, labeller) follows :class:`Backend`:
+a class with ``name``, a pydantic ``Options`` model (its own config section, nested under the stage's:
+``detect: {backend: onnx, onnx: {model_path: …}}``), a cheap ``is_installed()`` and a constructor taking its
+options. Each stage with backends keeps a registry ``BACKENDS = {name: class}`` and calls :func:`make_backend`.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+#: Pipeline stages in order (module ``vid2scene.<name>``). ``detect`` runs right after ``keyframes`` so that
+#: ``sfm`` and ``fusion`` can use its person boxes.
+STAGES: tuple[str, ...] = ("ingest", "shots", "quality", "keyframes", "detect", "sfm", "depth", "fusion",
+                           "layout", "instances", "scene_graph")
+
+
+def stage_module(name: str) -> ModuleType:
+    """The module of stage ``name``.
+
+    Raises:
+        InputError: ``name`` is not a stage.
+    """
+    if name not in STAGES:
+        from .errors import InputError
+
+        raise InputError(f"unknown stage '{name}'; stages are: {', '.join(STAGES)}")
+    return importlib.import_module(f"vid2scene.{name}")
 
 
 @dataclass
 class StageResult:
-    """What a stage reports back: QC figures (JSON-able), a one-line summary and warnings."""
+    """What a stage (or task generator, or exporter) reports back: QC figures (JSON-able), a one-line summary
+    and warnings (a weaker result that still completes the stage)."""
 
     qc: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     warnings: list[str] = field(default_factory=list)
 
 
-def backend_status(backends: dict[str, type]) -> dict[str, str]:
-    """``{name: "installed" | "not installed: <how to install>"}`` for a stage's backend registry.
+class Options(BaseModel):
+    """Base of every backend's options model (unknown keys are an error)."""
 
-    Each backend class has ``is_installed() -> (bool, hint)``.
-    """
+    model_config = ConfigDict(extra="forbid")
+
+
+class Backend(Protocol):
+    """One way of doing a stage. Constructed as ``cls(options)`` with its own :class:`Options` model."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+
+    @classmethod
+    def is_installed(cls) -> tuple[bool, str]:
+        """``(True, "installed")`` or ``(False, "not installed: <how to install / which path to give>")``.
+        Cheap: no model loading, no heavy imports."""
+        ...
+
+
+def backend_status(backends: dict[str, type]) -> dict[str, str]:
+    """``{name: "installed" | "not installed: <how to install>"}`` for a stage's backend registry."""
     out = {}
     for name, cls in backends.items():
         ok, hint = cls.is_installed()
@@ -38,3 +84,29 @@ def known_backend(name: str, backends: dict[str, type], stage: str) -> str:
     if name not in backends:
         raise ValueError(f"unknown {stage} backend {name!r}; choose one of {', '.join(backends)}")
     return name
+
+
+def backend_options(config: BaseModel, name: str, cls: type) -> BaseModel:
+    """The options section ``config.<name>`` of a stage config, or the backend's defaults when the stage
+    config has no such section."""
+    opts = getattr(config, name, None)
+    return opts if isinstance(opts, BaseModel) else cls.Options()
+
+
+def make_backend(stage: str, backends: dict[str, type], config: BaseModel, name: str | None = None):
+    """An instance of backend ``name`` (default ``config.backend``) built from its nested options section.
+
+    Raises:
+        InputError: no backend of that name is registered.
+        BackendNotInstalled: its dependency or weights are missing (the reason says how to install them).
+    """
+    from .errors import BackendNotInstalled, InputError
+
+    name = name or getattr(config, "backend")
+    if name not in backends:
+        raise InputError(f"unknown {stage} backend {name!r}; choose one of {', '.join(backends)}")
+    cls = backends[name]
+    ok, hint = cls.is_installed()
+    if not ok:
+        raise BackendNotInstalled(f"{stage} backend '{name}' {hint}")
+    return cls(backend_options(config, name, cls))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dataset.helpers import moving_clip, two_shot_clip
+from tests.fixtures.clips import moving_clip, two_shot_clip
 from vid2scene.config import PipelineConfig
 from vid2scene.dataset import engines
 from vid2scene.dataset.build import BuildOptions, build_dataset
@@ -98,7 +98,7 @@ def test_sources_stable_ids(tmp_path, clips):
 # ---- the supervisor: every way a task can die is isolated ---------------------------------------------------
 
 def test_supervisor_isolates_exception_segfault_timeout_and_memory():
-    eng = engines.LocalEngine(workers=2, timeout_s=4.0, memory_mb=400, fn="tests.dataset.helpers:dispatch")
+    eng = engines.LocalEngine(workers=2, timeout_s=4.0, memory_mb=400, fn="tests.fixtures.clips:dispatch")
     tasks = [{"task_id": d, "do": d} for d in ("segfault", "ok", "raise", "sleep", "hog")]
     res = {t["task_id"]: r for t, r in eng.run(tasks) if t is not None}
     assert res["ok"]["status"] == "complete" and res["ok"]["result"]["pid"] != os.getpid()

@@ -15,7 +15,7 @@ import pycolmap
 import pytest
 
 from vid2scene.scene import Scene, frame_name
-from tests.synth import intrinsics, render_room, walk_trajectory
+from tests.fixtures.room import intrinsics, render_room, walk_trajectory
 
 W, H = 320, 240
 PRIOR_STAGES = ["ingest", "shots", "quality", "keyframes", "sfm"]

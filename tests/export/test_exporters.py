@@ -1,4 +1,4 @@
-"""Exporters round-trip: each format is written from the hand-built scene of :mod:`tests.scene5` and read back."""
+"""Exporters round-trip: each format is written from the hand-built scene of :mod:`tests.fixtures.five_objects` and read back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.scene5 import CAMERAS, K, OBJECTS, ROOM, build_scene
+from tests.fixtures.five_objects import CAMERAS, K, OBJECTS, ROOM, build_scene
 from vid2scene.cli import app
 from vid2scene.export import EXPORTERS
 from vid2scene.export._common import label_table, map_label

@@ -1,4 +1,4 @@
-"""GPT4Scene BEV and marked keyframes on the hand-built scene of :mod:`tests.scene5` (known boxes and cameras)."""
+"""GPT4Scene BEV and marked keyframes on the hand-built scene of :mod:`tests.fixtures.five_objects` (known boxes and cameras)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from tests.scene5 import CAMERAS, K, OBJECTS, ROOM, H, W, build_scene
+from tests.fixtures.five_objects import CAMERAS, K, OBJECTS, ROOM, H, W, build_scene
 from vid2scene.errors import InputError
 from vid2scene.tasks.bev import BevConfig, generate, marker_color, rasterize
 

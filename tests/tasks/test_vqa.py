@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.tasks.synth_scene import OBJECTS, aabb, box_distance, read_jsonl, write_scene
+from tests.fixtures.task_scene import OBJECTS, aabb, box_distance, read_jsonl, write_scene
 from vid2scene.errors import InputError
 from vid2scene.tasks import run_tasks, vqa
 

@@ -174,12 +174,12 @@ def build_dataset(sources: str | Path, dataset_dir: str | Path, config: Pipeline
         InputError: unreadable sources, an unknown ``until`` stage, or a bad engine choice.
         BackendNotInstalled: ``--engine ray`` without Ray.
     """
-    from ..pipeline import STAGE_ORDER, stage_module
+    from ..stage import STAGES, stage_module
 
     config = config or PipelineConfig()
     opts = options or BuildOptions()
     until = stage_module(opts.until).NAME if opts.until else None
-    stages = STAGE_ORDER if until is None else STAGE_ORDER[: STAGE_ORDER.index(until) + 1]
+    stages = STAGES if until is None else STAGES[: STAGES.index(until) + 1]
     srcs = read_sources(sources)
     ds = Path(dataset_dir)
     if ds.exists() and not ds.is_dir():

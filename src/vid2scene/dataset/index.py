@@ -41,9 +41,9 @@ _QC_COLUMNS = [  # (column, arrow type name)
 
 
 def stage_names() -> list[str]:
-    from ..pipeline import STAGE_ORDER
+    from ..pipeline import STAGES
 
-    return list(STAGE_ORDER)
+    return list(STAGES)
 
 
 def schema():
