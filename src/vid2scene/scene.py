@@ -453,12 +453,16 @@ class Scene:
             self._world_from_sfm = None if T is None else np.asarray(T, np.float64)
         return None if self._world_from_sfm is None else self._world_from_sfm.copy()
 
+    @staticmethod
+    def _check_frame(frame: str) -> None:
+        if frame not in (SFM, WORLD):
+            raise ValueError(f"unknown frame {frame!r}; use 'sfm' or 'world'")
+
     def _to_frame(self, frame: Frame) -> np.ndarray | None:
         """``frame_from_sfm`` (None for the SfM frame itself). Raises StageFailed / ValueError."""
+        self._check_frame(frame)
         if frame == SFM:
             return None
-        if frame != WORLD:
-            raise ValueError(f"unknown frame {frame!r}; use 'sfm' or 'world'")
         T = self.world_from_sfm()
         if T is None:
             raise StageFailed("layout", f"the world frame needs world_from_sfm from layout.json in {self.root}; "
@@ -476,6 +480,7 @@ class Scene:
         Raises:
             StageFailed: no ``cameras.json`` (run ``sfm``), or ``frame="world"`` before ``layout``.
         """
+        self._check_frame(frame)
         d = self._read(CAMERAS_JSON, "sfm")
         frames = [CameraFrame.from_json(f) for f in d["frames"]]
         T = self._to_frame(frame)
@@ -509,6 +514,7 @@ class Scene:
 
     def sparse_points(self, frame: Frame = SFM) -> PointCloud:
         """``sparse_points.ply``: the SfM points (``N×3``) and colours, in ``frame``."""
+        self._check_frame(frame)
         if not self.sparse_points_ply.is_file():
             raise StageFailed("sfm", f"{SPARSE_POINTS_PLY} is missing in {self.root}; run 'sfm' first")
         p, c, _ = io.read_ply_points(self.sparse_points_ply)
@@ -535,6 +541,7 @@ class Scene:
         Raises:
             StageFailed: the depth map is missing or unreadable, or ``frame="world"`` before ``layout``.
         """
+        self._check_frame(frame)
         p = self.depth_path(source_frame)
         try:
             z = io.read_npz(p)
@@ -558,6 +565,7 @@ class Scene:
     # ---- fusion ----------------------------------------------------------------------------------------
     def mesh(self, frame: Frame = SFM) -> Mesh:
         """``mesh.ply`` (TSDF surface, written in the SfM frame) in ``frame``."""
+        self._check_frame(frame)
         if not self.mesh_ply.is_file():
             raise StageFailed("fusion", f"{MESH_PLY} is missing in {self.root}; run 'fusion' first")
         v, t, c, n = io.read_ply_mesh(self.mesh_ply)
@@ -571,6 +579,7 @@ class Scene:
 
     def points(self, frame: Frame = SFM) -> PointCloud:
         """``points.ply`` (the cleaned video point cloud, written in the SfM frame) in ``frame``."""
+        self._check_frame(frame)
         if not self.points_ply.is_file():
             raise StageFailed("fusion", f"{POINTS_PLY} is missing in {self.root}; run 'fusion' first")
         p, c, n = io.read_ply_points(self.points_ply)
