@@ -69,9 +69,9 @@ def test_cameras_json_schema_and_registration(e2e_scene):
     assert p.returncode == 0, tail(p.stderr)
     d = json.loads((out / "cameras.json").read_text())
     assert d["convention"] == "opencv"
-    assert d["world"] in ("sfm", "gravity_z_up_metric")
+    assert d["world"] == "sfm"  # written once by sfm, never rewritten by layout
     frames = d["frames"]
-    keyframes = Scene(out).load_keyframes()["keyframes"]
+    keyframes = Scene(out).keyframes()["keyframes"]
     assert [f["source_frame"] for f in frames] == [k["source_frame"] for k in keyframes]
     for f in frames:
         assert f["name"] == f"{f['source_frame']:06d}.jpg" and (out / "frames" / f["name"]).is_file()
@@ -90,7 +90,7 @@ def test_cameras_json_schema_and_registration(e2e_scene):
             assert "cam_from_world" not in f
     share = sum(f["registered"] for f in frames) / len(frames)
     assert share >= 0.9, f"only {100 * share:.0f}% of {len(frames)} keyframes registered"
-    cams = Scene(out).load_cameras()  # the typed loader reads what was written
+    cams = Scene(out).cameras()  # the typed loader reads what was written
     assert len(cams) == len(frames) and sum(c.registered for c in cams) == sum(f["registered"] for f in frames)
 
 
@@ -99,12 +99,40 @@ def test_sfm_model_and_sparse_points(e2e_scene):
     assert p.returncode == 0, tail(p.stderr)
     for name in ("cameras.bin", "images.bin", "points3D.bin"):
         assert (out / "sfm" / name).is_file() and (out / "sfm" / name).stat().st_size > 0, name
-    pts, cols = Scene(out).load_sparse_points()
+    sparse = Scene(out).sparse_points()
+    pts, cols = sparse.points, sparse.colors
     assert pts.ndim == 2 and pts.shape[1] == 3 and len(pts) >= 100
     assert np.isfinite(pts).all()
     assert cols is None or cols.shape == pts.shape
-    rec = Scene(out).load_reconstruction()
-    assert rec.num_reg_images() == sum(c.registered for c in Scene(out).load_cameras())
+    rec = Scene(out).reconstruction()
+    assert rec.num_reg_images() == sum(c.registered for c in Scene(out).cameras())
+
+
+def test_earlier_assets_stay_in_the_sfm_frame_and_world_is_applied_on_load(e2e_scene):
+    out, p = e2e_scene
+    assert p.returncode == 0, tail(p.stderr)
+    scene = Scene(out)
+    rec = scene.reconstruction()
+    by_name = {im.name: im for im in rec.images.values() if im.has_pose}
+    cams = scene.cameras()
+    for c in cams:
+        if c.registered:
+            T = np.eye(4)
+            T[:3, :] = np.asarray(by_name[c.name].cam_from_world().matrix())
+            assert np.allclose(c.cam_from_world, T, atol=1e-6), c.name  # the COLMAP model's own frame
+    layout = json.loads((out / "layout.json").read_text())
+    T_ws = np.asarray(layout["world_from_sfm"])
+    assert np.allclose(T_ws, json.loads((out / "manifest.json").read_text())["world_from_sfm"])
+    with np.load(out / "depth" / f"{cams[0].source_frame:06d}.npz") as z:
+        assert "depth_sfm" in z.files and "depth_m" not in z.files
+    mesh_w = scene.mesh(frame="world")
+    z = mesh_w.vertices[:, 2]
+    assert abs(np.percentile(z, 2)) < 0.15  # the floor is at z = 0 in the world frame
+    s = scene.scale("world")
+    centres_w = np.array([c.center_in_world for c in scene.cameras(frame="world") if c.registered])
+    assert 0.8 < np.median(centres_w[:, 2]) < 2.2  # a hand-held / head-mounted camera, in metres
+    d_sfm, d_w = scene.depth(cams[0].source_frame), scene.depth(cams[0].source_frame, frame="world")
+    assert np.allclose(d_w.depth, s * d_sfm.depth, rtol=1e-6)
 
 
 def test_transforms_json_says_opengl(e2e_scene):
@@ -113,7 +141,7 @@ def test_transforms_json_says_opengl(e2e_scene):
     t = json.loads((out / "transforms.json").read_text())
     note = json.dumps(t.get("vid2scene", {})).lower()
     assert "opengl" in note
-    n_reg = sum(c.registered for c in Scene(out).load_cameras())
+    n_reg = sum(c.registered for c in Scene(out).cameras())
     assert len(t["frames"]) == n_reg
     for f in t["frames"]:
         M = np.asarray(f["transform_matrix"], dtype=float)

@@ -130,7 +130,7 @@ def test_fresh_run_writes_every_asset_and_status(base_scene):
         assert st["config_hash"] and st["seconds"] >= 0 and st["finished"]
     assert m["status"] == "incomplete"  # sfm has not run: never "complete"
     assert m["failure"] is None
-    kf = scene.load_keyframes()["keyframes"]
+    kf = scene.keyframes()["keyframes"]
     assert len(kf) >= 10
     assert sorted(p.name for p in scene.frames_dir.glob("*.jpg")) == sorted(f"{k['source_frame']:06d}.jpg" for k in kf)
     assert temp_leftovers(base_scene) == []
@@ -171,7 +171,7 @@ def test_crashed_stage_reruns_and_its_half_written_output_is_not_trusted(scene_c
     assert {s: scene.stage_info(s) for s in earlier} == stage_records
     assert not (scene.frames_dir / "999999.jpg").exists()
     assert scene.is_complete(crashed) and scene.is_complete(UNTIL)
-    assert len(scene.load_keyframes()["keyframes"]) >= 10
+    assert len(scene.keyframes()["keyframes"]) >= 10
     json.loads(scene.quality_json.read_text())
 
 
@@ -207,7 +207,7 @@ def test_killed_process_resumes(scene_copy, clips, tmp_path):
     assert seen == {"ingest": "skip", "shots": "skip", "quality": "skip", "keyframes": "run"}
     assert snapshot(scene_copy, EARLY_FILES) == before
     assert scene.is_complete("keyframes")
-    assert scene.load_keyframes()["min_disparity"] == pytest.approx(0.06)
+    assert scene.keyframes()["min_disparity"] == pytest.approx(0.06)
     assert (scene.frames_dir / "000000.jpg").stat().st_size > 100  # the real keyframe, not the junk
     assert temp_leftovers(scene_copy) == []
 
@@ -232,7 +232,7 @@ def test_keyframes_config_change_reruns_only_keyframes(scene_copy, clips):
     _, seen = run(clips["moving"], scene_copy, fast_cfg(keyframes={"min_disparity": 0.04}))
     assert seen == {"ingest": "skip", "shots": "skip", "quality": "skip", "keyframes": "run"}
     assert snapshot(scene_copy, EARLY_FILES) == before
-    assert Scene(scene_copy).load_keyframes()["min_disparity"] == pytest.approx(0.04)
+    assert Scene(scene_copy).keyframes()["min_disparity"] == pytest.approx(0.04)
 
 
 def test_rerun_of_an_earlier_stage_makes_later_ones_stale(scene_copy, clips):

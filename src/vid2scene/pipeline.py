@@ -87,7 +87,7 @@ def run_stage(scene: Scene, name: str, config: PipelineConfig) -> StageResult:
         _record_failure(scene, name, e, time.perf_counter() - t0)
         raise
     except Exception as e:  # a bug or a library error: keep the traceback, report one line
-        log = scene.root / "logs" / f"{name}.traceback.txt"
+        log = scene.logs_dir / f"{name}.traceback.txt"
         log.parent.mkdir(exist_ok=True)
         log.write_text(traceback.format_exc())
         err = StageFailed(name, f"internal error {type(e).__name__}: {e} (traceback in {log})")
@@ -173,7 +173,7 @@ def _run_stages(scene: Scene, stages: list[str], config: PipelineConfig, force: 
                 raise
             report.actions[name] = "ran"
             force, force_why = True, ""  # every later stage depends on this one's fresh output
-        if name == "shots" and len(scene.load_shots().get("chosen", [])) > 1:
+        if name == "shots" and len(scene.shots().get("chosen", [])) > 1:
             rest = stages[stages.index(name) + 1:]
             _run_subscenes(scene, rest, config, force, on_stage, report)
             return
@@ -197,9 +197,7 @@ def fork_shot(parent: Scene, shot: dict, force: bool = False) -> Scene:
         Scene.create(subscene_dir(parent, shot["shot"]), src)
     if child.is_complete("shots") and not force:
         return child
-    from .io import write_json
-
-    frames = [f for f in parent.load_frame_index() if shot["start_frame"] <= f.source_frame <= shot["end_frame"]]
+    frames = [f for f in parent.frame_index() if shot["start_frame"] <= f.source_frame <= shot["end_frame"]]
     if child.frames_all_dir.exists():
         shutil.rmtree(child.frames_all_dir)
     child.frames_all_dir.mkdir(parents=True)
@@ -209,10 +207,9 @@ def fork_shot(parent: Scene, shot: dict, force: bool = False) -> Scene:
             dst.hardlink_to(parent.frame_path(f.source_frame))
         except OSError:
             shutil.copy2(parent.frame_path(f.source_frame), dst)
-    write_json(child.frames_all_dir / "index.json",
-               {"frames": [{"source_frame": f.source_frame, "timestamp_s": f.timestamp_s} for f in frames]})
-    shutil.copy2(parent.video_json, child.video_json)
-    write_json(child.shots_json, dict(parent.load_shots(), shots=[shot], chosen=[shot["shot"]], emit="longest"))
+    child.write_frame_index([{"source_frame": f.source_frame, "timestamp_s": f.timestamp_s} for f in frames])
+    child.write_video_info(parent.video_info())
+    child.write_shots(dict(parent.shots(), shots=[shot], chosen=[shot["shot"]], emit="longest"))
 
     def mark(m: dict) -> None:
         for name in ("ingest", "shots"):
@@ -227,7 +224,7 @@ def fork_shot(parent: Scene, shot: dict, force: bool = False) -> Scene:
 def _run_subscenes(parent: Scene, stages: list[str], config: PipelineConfig, force: bool, on_stage,
                    report: RunReport) -> None:
     """Run ``stages`` in one forked scene per chosen shot; one shot's failure does not stop the others."""
-    shots = parent.load_shots()
+    shots = parent.shots()
     by_id = {s["shot"]: s for s in shots["shots"]}
     entries, errors = [], []
     for k in shots["chosen"]:
