@@ -38,22 +38,6 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 
-def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """4×4 Sim(3) ``dst_from_src`` minimising ‖dst − (s R src + t)‖² (Umeyama 1991)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    U, S, Vt = np.linalg.svd(xd.T @ xs / len(src))
-    D = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        D[2, 2] = -1
-    R = U @ D @ Vt
-    s = float(np.trace(np.diag(S) @ D) / (xs ** 2).sum(1).mean())
-    T = np.eye(4)
-    T[:3, :3] = s * R
-    T[:3, 3] = mu_d - s * R @ mu_s
-    return T
-
-
 def depth_metrics(pred: np.ndarray, gt: np.ndarray) -> dict:
     valid = gt > 0
     both = valid & (pred > 0)
@@ -107,8 +91,7 @@ def evaluate(scene_dir: Path, data: Path) -> list[dict]:
     import cv2
     import open3d as o3d
 
-    from vid2scene.fusion import load_depth, ply_frame
-    from vid2scene.layout import apply_sim3, sfm_cameras
+    from vid2scene.geometry import apply_transform, sim3_scale, umeyama
     from vid2scene.scene import Scene
 
     scene = Scene(scene_dir)
@@ -117,26 +100,24 @@ def evaluate(scene_dir: Path, data: Path) -> list[dict]:
     gt_c2w = np.loadtxt(holo / "poses.txt").reshape(-1, 4, 4)
     K_gt = np.loadtxt(holo / "K.txt")
     gt_depth_files = sorted((holo / "depth").glob("*.png"))
-    frames_sfm, _, _, _ = sfm_cameras(scene)  # SfM frame, from the COLMAP model
+    frames_sfm = scene.cameras(frame="sfm")
     reg = [f for f in frames_sfm if f.registered and f.source_frame < len(gt_c2w)]
     C_sfm = np.array([f.center_in_world for f in reg])
     C_gt = np.array([gt_c2w[f.source_frame][:3, 3] for f in reg])
     gt_from_sfm = umeyama(C_sfm, C_gt)
-    s_gt = float(np.cbrt(np.linalg.det(gt_from_sfm[:3, :3])))
-    resid = np.linalg.norm(apply_sim3(gt_from_sfm, C_sfm) - C_gt, axis=1)
+    s_gt = sim3_scale(gt_from_sfm)
+    resid = np.linalg.norm(apply_transform(gt_from_sfm, C_sfm) - C_gt, axis=1)
     out = [{"figure": "alignment", "n_registered": len(reg), "gt_scale_m_per_sfm": s_gt,
             "camera_centre_rmse_cm": round(100 * float(np.sqrt(np.mean(resid ** 2))), 2)}]
 
     # depth
     own, gt_scaled = [], []
+    have_depth = set(scene.depth_frames())
     for f in reg:
-        p = scene.root / "depth" / f"{f.source_frame:06d}.npz"
-        if not p.is_file():
+        if f.source_frame not in have_depth:
             continue
-        with np.load(p) as z:
-            applied = float(z["scale_applied"])
-        d_own, _ = load_depth(p, applied)          # as stored (metric after layout)
-        d_sfm, _ = load_depth(p, 1.0)               # raw SfM units
+        d_own = scene.depth(f.source_frame, frame="world").depth  # metres (layout's scale)
+        d_sfm = scene.depth(f.source_frame).depth                  # raw SfM units
         g = cv2.imread(str(gt_depth_files[f.source_frame]), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
         g = cv2.resize(g, (d_own.shape[1], d_own.shape[0]), interpolation=cv2.INTER_NEAREST)
         own.append(depth_metrics(d_own, g))
@@ -146,7 +127,7 @@ def evaluate(scene_dir: Path, data: Path) -> list[dict]:
 
     # mesh vs reference fused from GT depth + poses with the same TSDF settings (in metres)
     qc_f = man["qc"].get("fusion", {})
-    to_m = s_gt if qc_f.get("units", "sfm") == "sfm" else s_gt / float(man["qc"]["layout"]["metres_per_sfm_unit"])
+    to_m = s_gt  # fusion works in the SfM frame
     voxel, trunc = qc_f["voxel_size"] * to_m, qc_f["sdf_trunc"] * to_m
     depth_trunc = qc_f["depth_trunc"] * to_m
     vol = o3d.pipelines.integration.ScalableTSDFVolume(voxel_length=voxel, sdf_trunc=trunc,
@@ -162,12 +143,8 @@ def evaluate(scene_dir: Path, data: Path) -> list[dict]:
         intr = o3d.camera.PinholeCameraIntrinsic(w, h, K_gt[0, 0], K_gt[1, 1], K_gt[0, 2], K_gt[1, 2])
         vol.integrate(rgbd, intr, np.linalg.inv(gt_c2w[f.source_frame]))
     ref = vol.extract_triangle_mesh()
-    ours = o3d.io.read_triangle_mesh(str(scene.root / "mesh.ply"))
-    frame, T = ply_frame(scene.root / "mesh.ply")
-    v = np.asarray(ours.vertices)
-    if frame != "sfm":
-        v = apply_sim3(np.linalg.inv(T), v)
-    ours.vertices = o3d.utility.Vector3dVector(apply_sim3(gt_from_sfm, v))
+    mesh_sfm = scene.mesh(frame="sfm")
+    ours = mesh_sfm.transformed(gt_from_sfm, "world").to_open3d()
     out.append({"figure": "mesh", "reference": "GT depth+poses, same TSDF settings", "voxel_m": round(voxel, 4),
                 "reference_fusion_s": round(time.perf_counter() - t0, 1), "ours_triangles": len(ours.triangles),
                 "reference_triangles": len(ref.triangles), **mesh_metrics(ours, ref)})
@@ -179,10 +156,10 @@ def evaluate(scene_dir: Path, data: Path) -> list[dict]:
     min_conf = float(qc_f.get("min_confidence", 0.5))
     H_gt, W_gt = cv2.imread(str(gt_depth_files[0]), cv2.IMREAD_UNCHANGED).shape[:2]
     for f in reg:
-        p = scene.root / "depth" / f"{f.source_frame:06d}.npz"
-        if not p.is_file():
+        if f.source_frame not in have_depth:
             continue
-        d_sfm, conf = load_depth(p, 1.0)
+        dm = scene.depth(f.source_frame)
+        d_sfm, conf = dm.depth, dm.confidence
         d = np.where(conf >= min_conf, d_sfm * s_gt, 0).astype(np.float32)
         h, w = d.shape
         sx, sy = w / W_gt, h / H_gt
@@ -197,7 +174,7 @@ def evaluate(scene_dir: Path, data: Path) -> list[dict]:
                 "ours_triangles": len(ours_gt_poses.triangles), **mesh_metrics(ours_gt_poses, ref)})
 
     # layout: scale and gravity
-    lj = json.loads((scene.root / "layout.json").read_text())
+    lj = scene.layout()
     s = float(lj["scale"]["metres_per_sfm_unit"])
     W = np.asarray(lj["world_from_sfm"])
     floor_up_sfm = (W[:3, :3] / s).T @ np.array([0.0, 0.0, 1.0])

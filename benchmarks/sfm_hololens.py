@@ -49,8 +49,9 @@ def c2w(cam_from_world: np.ndarray) -> np.ndarray:
     return np.linalg.inv(np.asarray(cam_from_world, dtype=np.float64))
 
 
-def run_vid2scene(video: Path, gt: np.ndarray, preset: str, workdir: Path, config: Path | None = None) -> dict:
-    scene_dir = workdir / "scene"
+def run_vid2scene(video: Path, gt: np.ndarray, preset: str, workdir: Path, config: Path | None = None,
+                  scene_dir: Path | None = None) -> dict:
+    scene_dir = scene_dir or workdir / "scene"
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "vid2scene.cli", "run", str(video), "-o", str(scene_dir), "--preset", preset, "-q"]
     if config:
@@ -65,8 +66,10 @@ def run_vid2scene(video: Path, gt: np.ndarray, preset: str, workdir: Path, confi
     if proc.returncode != 0:
         out["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return out
-    cams = json.loads((scene_dir / "cameras.json").read_text())["frames"]
-    reg = {f["source_frame"]: c2w(f["cam_from_world"]) for f in cams if f["registered"]}
+    from vid2scene.scene import Scene
+
+    cams = Scene(scene_dir).cameras(frame="sfm")
+    reg = {c.source_frame: c2w(c.cam_from_world) for c in cams if c.registered}
     qc = man["qc"]["sfm"]
     out.update({"selected": len(cams), "registered": len(reg), "registered_share": round(len(reg) / len(cams), 4),
                 "n_models": qc.get("n_models"), "models_after_merge": 1,
@@ -147,6 +150,7 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--config", type=Path, help="vid2scene config file (stage sections) for the main job")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--scene", type=Path, help="scene folder to run in and keep (resumes; default: a temporary one)")
     ap.add_argument("--baseline-known-intrinsics", action="store_true")
     ap.add_argument("--baseline-worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -159,7 +163,7 @@ def main() -> None:
     video = a.data / "hololens_office.mp4"
     gt = load_gt(a.data)
     with tempfile.TemporaryDirectory(prefix="v2s_bench_") as tmp:
-        print(json.dumps(run_vid2scene(video, gt, a.preset, Path(tmp), a.config)), flush=True)
+        print(json.dumps(run_vid2scene(video, gt, a.preset, Path(tmp), a.config, a.scene)), flush=True)
         if not a.skip_baseline:
             K = None
             if a.baseline_known_intrinsics:
