@@ -1,5 +1,7 @@
 """``scene_graph`` stage: objects, the room and their spatial relations with metric evidence →
-``scene_graph.json`` (schema in docs/schemas.md; frame ``gravity_z_up_metric``, metres).
+``scene_graph.json`` (schema in docs/schemas.md; world frame ``gravity_z_up_metric``, metres). Reads
+``instances.json``, ``layout.json`` and the instances' vertices of ``mesh.ply`` through
+:class:`~vid2scene.scene.Scene` (mesh in the world frame).
 
 Relations (``A pred B``; boxes are the instances' gravity-aligned boxes, footprints their rotated xy
 rectangles, intersected with shapely; point distances from ``scipy.spatial.cKDTree`` on the instances'
@@ -21,14 +23,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import StageFailed
-from .fusion import WORLD_METRIC, read_mesh_ply
-from .instances import box_corners
-from .io import read_json, write_json
-from .scene import Scene
+from .geometry import box_corners
+from .scene import SCENE_GRAPH_JSON, WORLD_NAME, Scene
 from .stage import StageResult
 
 NAME = "scene_graph"
-OUTPUTS = ["scene_graph.json"]
+OUTPUTS = [SCENE_GRAPH_JSON]
 
 
 class Config(BaseModel):
@@ -105,28 +105,62 @@ def relations(objects: list[dict], points: dict[int, np.ndarray], room_polygon, 
 
 
 def run(scene: Scene, config: Config) -> StageResult:
+    """Objects, the room and their relations → ``scene_graph.json``.
+
+    Raises:
+        StageFailed: ``instances`` has not completed, ``instances.json`` is missing, unreadable or not in the
+            world frame, or (with instances) the mesh cannot be read in the world frame.
+    """
+    scene.require("instances")
+    inst = scene.instances()
+    if inst.get("frame") != WORLD_NAME:
+        raise StageFailed(NAME, f"instances.json is in frame '{inst.get('frame')}', expected {WORLD_NAME}")
+    layout_room = (scene.layout() if scene.layout_json.is_file() else {}).get("room") or {}
+    room_poly, room = room_record(layout_room)
+    objects, points = graph_objects(inst["instances"], instance_vertices(scene, inst))
+    rels = relations(objects, points, room_poly, config)
+    inside = {r["subject"] for r in rels if r["predicate"] == "inside"}
+    for o in objects:
+        o["inside_room"] = o["id"] in inside if room_poly is not None else None
+    scene.write_scene_graph({"frame": WORLD_NAME, "units": "m", "room": room, "objects": objects,
+                             "relations": rels})
+    counts: dict[str, int] = {}
+    for r in rels:
+        counts[r["predicate"]] = counts.get(r["predicate"], 0) + 1
+    warnings = [] if objects else ["no objects: the scene graph holds only the room"]
+    return StageResult(qc={"n_objects": len(objects), "n_relations": len(rels), "per_predicate": counts},
+                       summary=f"{len(objects)} objects, {len(rels)} relations", warnings=warnings)
+
+
+def room_record(room_l: dict):
+    """(shapely Polygon of the room footprint or None, the graph's ``room`` record or None) from
+    ``layout.json``'s ``room`` (``polygon_xy``, ``floor_area_m2``, ``height_m``, ``extent_m``)."""
     from shapely.geometry import Polygon
 
-    scene.require("instances")
-    inst = read_json(scene.root / "instances.json")
-    if inst.get("frame") != WORLD_METRIC:
-        raise StageFailed(NAME, f"instances.json is in frame '{inst.get('frame')}', expected {WORLD_METRIC}")
-    layout = read_json(scene.root / "layout.json") if (scene.root / "layout.json").is_file() else {}
-    room_l = layout.get("room") or {}
     poly_xy = room_l.get("polygon_xy") or []
-    room_poly = Polygon(poly_xy).buffer(0) if len(poly_xy) >= 3 else None
-    room = None
-    if room_poly is not None:
-        c = room_poly.centroid
-        h = float(room_l.get("height_m") or 0.0)
-        room = {"id": "room", "polygon_xy": poly_xy, "floor_area_m2": room_l.get("floor_area_m2"),
-                "height_m": room_l.get("height_m"), "center": [round(c.x, 4), round(c.y, 4), round(h / 2, 4)],
-                "extent_m": room_l.get("extent_m")}
-    vertices = None
-    if inst["instances"] and (scene.root / inst.get("geometry", "mesh.ply")).is_file():
-        vertices = np.asarray(read_mesh_ply(scene.root / inst.get("geometry", "mesh.ply")).vertices, np.float64)
+    if len(poly_xy) < 3:
+        return None, None
+    room_poly = Polygon(poly_xy).buffer(0)
+    c = room_poly.centroid
+    h = float(room_l.get("height_m") or 0.0)
+    return room_poly, {"id": "room", "polygon_xy": poly_xy, "floor_area_m2": room_l.get("floor_area_m2"),
+                       "height_m": room_l.get("height_m"), "center": [round(c.x, 4), round(c.y, 4), round(h / 2, 4)],
+                       "extent_m": room_l.get("extent_m")}
+
+
+def instance_vertices(scene: Scene, inst: dict) -> np.ndarray | None:
+    """``V×3`` world-frame vertices of ``mesh.ply`` (which ``vertex_ids`` index), or None without instances or
+    without the mesh file."""
+    if not inst["instances"] or not scene.mesh_ply.is_file():
+        return None
+    return scene.mesh(frame="world").vertices
+
+
+def graph_objects(instances: list[dict], vertices: np.ndarray | None) -> tuple[list[dict], dict[int, np.ndarray]]:
+    """(scene-graph object records with ``min``/``max`` of the box corners, id → ``N×3`` points of the
+    instance's mesh vertices; empty without ``vertices``)."""
     objects, points = [], {}
-    for i in inst["instances"]:
+    for i in instances:
         b = i["box"]
         corners = box_corners(b["center"], b["size"], b["yaw_rad"])
         objects.append({"id": i["id"], "label": i["label"], "center": b["center"], "size": b["size"],
@@ -135,18 +169,7 @@ def run(scene: Scene, config: Config) -> StageResult:
         if vertices is not None:
             ids = np.asarray(i["vertex_ids"], np.int64)
             points[i["id"]] = vertices[ids[(ids >= 0) & (ids < len(vertices))]]
-    rels = relations(objects, points, room_poly, config)
-    inside = {r["subject"] for r in rels if r["predicate"] == "inside"}
-    for o in objects:
-        o["inside_room"] = o["id"] in inside if room_poly is not None else None
-    doc = {"frame": WORLD_METRIC, "units": "m", "room": room, "objects": objects, "relations": rels}
-    write_json(scene.root / "scene_graph.json", doc)
-    counts: dict[str, int] = {}
-    for r in rels:
-        counts[r["predicate"]] = counts.get(r["predicate"], 0) + 1
-    warnings = [] if objects else ["no objects: the scene graph holds only the room"]
-    return StageResult(qc={"n_objects": len(objects), "n_relations": len(rels), "per_predicate": counts},
-                       summary=f"{len(objects)} objects, {len(rels)} relations", warnings=warnings)
+    return objects, points
 
 
 __all__ = ["NAME", "OUTPUTS", "Config", "run", "relations", "footprint"]
