@@ -51,20 +51,20 @@ def footprint(obj: dict):
 
 def relations(objects: list[dict], points: dict[int, np.ndarray], room_polygon, config: Config) -> list[dict]:
     """Relation records for ``objects`` (scene-graph object dicts with ``min``/``max``/``center``/``size``/
-    ``yaw_rad``); ``points``: id → ``N×3`` metric points of that instance (may be empty: box corners used);
-    ``room_polygon``: shapely Polygon of the room footprint or None."""
-    from scipy.spatial import cKDTree
-    from shapely.geometry import Point
+    ``yaw_rad``); ``points``: id → ``N×3`` world points of that instance (may be empty: box corners used);
+    ``room_polygon``: shapely Polygon of the room footprint or None. Order: ``on`` / ``above`` / ``below``,
+    ``on_floor``, ``near``, ``inside``."""
+    rels, on_something = vertical_relations(objects, config)
+    rels += floor_relations(objects, on_something, config)
+    rels += near_relations(objects, points, config)
+    if room_polygon is not None:
+        rels += inside_relations(objects, room_polygon, config)
+    return rels
 
+
+def vertical_relations(objects: list[dict], config: Config) -> tuple[list[dict], set]:
+    """(``on``, ``above`` and ``below`` records of every ordered pair, ids of the objects that are on another)."""
     fps = {o["id"]: footprint(o) for o in objects}
-    trees = {}
-    for o in objects:
-        p = points.get(o["id"])
-        if p is None or len(p) == 0:
-            p = box_corners(o["center"], o["size"], o["yaw_rad"])
-        if len(p) > config.max_points:
-            p = p[np.random.default_rng(o["id"]).choice(len(p), config.max_points, replace=False)]
-        trees[o["id"]] = (cKDTree(p), p)
     rels: list[dict] = []
     on_something = set()
     for a in objects:
@@ -84,24 +84,48 @@ def relations(objects: list[dict], points: dict[int, np.ndarray], room_polygon, 
                 ev = {"dz_m": round(gap, 4), "overlap_xy": round(ov_small, 3)}
                 rels.append({"subject": a["id"], "predicate": "above", "object": b["id"], "evidence": ev})
                 rels.append({"subject": b["id"], "predicate": "below", "object": a["id"], "evidence": dict(ev)})
-    for a in objects:
-        if a["id"] not in on_something and a["min"][2] <= config.on_floor_m:
-            rels.append({"subject": a["id"], "predicate": "on_floor", "object": "floor",
-                         "evidence": {"gap_m": round(a["min"][2], 4)}})
+    return rels, on_something
+
+
+def floor_relations(objects: list[dict], on_something: set, config: Config) -> list[dict]:
+    """``on_floor`` records of the objects whose bottom is near z = 0 and that are on no other object."""
+    return [{"subject": a["id"], "predicate": "on_floor", "object": "floor",
+             "evidence": {"gap_m": round(a["min"][2], 4)}}
+            for a in objects if a["id"] not in on_something and a["min"][2] <= config.on_floor_m]
+
+
+def near_relations(objects: list[dict], points: dict[int, np.ndarray], config: Config) -> list[dict]:
+    """``near`` records (closest-point distance < ``near_m``) once per unordered pair, subject < object."""
+    from scipy.spatial import cKDTree
+
+    trees = {}
+    for o in objects:
+        p = points.get(o["id"])
+        if p is None or len(p) == 0:
+            p = box_corners(o["center"], o["size"], o["yaw_rad"])
+        if len(p) > config.max_points:
+            p = p[np.random.default_rng(o["id"]).choice(len(p), config.max_points, replace=False)]
+        trees[o["id"]] = (cKDTree(p), p)
+    rels = []
     for i, a in enumerate(objects):
         for b in objects[i + 1:]:
-            ta, pa = trees[a["id"]]
+            ta, _ = trees[a["id"]]
             _, pb = trees[b["id"]]
             d = float(ta.query(pb, k=1)[0].min())
             if d < config.near_m:
                 s, o = sorted((a["id"], b["id"]))
                 rels.append({"subject": s, "predicate": "near", "object": o, "distance_m": round(d, 4)})
-    if room_polygon is not None:
-        grown = room_polygon.buffer(config.inside_margin_m)
-        for a in objects:
-            if grown.contains(Point(a["center"][0], a["center"][1])):
-                rels.append({"subject": a["id"], "predicate": "inside", "object": "room"})
     return rels
+
+
+def inside_relations(objects: list[dict], room_polygon, config: Config) -> list[dict]:
+    """``inside`` records of the objects whose box centre (xy) is in the room polygon grown by
+    ``inside_margin_m``."""
+    from shapely.geometry import Point
+
+    grown = room_polygon.buffer(config.inside_margin_m)
+    return [{"subject": a["id"], "predicate": "inside", "object": "room"} for a in objects
+            if grown.contains(Point(a["center"][0], a["center"][1]))]
 
 
 def run(scene: Scene, config: Config) -> StageResult:

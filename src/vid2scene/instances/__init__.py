@@ -52,7 +52,7 @@ from .boxes import box_fields, oriented_box
 from .config import Config
 from .consensus import (Candidate, consensus, keep_largest_cluster, label_votes, merge_duplicates,
                         supporting_views, view_assignments)
-from .labellers import BACKENDS, caption_instances, make_labeller
+from .labellers import BACKENDS, caption_instances
 from .scale import SIZE_PRIORS, object_scale
 from .segmentation import Segments, layout_plane_mask, segment_objects, unit_vertex_normals
 
@@ -107,7 +107,7 @@ def run(scene: Scene, config: Config) -> StageResult:
     lscale = layout.get("scale", {})
     scale = object_scale(instances, lscale.get("metres_per_sfm_unit"), lscale.get("sigma"), config)
     if config.captioner != "none" and instances:
-        caption_instances(scene, instances, config, make_labeller(config))
+        caption_instances(scene, instances, config)
     detector = next((d["detector"] for d in dets.values() if d), None)
     scene.write_instances({"frame": WORLD_NAME, "units": "m", "geometry": "mesh.ply",
                            "n_vertices": int(len(mesh.vertices)), "detector": detector, "instances": instances,

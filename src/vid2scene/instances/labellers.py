@@ -78,7 +78,8 @@ class OpenAICompatLabeller:
         self.url = (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
         self.model = o.model or os.environ.get(ENV_MODEL) or "default"
         self._key = o.api_key or os.environ.get(ENV_API_KEY)
-        self.timeout_s, self.retries, self.backoff_s, self.stage = float(o.timeout_s), int(o.retries), o.backoff_s, stage
+        self.timeout_s, self.retries, self.backoff_s = float(o.timeout_s), int(o.retries), float(o.backoff_s)
+        self.stage = stage
 
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
