@@ -1,5 +1,6 @@
-"""``scene_graph``: relations of the synthetic furnished room (tests/synth_objects.py) — from the known boxes
-directly, and end to end from the recovered instances — with their metric evidence checked against the truth."""
+"""``scene_graph``: relations of the synthetic furnished room (tests/fixtures/objects.py) — from the known boxes
+directly, and end to end from the recovered instances (of a scene whose SfM frame is a scaled, rotated and shifted
+copy of the world) — with their metric evidence checked against the truth."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from tests.fixtures.objects import OBJECTS, ROOM, box_mesh, build_scene
+from tests.fixtures.objects import OBJECTS, ROOM, box_mesh, build_scene, sim3_rotvec
 from vid2scene import scene_graph as sg
 from vid2scene.config import PipelineConfig
-from vid2scene.instances import box_corners
+from vid2scene.geometry import box_corners
 from vid2scene.pipeline import run_stage
 
 LABEL_ID = {o.label: k for k, o in enumerate(OBJECTS)}
@@ -78,7 +79,8 @@ def test_object_outside_the_room_is_not_inside():
 
 
 def test_scene_graph_stage_end_to_end(tmp_path):
-    scene, _ = build_scene(tmp_path)
+    # 0.4 m per SfM unit: depth, mesh and cameras are read back in metres only through frame="world"
+    scene, _ = build_scene(tmp_path, world_from_sfm=sim3_rotvec(0.4, (-0.2, 0.5, 0.3), (-2.0, 1.0, 0.5)))
     cfg = PipelineConfig()
     run_stage(scene, "instances", cfg)
     res = run_stage(scene, "scene_graph", cfg)

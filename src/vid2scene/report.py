@@ -1,5 +1,7 @@
 """``report.html``: what a person looks at first — stage status, QC figures, failure reason, a strip of
-keyframes, and a top-down view of the camera path over the sparse points. Self-contained (images inlined)."""
+keyframes, a top-down view of the camera path over the sparse points and, once ``instances`` has run, the objects
+seen from above and projected into keyframes. Self-contained (images inlined). Reads the scene only through
+:class:`~vid2scene.scene.Scene` (in the world frame once ``layout`` has stored ``world_from_sfm``)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import json
 
 import numpy as np
 
+from .errors import StageFailed
+from .geometry import box_corners, box_edges, project
 from .io import atomic_path
-from .scene import Scene
+from .scene import SFM, WORLD, Scene
 
 
 def _png_data_uri(rgb: np.ndarray) -> str:
@@ -20,15 +24,32 @@ def _png_data_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
 
 
-def _jpg_data_uri(path, width: int = 200) -> str:
+def rgb_jpg_data_uri(rgb: np.ndarray, width: int = 200) -> str:
+    """A ``data:image/jpeg`` URI of an ``H×W×3`` uint8 RGB image resized (area) to ``width`` pixels wide."""
     import cv2
 
-    img = cv2.imread(str(path))
-    if img is None:
-        return ""
+    img = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
     img = cv2.resize(img, (width, max(1, round(img.shape[0] * width / img.shape[1]))), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
+
+
+def jpg_data_uri(path, width: int = 200) -> str:
+    """:func:`rgb_jpg_data_uri` of an image file ("" when it is missing or unreadable)."""
+    import cv2
+
+    img = cv2.imread(str(path))
+    return "" if img is None else rgb_jpg_data_uri(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), width)
+
+
+_jpg_data_uri = jpg_data_uri  # the name vid2scene.dataset.report imports
+
+
+def _keyframe_uri(scene: Scene, source_frame: int) -> str:
+    try:
+        return rgb_jpg_data_uri(scene.keyframe_image(source_frame))
+    except StageFailed:
+        return ""
 
 
 def top_down_view(points: np.ndarray, centers: np.ndarray, size: int = 520, up_axis: np.ndarray | None = None,
@@ -69,9 +90,29 @@ def top_down_view(points: np.ndarray, centers: np.ndarray, size: int = 520, up_a
     return img
 
 
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}pre{margin:0;font-size:11px}"
+         ".complete{color:green}.failed{color:#b00}.warn{color:#a60}.running,.stale,.incomplete{color:#a60}"
+         ".strip{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;font-size:11px}")
+
+
 def write_report(scene: Scene) -> None:
-    """(Re)write ``report.html`` from whatever the scene folder holds now."""
+    """(Re)write ``report.html`` from whatever the scene folder holds now.
+
+    Raises:
+        InputError: the folder is not a scene (no readable manifest).
+        StageFailed: an asset the report shows exists but cannot be read.
+    """
     m = scene.read_manifest()
+    parts = status_sections(scene, m) + camera_path_sections(scene) + keyframe_strip(scene) + instances_sections(scene)
+    doc = f"<!doctype html><html><head><meta charset='utf-8'><title>vid2scene report</title><style>{STYLE}</style>" \
+          f"</head><body>{''.join(parts)}</body></html>"
+    with atomic_path(scene.report_html) as tmp:
+        tmp.write_text(doc)
+
+
+def status_sections(scene: Scene, m: dict) -> list[str]:
+    """Title, source and status, the failure (if any) and the table of stages from the manifest ``m``."""
     e = html.escape
     parts = [f"<h1>vid2scene scene: {e(scene.root.name)}</h1>",
              f"<p>source: <code>{e(str(m['source'].get('path')))}</code> &middot; status: "
@@ -88,38 +129,43 @@ def write_report(scene: Scene) -> None:
                     f"</td><td><pre>{e(json.dumps(st.get('qc', {}), indent=0))}</pre></td></tr>")
     parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>s</th><th>result</th><th>QC</th></tr>"
                  + "".join(rows) + "</table>")
-    if scene.cameras_json.exists():
-        frames = scene.load_cameras()
-        reg = [f for f in frames if f.registered]
-        centers = np.array([f.center_in_world for f in reg]).reshape(-1, 3)
-        pts = scene.load_sparse_points()[0] if scene.sparse_points_ply.exists() else np.zeros((0, 3))
-        if len(pts) > 20000:
-            pts = pts[np.random.default_rng(0).choice(len(pts), 20000, replace=False)]
-        parts.append(f"<h2>Camera path (top-down)</h2><p>{len(reg)}/{len(frames)} keyframes registered; "
-                     "path blue (start, dot) to red; grey: sparse points.</p>"
-                     f"<img src='{_png_data_uri(top_down_view(pts, centers))}'>")
-        unreg = [f.name for f in frames if not f.registered]
-        if unreg:
-            parts.append("<p class='warn'>not registered: " + e(", ".join(unreg[:50])) + "</p>")
-    if scene.keyframes_json.exists() and scene.frames_dir.exists():
-        kfs = scene.load_keyframes()["keyframes"]
-        pick = kfs if len(kfs) <= 12 else [kfs[i] for i in np.linspace(0, len(kfs) - 1, 12).astype(int)]
-        imgs = "".join(f"<figure><img src='{_jpg_data_uri(scene.keyframe_path(k['source_frame']))}'>"
-                       f"<figcaption>{k['source_frame']} ({e(k['reason'])})</figcaption></figure>" for k in pick)
-        parts.append(f"<h2>Keyframes ({len(kfs)})</h2><div class='strip'>{imgs}</div>")
-    parts += instances_sections(scene)
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}pre{margin:0;font-size:11px}"
-             ".complete{color:green}.failed{color:#b00}.warn{color:#a60}.running,.stale,.incomplete{color:#a60}"
-             ".strip{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;font-size:11px}")
-    doc = f"<!doctype html><html><head><meta charset='utf-8'><title>vid2scene report</title><style>{style}</style>" \
-          f"</head><body>{''.join(parts)}</body></html>"
-    with atomic_path(scene.report_html) as tmp:
-        tmp.write_text(doc)
+    return parts
+
+
+def camera_path_sections(scene: Scene) -> list[str]:
+    """The top-down camera path over the sparse points (world frame once ``layout`` has run, else SfM) and the
+    keyframes left unregistered; nothing before ``sfm``."""
+    if not scene.cameras_json.exists():
+        return []
+    frame = WORLD if scene.world_from_sfm() is not None else SFM
+    frames = scene.cameras(frame=frame)
+    reg = [f for f in frames if f.registered]
+    centers = np.array([f.center_in_world for f in reg]).reshape(-1, 3)
+    pts = scene.sparse_points(frame=frame).points if scene.sparse_points_ply.exists() else np.zeros((0, 3))
+    if len(pts) > 20000:
+        pts = pts[np.random.default_rng(0).choice(len(pts), 20000, replace=False)]
+    parts = [f"<h2>Camera path (top-down)</h2><p>{len(reg)}/{len(frames)} keyframes registered; "
+             "path blue (start, dot) to red; grey: sparse points.</p>"
+             f"<img src='{_png_data_uri(top_down_view(pts, centers))}'>"]
+    unreg = [f.name for f in frames if not f.registered]
+    if unreg:
+        parts.append("<p class='warn'>not registered: " + html.escape(", ".join(unreg[:50])) + "</p>")
+    return parts
+
+
+def keyframe_strip(scene: Scene, n: int = 12) -> list[str]:
+    """Up to ``n`` evenly spread keyframes with their source frame and selection reason."""
+    if not (scene.keyframes_json.exists() and scene.frames_dir.exists()):
+        return []
+    kfs = scene.keyframes()["keyframes"]
+    pick = kfs if len(kfs) <= n else [kfs[i] for i in np.linspace(0, len(kfs) - 1, n).astype(int)]
+    imgs = "".join(f"<figure><img src='{_keyframe_uri(scene, k['source_frame'])}'>"
+                   f"<figcaption>{k['source_frame']} ({html.escape(k['reason'])})</figcaption></figure>" for k in pick)
+    return [f"<h2>Keyframes ({len(kfs)})</h2><div class='strip'>{imgs}</div>"]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# issue 4: objects (instances.json) seen from above and projected into keyframes
+# objects (instances.json) seen from above and projected into keyframes
 # ---------------------------------------------------------------------------------------------------------
 def _label_colour(label: str) -> tuple[int, int, int]:
     import zlib
@@ -134,8 +180,6 @@ def instances_top_down(instances: list[dict], polygon_xy=None, points: np.ndarra
     (light grey, ``N×3``), camera path (blue), each instance's gravity-aligned box (coloured by label) with
     ``id label``; +x to the right, +y up, 1 m grid (light lines), scale bar."""
     import cv2
-
-    from .instances import box_corners
 
     img = np.full((size, size, 3), 255, np.uint8)
     refs = []
@@ -188,10 +232,8 @@ def keyframe_with_boxes(rgb: np.ndarray, frame, items: list[tuple[dict, dict | N
     wireframe (label colour) and, if given, the supporting detection box of this view (thin white)."""
     import cv2
 
-    from .instances import box_corners, project
-
     img = np.ascontiguousarray(rgb.copy())
-    edges = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
+    edges = box_edges()
     for inst, view in items:
         col = _label_colour(inst["label"])
         if view is not None:
@@ -211,25 +253,25 @@ def keyframe_with_boxes(rgb: np.ndarray, frame, items: list[tuple[dict, dict | N
 
 def instances_sections(scene: Scene, n_keyframes: int = 4) -> list[str]:
     """HTML sections for ``instances.json``: a top-down view with boxes and labels, a table of the objects
-    and ``n_keyframes`` keyframes (those supporting most instances) with the projected boxes."""
-    import cv2
-
-    from .io import read_json
-
-    p = scene.root / "instances.json"
-    if not p.is_file():
+    and ``n_keyframes`` keyframes (those supporting most instances) with the projected boxes. Cameras and the
+    video point cloud are read in the world frame (as the instances are); nothing before ``instances``."""
+    if not scene.instances_json.is_file():
         return []
+    doc = scene.instances()
+    frames = [f for f in scene.cameras(frame=WORLD) if f.registered] if scene.cameras_json.exists() else []
+    return objects_section(scene, doc, frames) + projected_keyframes_section(scene, doc.get("instances", []),
+                                                                             frames, n_keyframes)
+
+
+def objects_section(scene: Scene, doc: dict, frames: list) -> list[str]:
+    """The objects seen from above (over the video points at furniture height) and their table."""
     e = html.escape
-    doc = read_json(p)
     insts = doc.get("instances", [])
-    layout = read_json(scene.root / "layout.json") if (scene.root / "layout.json").is_file() else {}
-    frames = [f for f in scene.load_cameras() if f.registered] if scene.cameras_json.exists() else []
+    layout = scene.layout() if scene.layout_json.is_file() else {}
     centers = np.array([f.center_in_world for f in frames]).reshape(-1, 3)
     pts = None
-    if (scene.root / "points.ply").is_file():
-        from .fusion import read_points_ply
-
-        pts = read_points_ply(scene.root / "points.ply")[0]
+    if scene.points_ply.is_file():
+        pts = scene.points(frame=WORLD).points
         pts = pts[(pts[:, 2] > 0.1) & (pts[:, 2] < 2.0)]  # furniture height band
         if len(pts) > 60000:
             pts = pts[np.random.default_rng(0).choice(len(pts), 60000, replace=False)]
@@ -238,12 +280,17 @@ def instances_sections(scene: Scene, n_keyframes: int = 4) -> list[str]:
     rows = "".join(f"<tr><td>{i['id']}</td><td>{e(i['label'])}</td><td>{i['score']:.2f}</td><td>{i['n_views']}</td>"
                    f"<td>{' × '.join(f'{v:.2f}' for v in i['box']['size'])}</td><td>{i['first_frame']}–{i['last_frame']}"
                    f"</td><td>{e(i.get('caption') or '')}</td></tr>" for i in insts)
-    out = [f"<h2>Objects ({len(insts)}, top-down)</h2><p>gravity-aligned boxes from <code>instances.json</code> over "
-           "mesh points at 0.1–2 m (grey), room polygon (black), camera path (blue); 1 m grid. Scale: layout "
-           f"{sc.get('layout_metres_per_sfm_unit')}, object priors {sc.get('object_prior_metres_per_sfm_unit')} "
-           f"({sc.get('n_objects_used', 0)} objects) m per SfM unit.</p><img src='{_png_data_uri(top)}'>"
-           "<table><tr><th>id</th><th>label</th><th>score</th><th>views</th><th>size (m)</th><th>frames</th>"
-           f"<th>caption</th></tr>{rows}</table>"]
+    return [f"<h2>Objects ({len(insts)}, top-down)</h2><p>gravity-aligned boxes from <code>instances.json</code> over "
+            "mesh points at 0.1–2 m (grey), room polygon (black), camera path (blue); 1 m grid. Scale: layout "
+            f"{sc.get('layout_metres_per_sfm_unit')}, object priors {sc.get('object_prior_metres_per_sfm_unit')} "
+            f"({sc.get('n_objects_used', 0)} objects) m per SfM unit.</p><img src='{_png_data_uri(top)}'>"
+            "<table><tr><th>id</th><th>label</th><th>score</th><th>views</th><th>size (m)</th><th>frames</th>"
+            f"<th>caption</th></tr>{rows}</table>"]
+
+
+def projected_keyframes_section(scene: Scene, insts: list[dict], frames: list, n_keyframes: int) -> list[str]:
+    """The ``n_keyframes`` keyframes supporting most instances, with their boxes projected (world-frame
+    ``frames``) and the supporting detections."""
     by_frame: dict[int, list] = {}
     for i in insts:
         for v in i["views"]:
@@ -252,15 +299,14 @@ def instances_sections(scene: Scene, n_keyframes: int = 4) -> list[str]:
     pick = sorted(by_frame, key=lambda k: -len(by_frame[k]))[:n_keyframes]
     figs = []
     for sf in sorted(pick):
-        bgr = cv2.imread(str(scene.keyframe_path(sf)))
-        if bgr is None or sf not in cams:
+        if sf not in cams:
             continue
         f = cams[sf]
-        if bgr.shape[:2] != (f.height, f.width):
-            bgr = cv2.resize(bgr, (f.width, f.height))
-        img = keyframe_with_boxes(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f, by_frame[sf])
+        try:
+            rgb = scene.keyframe_image(sf, (f.width, f.height))
+        except StageFailed:
+            continue
+        img = keyframe_with_boxes(rgb, f, by_frame[sf])
         figs.append(f"<figure><img src='{_png_data_uri(img)}' style='max-width:560px'><figcaption>{sf}: "
                     f"{len(by_frame[sf])} supported instances (white: detection, colour: 3D box)</figcaption></figure>")
-    if figs:
-        out.append(f"<h2>Keyframes with projected boxes</h2><div class='strip'>{''.join(figs)}</div>")
-    return out
+    return [f"<h2>Keyframes with projected boxes</h2><div class='strip'>{''.join(figs)}</div>"] if figs else []

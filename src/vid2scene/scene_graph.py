@@ -1,5 +1,7 @@
 """``scene_graph`` stage: objects, the room and their spatial relations with metric evidence →
-``scene_graph.json`` (schema in docs/schemas.md; frame ``gravity_z_up_metric``, metres).
+``scene_graph.json`` (schema in docs/schemas.md; world frame ``gravity_z_up_metric``, metres). Reads
+``instances.json``, ``layout.json`` and the instances' vertices of ``mesh.ply`` through
+:class:`~vid2scene.scene.Scene` (mesh in the world frame).
 
 Relations (``A pred B``; boxes are the instances' gravity-aligned boxes, footprints their rotated xy
 rectangles, intersected with shapely; point distances from ``scipy.spatial.cKDTree`` on the instances'
@@ -21,14 +23,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import StageFailed
-from .fusion import WORLD_METRIC, read_mesh_ply
-from .instances import box_corners
-from .io import read_json, write_json
-from .scene import Scene
+from .geometry import box_corners
+from .scene import SCENE_GRAPH_JSON, WORLD_NAME, Scene
 from .stage import StageResult
 
 NAME = "scene_graph"
-OUTPUTS = ["scene_graph.json"]
+OUTPUTS = [SCENE_GRAPH_JSON]
 
 
 class Config(BaseModel):
@@ -51,20 +51,20 @@ def footprint(obj: dict):
 
 def relations(objects: list[dict], points: dict[int, np.ndarray], room_polygon, config: Config) -> list[dict]:
     """Relation records for ``objects`` (scene-graph object dicts with ``min``/``max``/``center``/``size``/
-    ``yaw_rad``); ``points``: id → ``N×3`` metric points of that instance (may be empty: box corners used);
-    ``room_polygon``: shapely Polygon of the room footprint or None."""
-    from scipy.spatial import cKDTree
-    from shapely.geometry import Point
+    ``yaw_rad``); ``points``: id → ``N×3`` world points of that instance (may be empty: box corners used);
+    ``room_polygon``: shapely Polygon of the room footprint or None. Order: ``on`` / ``above`` / ``below``,
+    ``on_floor``, ``near``, ``inside``."""
+    rels, on_something = vertical_relations(objects, config)
+    rels += floor_relations(objects, on_something, config)
+    rels += near_relations(objects, points, config)
+    if room_polygon is not None:
+        rels += inside_relations(objects, room_polygon, config)
+    return rels
 
+
+def vertical_relations(objects: list[dict], config: Config) -> tuple[list[dict], set]:
+    """(``on``, ``above`` and ``below`` records of every ordered pair, ids of the objects that are on another)."""
     fps = {o["id"]: footprint(o) for o in objects}
-    trees = {}
-    for o in objects:
-        p = points.get(o["id"])
-        if p is None or len(p) == 0:
-            p = box_corners(o["center"], o["size"], o["yaw_rad"])
-        if len(p) > config.max_points:
-            p = p[np.random.default_rng(o["id"]).choice(len(p), config.max_points, replace=False)]
-        trees[o["id"]] = (cKDTree(p), p)
     rels: list[dict] = []
     on_something = set()
     for a in objects:
@@ -84,49 +84,107 @@ def relations(objects: list[dict], points: dict[int, np.ndarray], room_polygon, 
                 ev = {"dz_m": round(gap, 4), "overlap_xy": round(ov_small, 3)}
                 rels.append({"subject": a["id"], "predicate": "above", "object": b["id"], "evidence": ev})
                 rels.append({"subject": b["id"], "predicate": "below", "object": a["id"], "evidence": dict(ev)})
-    for a in objects:
-        if a["id"] not in on_something and a["min"][2] <= config.on_floor_m:
-            rels.append({"subject": a["id"], "predicate": "on_floor", "object": "floor",
-                         "evidence": {"gap_m": round(a["min"][2], 4)}})
+    return rels, on_something
+
+
+def floor_relations(objects: list[dict], on_something: set, config: Config) -> list[dict]:
+    """``on_floor`` records of the objects whose bottom is near z = 0 and that are on no other object."""
+    return [{"subject": a["id"], "predicate": "on_floor", "object": "floor",
+             "evidence": {"gap_m": round(a["min"][2], 4)}}
+            for a in objects if a["id"] not in on_something and a["min"][2] <= config.on_floor_m]
+
+
+def near_relations(objects: list[dict], points: dict[int, np.ndarray], config: Config) -> list[dict]:
+    """``near`` records (closest-point distance < ``near_m``) once per unordered pair, subject < object."""
+    from scipy.spatial import cKDTree
+
+    trees = {}
+    for o in objects:
+        p = points.get(o["id"])
+        if p is None or len(p) == 0:
+            p = box_corners(o["center"], o["size"], o["yaw_rad"])
+        if len(p) > config.max_points:
+            p = p[np.random.default_rng(o["id"]).choice(len(p), config.max_points, replace=False)]
+        trees[o["id"]] = (cKDTree(p), p)
+    rels = []
     for i, a in enumerate(objects):
         for b in objects[i + 1:]:
-            ta, pa = trees[a["id"]]
+            ta, _ = trees[a["id"]]
             _, pb = trees[b["id"]]
             d = float(ta.query(pb, k=1)[0].min())
             if d < config.near_m:
                 s, o = sorted((a["id"], b["id"]))
                 rels.append({"subject": s, "predicate": "near", "object": o, "distance_m": round(d, 4)})
-    if room_polygon is not None:
-        grown = room_polygon.buffer(config.inside_margin_m)
-        for a in objects:
-            if grown.contains(Point(a["center"][0], a["center"][1])):
-                rels.append({"subject": a["id"], "predicate": "inside", "object": "room"})
     return rels
 
 
+def inside_relations(objects: list[dict], room_polygon, config: Config) -> list[dict]:
+    """``inside`` records of the objects whose box centre (xy) is in the room polygon grown by
+    ``inside_margin_m``."""
+    from shapely.geometry import Point
+
+    grown = room_polygon.buffer(config.inside_margin_m)
+    return [{"subject": a["id"], "predicate": "inside", "object": "room"} for a in objects
+            if grown.contains(Point(a["center"][0], a["center"][1]))]
+
+
 def run(scene: Scene, config: Config) -> StageResult:
+    """Objects, the room and their relations → ``scene_graph.json``.
+
+    Raises:
+        StageFailed: ``instances`` has not completed, ``instances.json`` is missing, unreadable or not in the
+            world frame, or (with instances) the mesh cannot be read in the world frame.
+    """
+    scene.require("instances")
+    inst = scene.instances()
+    if inst.get("frame") != WORLD_NAME:
+        raise StageFailed(NAME, f"instances.json is in frame '{inst.get('frame')}', expected {WORLD_NAME}")
+    layout_room = (scene.layout() if scene.layout_json.is_file() else {}).get("room") or {}
+    room_poly, room = room_record(layout_room)
+    objects, points = graph_objects(inst["instances"], instance_vertices(scene, inst))
+    rels = relations(objects, points, room_poly, config)
+    inside = {r["subject"] for r in rels if r["predicate"] == "inside"}
+    for o in objects:
+        o["inside_room"] = o["id"] in inside if room_poly is not None else None
+    scene.write_scene_graph({"frame": WORLD_NAME, "units": "m", "room": room, "objects": objects,
+                             "relations": rels})
+    counts: dict[str, int] = {}
+    for r in rels:
+        counts[r["predicate"]] = counts.get(r["predicate"], 0) + 1
+    warnings = [] if objects else ["no objects: the scene graph holds only the room"]
+    return StageResult(qc={"n_objects": len(objects), "n_relations": len(rels), "per_predicate": counts},
+                       summary=f"{len(objects)} objects, {len(rels)} relations", warnings=warnings)
+
+
+def room_record(room_l: dict):
+    """(shapely Polygon of the room footprint or None, the graph's ``room`` record or None) from
+    ``layout.json``'s ``room`` (``polygon_xy``, ``floor_area_m2``, ``height_m``, ``extent_m``)."""
     from shapely.geometry import Polygon
 
-    scene.require("instances")
-    inst = read_json(scene.root / "instances.json")
-    if inst.get("frame") != WORLD_METRIC:
-        raise StageFailed(NAME, f"instances.json is in frame '{inst.get('frame')}', expected {WORLD_METRIC}")
-    layout = read_json(scene.root / "layout.json") if (scene.root / "layout.json").is_file() else {}
-    room_l = layout.get("room") or {}
     poly_xy = room_l.get("polygon_xy") or []
-    room_poly = Polygon(poly_xy).buffer(0) if len(poly_xy) >= 3 else None
-    room = None
-    if room_poly is not None:
-        c = room_poly.centroid
-        h = float(room_l.get("height_m") or 0.0)
-        room = {"id": "room", "polygon_xy": poly_xy, "floor_area_m2": room_l.get("floor_area_m2"),
-                "height_m": room_l.get("height_m"), "center": [round(c.x, 4), round(c.y, 4), round(h / 2, 4)],
-                "extent_m": room_l.get("extent_m")}
-    vertices = None
-    if inst["instances"] and (scene.root / inst.get("geometry", "mesh.ply")).is_file():
-        vertices = np.asarray(read_mesh_ply(scene.root / inst.get("geometry", "mesh.ply")).vertices, np.float64)
+    if len(poly_xy) < 3:
+        return None, None
+    room_poly = Polygon(poly_xy).buffer(0)
+    c = room_poly.centroid
+    h = float(room_l.get("height_m") or 0.0)
+    return room_poly, {"id": "room", "polygon_xy": poly_xy, "floor_area_m2": room_l.get("floor_area_m2"),
+                       "height_m": room_l.get("height_m"), "center": [round(c.x, 4), round(c.y, 4), round(h / 2, 4)],
+                       "extent_m": room_l.get("extent_m")}
+
+
+def instance_vertices(scene: Scene, inst: dict) -> np.ndarray | None:
+    """``V×3`` world-frame vertices of ``mesh.ply`` (which ``vertex_ids`` index), or None without instances or
+    without the mesh file."""
+    if not inst["instances"] or not scene.mesh_ply.is_file():
+        return None
+    return scene.mesh(frame="world").vertices
+
+
+def graph_objects(instances: list[dict], vertices: np.ndarray | None) -> tuple[list[dict], dict[int, np.ndarray]]:
+    """(scene-graph object records with ``min``/``max`` of the box corners, id → ``N×3`` points of the
+    instance's mesh vertices; empty without ``vertices``)."""
     objects, points = [], {}
-    for i in inst["instances"]:
+    for i in instances:
         b = i["box"]
         corners = box_corners(b["center"], b["size"], b["yaw_rad"])
         objects.append({"id": i["id"], "label": i["label"], "center": b["center"], "size": b["size"],
@@ -135,18 +193,7 @@ def run(scene: Scene, config: Config) -> StageResult:
         if vertices is not None:
             ids = np.asarray(i["vertex_ids"], np.int64)
             points[i["id"]] = vertices[ids[(ids >= 0) & (ids < len(vertices))]]
-    rels = relations(objects, points, room_poly, config)
-    inside = {r["subject"] for r in rels if r["predicate"] == "inside"}
-    for o in objects:
-        o["inside_room"] = o["id"] in inside if room_poly is not None else None
-    doc = {"frame": WORLD_METRIC, "units": "m", "room": room, "objects": objects, "relations": rels}
-    write_json(scene.root / "scene_graph.json", doc)
-    counts: dict[str, int] = {}
-    for r in rels:
-        counts[r["predicate"]] = counts.get(r["predicate"], 0) + 1
-    warnings = [] if objects else ["no objects: the scene graph holds only the room"]
-    return StageResult(qc={"n_objects": len(objects), "n_relations": len(rels), "per_predicate": counts},
-                       summary=f"{len(objects)} objects, {len(rels)} relations", warnings=warnings)
+    return objects, points
 
 
 __all__ = ["NAME", "OUTPUTS", "Config", "run", "relations", "footprint"]

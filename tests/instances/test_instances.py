@@ -1,5 +1,6 @@
-"""``instances``: a synthetic furnished room with six known objects (tests/synth_objects.py), 30 ray-cast views
-with exact depth, and detector boxes made from the objects' visible pixels plus noise (3 % jitter), misses
+"""``instances``: a synthetic furnished room with six known objects (tests/fixtures/objects.py; mesh, depth and
+cameras in an SfM frame that a known rigid ``world_from_sfm`` maps to the world), 30 ray-cast views with exact
+depth, and detector boxes made from the objects' visible pixels plus noise (3 % jitter), misses
 (10 %), chair→couch mislabels (10 %) and one random false positive per view. The chair stands in front of the
 table (occluding it in many views); the cup stands on the table, the tv hangs on the wall above the couch.
 """
@@ -14,8 +15,11 @@ import numpy as np
 import pytest
 
 from tests.fixtures.objects import OBJECTS, Obj, box_mesh, build_scene, write_detections, yaw_error
-from vid2scene import instances as inst_mod
 from vid2scene.config import PipelineConfig
+from vid2scene.geometry import box_corners
+from vid2scene.instances.boxes import oriented_box
+from vid2scene.instances.scale import object_scale
+from vid2scene.instances.segmentation import felzenszwalb_mesh, layout_plane_mask, mesh_edges
 from vid2scene.pipeline import STAGES, run_stage
 from vid2scene.scene import Scene
 
@@ -40,7 +44,8 @@ def by_label(doc):
 
 def test_stage_order_has_semantic_stages():
     i = STAGES.index("layout")
-    assert STAGES[i + 1: i + 4] == ["detect", "instances", "scene_graph"]
+    assert tuple(STAGES[i + 1: i + 3]) == ("instances", "scene_graph")
+    assert STAGES[STAGES.index("keyframes") + 1] == "detect"  # detections feed sfm and fusion (people)
 
 
 def test_every_object_recovered_once_with_its_label(built):
@@ -105,10 +110,10 @@ def test_object_scale_detects_a_too_small_layout_scale():
     # every object measures 0.8 x its typical size -> metres per SfM unit should be 1 / 0.8 larger
     insts = [{"id": k, "label": lab, "score": 0.8, "n_views": 5, "box": {"size": [1.0, 0.5, 0.8 * h]}}
              for k, (lab, h) in enumerate([("chair", 0.88), ("dining table", 0.75), ("refrigerator", 1.7)])]
-    s = inst_mod.object_scale(insts, 0.5, 0.05)
+    s = object_scale(insts, 0.5, 0.05)
     assert s["object_prior_metres_per_sfm_unit"] == pytest.approx(0.5 / 0.8, rel=0.02)
     assert s["n_objects_used"] == 3 and s["combined"] > 0.5
-    assert inst_mod.object_scale(insts, 0.5, 0.0)["combined"] == 0.5  # a user scale (sigma 0) is kept
+    assert object_scale(insts, 0.5, 0.0)["combined"] == 0.5  # a user scale (sigma 0) is kept
 
 
 def test_zero_detections_complete_with_a_warning(built, tmp_path):
@@ -132,7 +137,7 @@ def test_felzenszwalb_splits_box_faces_and_keeps_a_plane_whole():
 
     m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(V), o3d.utility.Vector3iVector(F.astype(np.int32)))
     m.compute_vertex_normals()
-    seg = inst_mod.felzenszwalb_mesh(V, np.asarray(m.vertex_normals), inst_mod.mesh_edges(F), 0.01, 20)
+    seg = felzenszwalb_mesh(V, np.asarray(m.vertex_normals), mesh_edges(F), 0.01, 20)
     n = seg.max() + 1
     assert 5 <= n <= 9  # 4 sides + top (edge vertices may form thin strips merged into neighbours)
     big = np.bincount(seg) >= 100
@@ -145,18 +150,18 @@ def test_oriented_box_recovers_yaw_and_size():
     local = rng.uniform(-0.5, 0.5, (4000, 3)) * [1.6, 0.6, 0.8] + [0, 0, 0.4]
     R = np.array([[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0], [0, 0, 1]])
     P = local @ R.T + [2.0, 1.0, 0.05]
-    b = inst_mod.oriented_box(P)
+    b = oriented_box(P)
     assert b["size"] == pytest.approx([1.6, 0.6, 0.85], abs=0.03)  # bottom snapped to the floor (z 0.05 -> 0)
     assert math.degrees(yaw_error(b["yaw_rad"], yaw)) < 1.0
     assert -math.pi / 2 <= b["yaw_rad"] < math.pi / 2
-    corners = inst_mod.box_corners(b["center"], b["size"], b["yaw_rad"])
+    corners = box_corners(b["center"], b["size"], b["yaw_rad"])
     assert corners[:, 2].min() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_plane_mask_removes_layout_planes_only():
     layout = {"ceiling": {"normal": [0, 0, -1], "d": 2.7}, "walls": [{"normal": [1, 0, 0], "d": 0.0}]}
     P = np.array([[1, 1, 0.01], [1, 1, 2.69], [0.02, 1, 1], [1, 1, 1], [1, 1, -0.3], [1, 1, 3.0]])
-    assert inst_mod.layout_plane_mask(P, layout, 0.05).tolist() == [False, False, False, True, False, False]
+    assert layout_plane_mask(P, layout, 0.05).tolist() == [False, False, False, True, False, False]
 
 
 def test_requires_detect_stage(tmp_path):

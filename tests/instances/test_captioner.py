@@ -1,4 +1,4 @@
-"""The optional VLM labeller (``instances.captioner = "openai"``) against a small OpenAI-compatible server the
+"""The optional VLM labeller backend (``instances.captioner = "openai"``) against a small OpenAI-compatible server the
 test starts on 127.0.0.1: request format (model, base64 JPEG crop, key), reply parsing, retries on 5xx,
 timeouts, a server that is down, a missing base URL, and the stage filling ``caption``."""
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from vid2scene.errors import BackendNotInstalled, StageFailed
-from vid2scene.instances_caption import ENV_BASE_URL, OpenAICompatLabeller, caption_instances
+from vid2scene.instances.labellers import BACKENDS, ENV_BASE_URL, OpenAICompatLabeller, caption_instances
 
 
 class FakeVLM:
@@ -85,9 +85,13 @@ def vlm(request):
 CROP = np.full((40, 30, 3), (200, 30, 30), np.uint8)
 
 
+def labeller(base_url=None, **options):
+    return OpenAICompatLabeller(OpenAICompatLabeller.Options(base_url=base_url, **options))
+
+
 def test_request_format_and_reply(vlm):
     s = vlm("ok")
-    lab = OpenAICompatLabeller(s.url, "qwen2-vl", "sekret", timeout_s=5, retries=0)
+    lab = labeller(s.url, model="qwen2-vl", api_key="sekret", timeout_s=5, retries=0)
     out = lab.describe(CROP, "chair")
     assert out == {"label": "office chair", "caption": "A black mesh office chair."}
     req = s.requests[0]
@@ -103,34 +107,34 @@ def test_request_format_and_reply(vlm):
 
 def test_plain_text_and_fenced_replies(vlm):
     s = vlm("```json\n{\"label\": \"sofa\", \"caption\": \"A grey sofa.\"}\n```")
-    assert OpenAICompatLabeller(s.url + "/v1", retries=0).describe(CROP, "couch") == {"label": "sofa",
+    assert labeller(s.url + "/v1", retries=0).describe(CROP, "couch") == {"label": "sofa",
                                                                                       "caption": "A grey sofa."}
     s2 = vlm("A wooden table with papers.\nmore")
-    assert OpenAICompatLabeller(s2.url, retries=0).describe(CROP, "dining table") == {
+    assert labeller(s2.url, retries=0).describe(CROP, "dining table") == {
         "label": "dining table", "caption": "A wooden table with papers."}
 
 
 def test_retries_on_server_errors_then_succeeds(vlm):
     s = vlm("500", "500", "ok")
-    out = OpenAICompatLabeller(s.url, retries=2, backoff_s=0.01).describe(CROP)
+    out = labeller(s.url, retries=2, backoff_s=0.01).describe(CROP)
     assert out["label"] == "office chair" and len(s.requests) == 3
 
 
 def test_gives_up_with_a_one_line_reason(vlm):
     s = vlm("500")
     with pytest.raises(StageFailed, match=r"HTTP 500.*after 2 tries") as e:
-        OpenAICompatLabeller(s.url, retries=1, backoff_s=0.01).describe(CROP)
+        labeller(s.url, retries=1, backoff_s=0.01).describe(CROP)
     assert "\n" not in str(e.value) and len(s.requests) == 2
     s4 = vlm("400")
     with pytest.raises(StageFailed, match="refused the request: HTTP 400"):
-        OpenAICompatLabeller(s4.url, retries=3, backoff_s=0.01).describe(CROP)
+        labeller(s4.url, retries=3, backoff_s=0.01).describe(CROP)
     assert len(s4.requests) == 1  # a client error is not retried
 
 
 def test_timeout(vlm):
     s = vlm("sleep")
     with pytest.raises(StageFailed, match="timed out after 0.2 s"):
-        OpenAICompatLabeller(s.url, timeout_s=0.2, retries=1, backoff_s=0.01).describe(CROP)
+        labeller(s.url, timeout_s=0.2, retries=1, backoff_s=0.01).describe(CROP)
 
 
 def test_server_down():
@@ -139,7 +143,7 @@ def test_server_down():
     port = sock.getsockname()[1]
     sock.close()  # nothing listens on this port now
     with pytest.raises(StageFailed, match=r"instances: labeller: cannot get an answer from .*after 2 tries"):
-        OpenAICompatLabeller(f"http://127.0.0.1:{port}", retries=1, backoff_s=0.01).describe(CROP)
+        labeller(f"http://127.0.0.1:{port}", retries=1, backoff_s=0.01).describe(CROP)
 
 
 def test_missing_base_url(monkeypatch):
@@ -147,6 +151,14 @@ def test_missing_base_url(monkeypatch):
     with pytest.raises(BackendNotInstalled, match=ENV_BASE_URL):
         OpenAICompatLabeller()
     assert not OpenAICompatLabeller.is_installed()[0]
+    from vid2scene.instances import Config
+    from vid2scene.instances.labellers import make_labeller
+
+    with pytest.raises(BackendNotInstalled, match=ENV_BASE_URL):
+        make_labeller(Config(captioner="openai"))
+    assert make_labeller(Config()) is None and set(BACKENDS) == {"none", "openai"}
+    with pytest.raises(ValueError, match="unknown instances labeller backend"):
+        Config(captioner="florence")
 
 
 def test_env_configuration_and_stage_captions(vlm, tmp_path, monkeypatch):
@@ -162,7 +174,7 @@ def test_env_configuration_and_stage_captions(vlm, tmp_path, monkeypatch):
     insts = [{"label": "chair", "views": [{"frame": 7, "bbox_xyxy": [10, 10, 40, 50], "score": 0.8, "iou": 0.7}],
               "caption": None},
              {"label": "tv", "views": [], "caption": None}]
-    n = caption_instances(scene, insts, Config(captioner="openai", vlm_retries=0))
+    n = caption_instances(scene, insts, Config(captioner="openai", openai={"retries": 0}))
     assert n == 1 and insts[0]["caption"] == "A black mesh office chair." and insts[0]["caption_label"] == "office chair"
     assert insts[1]["caption"] is None
     assert s.requests[0]["body"]["model"] == "env-model"

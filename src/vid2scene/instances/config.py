@@ -1,0 +1,50 @@
+"""Configuration of the ``instances`` stage (one section of :class:`vid2scene.config.PipelineConfig`).
+
+The labeller is a backend (docs/architecture.md, "Plugin shape"): ``captioner`` names it in
+:data:`vid2scene.instances.labellers.BACKENDS` and each labeller with options has its own nested section,
+``instances: {captioner: openai, openai: {base_url: …, model: …}}``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..stage import known_backend
+from .labellers import BACKENDS, OpenAICompatLabeller
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    plane_margin_m: float = Field(0.05, ge=0, description="vertices this close to a layout plane are removed")
+    seg_k: float = Field(0.01, gt=0, description="Felzenszwalb threshold constant k (ScanNet kThresh)")
+    seg_min_vertices: int = Field(20, ge=1, description="smallest segment (ScanNet segMinVerts)")
+    work_size: int = Field(320, ge=32, description="long side (pixels) of the occlusion ray-cast")
+    occlusion_tol_rel: float = Field(0.05, ge=0, description="a vertex is occluded if farther than the surface "
+                                     "by more than this share of the depth ...")
+    occlusion_tol_m: float = Field(0.04, ge=0, description="... plus this many metres")
+    min_visible_vertices: int = Field(8, ge=1)
+    min_inside: float = Field(0.6, gt=0, le=1, description="share of a segment's visible vertices in a box")
+    box_margin_rel: float = Field(0.05, ge=0, description="boxes grown by this share of their size per side")
+    depth_band_rel: float = Field(0.5, ge=0)
+    depth_band_m: float = Field(0.3, ge=0)
+    min_segment_support: float = Field(0.3, ge=0, le=1, description="assigned views / seen views of a segment")
+    merge_ratio: float = Field(0.5, gt=0, le=1)
+    min_views: int = Field(3, ge=1, description="instances supported by fewer keyframes are dropped")
+    min_view_iou: float = Field(0.2, ge=0, le=1, description="a view supports an instance only if the projected box "
+                                "of its visible vertices has at least this IoU with the detection")
+    dup_gap_m: float = Field(0.1, ge=0, description="same-label instances this close may be one object")
+    cluster_gap_m: float = Field(0.1, gt=0, description="segments of an instance farther than this from its "
+                                 "largest spatial cluster are dropped")
+    floor_snap_m: float = Field(0.1, ge=0, description="box bottoms this close to the floor are set to z = 0")
+    prior_min_score: float = Field(0.5, ge=0, le=1, description="instances used for the object-size scale")
+    prior_min_views: int = Field(3, ge=1)
+    prior_min_iou: float = Field(0.4, ge=0, le=1, description="median view IoU of instances used for the scale")
+    captioner: str = Field("none", description="labeller backend for captions: " + ", ".join(BACKENDS))
+    openai: OpenAICompatLabeller.Options = Field(default_factory=OpenAICompatLabeller.Options,
+                                                 description="options of the 'openai' labeller")
+    caption_max_instances: int = Field(50, ge=0)
+
+    @field_validator("captioner")
+    @classmethod
+    def _known_captioner(cls, v: str) -> str:
+        return known_backend(v, BACKENDS, "instances labeller")
