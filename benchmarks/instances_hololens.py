@@ -44,9 +44,7 @@ def main() -> None:
 
     from vid2scene import progress
     from vid2scene.config import PipelineConfig
-    from vid2scene.detect import load_detections
-    from vid2scene.fusion import read_mesh_ply
-    from vid2scene.instances import MeshRaycaster, box_iou, project
+    from vid2scene.geometry import MeshRaycaster, box_iou_2d, intrinsics_for_size, project
     from vid2scene.pipeline import peak_rss_mb, run_stage
     from vid2scene.report import instances_top_down, write_report
     from vid2scene.scene import Scene
@@ -62,18 +60,18 @@ def main() -> None:
     shutil.copytree(src.root, work, ignore=shutil.ignore_patterns("detections", "instances.json", "scene_graph.json"))
     scene = Scene(work)
     cfg = PipelineConfig()
-    frames = [f for f in scene.load_cameras() if f.registered]
-    n_kf = len(scene.load_keyframes()["keyframes"])
+    frames = [f for f in scene.cameras(frame="world") if f.registered]
+    n_kf = len(scene.keyframe_ids())
     secs = {}
     for name in ("detect", "instances", "scene_graph"):
         t0 = time.perf_counter()
         res = run_stage(scene, name, cfg)
         secs[name] = time.perf_counter() - t0
         emit(figure="stage", stage=name, summary=res.summary, warnings=res.warnings, qc=res.qc)
-    inst = json.loads((work / "instances.json").read_text())
+    inst = scene.instances()
     instances = inst["instances"]
     det_per_class: dict[str, int] = {}
-    dets = {f.source_frame: load_detections(scene, f.source_frame) for f in frames}
+    dets = {f.source_frame: scene.detections(f.source_frame) for f in frames}
     for d in dets.values():
         for o in (d or {}).get("detections", []):
             det_per_class[o["label"]] = det_per_class.get(o["label"], 0) + 1
@@ -87,17 +85,15 @@ def main() -> None:
     med = [float(np.median([v["iou"] for v in i["views"]])) for i in instances]
     share_a = float(np.mean([x >= args.iou for x in med])) if med else None
     # (b) every view that sees the instance
-    mesh = read_mesh_ply(work / "mesh.ply")
-    V, F = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    mesh = scene.mesh(frame="world")
+    V, F = mesh.vertices, mesh.triangles
     ray = MeshRaycaster(V, F)
     ws = cfg.instances.work_size
     seen_views = {i["id"]: [] for i in instances}
     for f in frames:
         s = ws / max(f.width, f.height)
         w, h = round(f.width * s), round(f.height * s)
-        K = f.K.copy()
-        K[0] *= w / f.width
-        K[1] *= h / f.height
+        K = intrinsics_for_size(f.K, (f.width, f.height), (w, h))
         zref = ray.depth(K, f.cam_from_world, w, h)
         for i in instances:
             P = V[np.asarray(i["vertex_ids"])]
@@ -113,7 +109,7 @@ def main() -> None:
             q = uv[inimg][vis]
             box = [float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())]
             cands = [o for o in (dets.get(f.source_frame) or {}).get("detections", []) if o["label"] == i["label"]]
-            best = max((box_iou(box, o["bbox_xyxy"]) for o in cands), default=0.0)
+            best = max((box_iou_2d(box, o["bbox_xyxy"]) for o in cands), default=0.0)
             seen_views[i["id"]].append(best)
     agree_b = [np.mean(np.asarray(v) >= args.iou) >= 0.5 for v in seen_views.values() if v]
     per_view_b = [x for v in seen_views.values() for x in v]
@@ -130,7 +126,7 @@ def main() -> None:
     emit(figure="time", seconds=secs | {"total": sum(secs.values())}, n_keyframes=n_kf, n_registered=len(frames),
          seconds_per_keyframe={k: round(v / max(n_kf, 1), 4) for k, v in secs.items()})
     emit(figure="memory", peak_rss_mb=round(peak_rss_mb(), 1), mesh_vertices=int(len(V)))
-    g = json.loads((work / "scene_graph.json").read_text())
+    g = scene.scene_graph()
     counts: dict[str, int] = {}
     for r in g["relations"]:
         counts[r["predicate"]] = counts.get(r["predicate"], 0) + 1
@@ -139,8 +135,7 @@ def main() -> None:
     gt_dir = Path(args.gt)
     if (gt_dir / "poses.txt").is_file():
         T = np.loadtxt(gt_dir / "poses.txt").reshape(-1, 4, 4)
-        W = np.asarray(m.get("world_from_sfm") or json.loads((work / "cameras.json").read_text())["world_from_sfm"])
-        s_layout = float(np.cbrt(np.linalg.det(W[:3, :3])))
+        s_layout = scene.scale("world")
         c_w = np.array([f.center_in_world for f in frames])
         c_gt = np.array([T[f.source_frame][:3, 3] for f in frames])
         i, j = np.triu_indices(len(frames), 1)
@@ -157,10 +152,8 @@ def main() -> None:
     write_report(scene)
     import cv2
 
-    from vid2scene.fusion import read_points_ply
-
-    layout = json.loads((work / "layout.json").read_text())
-    pts = read_points_ply(work / "points.ply")[0]
+    layout = scene.layout()
+    pts = scene.points(frame="world").points
     pts = pts[(pts[:, 2] > 0.1) & (pts[:, 2] < 2.0)]
     img = instances_top_down(instances, layout["room"]["polygon_xy"], pts,
                              np.array([f.center_in_world for f in frames]), size=900)
