@@ -42,13 +42,13 @@ OUTPUTS = ["mesh.ply", "points.ply"]
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    voxel_size: float | None = Field(None, gt=0, description="TSDF voxel in world units; None = median depth / "
+    voxel_size: float | None = Field(None, gt=0, description="TSDF voxel in SfM units; None = median depth / "
                                                              "depth_to_voxel")
     depth_to_voxel: float = Field(100.0, gt=10, description="median depth / voxel size when voxel_size is None "
                                                          "(100: ~2.5 cm at 2.5 m; 150 gave 2.3x the triangles and "
                                                          "2x the time for the same accuracy on the synthetic room)")
     sdf_trunc_voxels: float = Field(4.0, ge=1.5, description="TSDF truncation distance, in voxels")
-    depth_trunc: float | None = Field(None, gt=0, description="ignore depth beyond this (world units); None = "
+    depth_trunc: float | None = Field(None, gt=0, description="ignore depth beyond this (SfM units); None = "
                                                               "depth_trunc_rel × median depth")
     depth_trunc_rel: float = Field(3.0, gt=0.5)
     min_confidence: float = Field(0.15, ge=0, le=1, description="depth pixels below this confidence are dropped "
