@@ -1,28 +1,18 @@
-"""``fusion`` stage on a synthetic room (:mod:`tests.fixtures.room`) with exact depth in a known SfM frame.
-
-:func:`make_dense_scene` builds a scene folder by hand, as ``sfm`` + ``depth`` would leave it: cameras that look
-around the room from two standpoints, with their TRUE poses moved into an "SfM frame" by a known similarity
-(scale ``SFM_SCALE`` SfM units per metre, a known rotation and translation), keyframes, ``depth/*.npz`` from the
-renderer's true depth in SfM units, and ``sparse_points.ply`` sampled from the surfaces. No COLMAP model is
-written (``layout`` falls back to ``cameras.json`` / ``sparse_points.ply`` when ``sfm/`` is absent).
-``tests/test_layout.py`` reuses it.
-"""
+"""``fusion`` stage on a synthetic room (:mod:`tests.fixtures.dense`) with exact depth in a known SfM frame, and
+its people masking (person boxes from ``detect``, refined by depth)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import cv2
 import numpy as np
 import pytest
 
 from vid2scene import fusion
 from vid2scene.errors import StageFailed
-from vid2scene.io import write_json, write_ply_points
-from vid2scene.scene import CameraFrame, Scene, frame_name
-from tests.fixtures.room import ROOM, intrinsics, look_at, render_room, room_surface_distance
+from vid2scene.io import read_ply_comments
+from vid2scene.scene import Scene
+from tests.fixtures.room import ROOM, look_at, room_surface_distance
 
-from tests.fixtures.dense import H, W, fused_room, make_dense_scene, mark_complete, room_poses, to_world
+from tests.fixtures.dense import SFM_SCALE, fused_room, make_dense_scene, room_poses, to_world
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +22,10 @@ def fused(tmp_path_factory):
 
 def test_mesh_matches_the_true_surfaces(fused):
     scene, result = fused
-    mesh = fusion.read_mesh_ply(scene.root / "mesh.ply")
-    v = to_world(np.asarray(mesh.vertices))
+    mesh = scene.mesh()
+    v = to_world(mesh.vertices)
     assert len(mesh.triangles) > 1000
-    assert mesh.has_vertex_colors()
+    assert mesh.colors is not None
     d = room_surface_distance(v)
     assert np.median(d) < 0.02, np.median(d)
     assert np.percentile(d, 95) < 0.06
@@ -48,7 +38,8 @@ def test_mesh_matches_the_true_surfaces(fused):
 
 def test_points_are_clean_and_in_the_room(fused):
     scene, result = fused
-    pts, cols, nrm = fusion.read_points_ply(scene.root / "points.ply")
+    cloud = scene.points()
+    pts, cols, nrm = cloud.points, cloud.colors, cloud.normals
     assert len(pts) > 2000 and cols is not None and nrm is not None
     p = to_world(pts)
     assert np.all(p > -0.03) and np.all(p < np.asarray(ROOM) + 0.03), (p.min(0), p.max(0))
@@ -60,8 +51,8 @@ def test_points_are_clean_and_in_the_room(fused):
 def test_ply_headers_name_the_frame(fused):
     scene, _ = fused
     for name in ("mesh.ply", "points.ply"):
-        assert "frame: sfm" in fusion.read_ply_comments(scene.root / name)
-        assert fusion.ply_frame(scene.root / name) == ("sfm", None)
+        assert "frame: sfm" in read_ply_comments(scene.root / name)
+    assert scene.mesh().frame == "sfm" and scene.points().frame == "sfm"
 
 
 def test_flat_plane_gives_planar_mesh(tmp_path):
@@ -70,9 +61,9 @@ def test_flat_plane_gives_planar_mesh(tmp_path):
     poses = [look_at((6.0 + 0.2 * i, 6.0, 1.5), (6.6 + 0.2 * i, 6.2, 0.0)) for i in range(4)]
     scene = make_dense_scene(tmp_path / "plane", poses=poses, room=room, furniture=(), sparse=False)
     fusion.run(scene, fusion.Config())
-    mesh = fusion.read_mesh_ply(scene.root / "mesh.ply")
+    mesh = scene.mesh()
     assert len(mesh.triangles) > 100, "TSDF produced an empty mesh for a flat plane (open3d regression?)"
-    v = to_world(np.asarray(mesh.vertices))
+    v = to_world(mesh.vertices)
     assert np.abs(v[:, 2]).max() < 0.03, np.abs(v[:, 2]).max()  # on the floor plane z = 0
     s = np.linalg.svd(v - v.mean(0), compute_uv=False)
     assert s[2] / s[0] < 0.01
@@ -91,3 +82,92 @@ def test_depth_stage_must_be_complete(tmp_path):
     scene.update_manifest(lambda m: m["stages"].pop("depth"))
     with pytest.raises(StageFailed, match="depth"):
         fusion.run(scene, fusion.Config())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# people masking
+# ---------------------------------------------------------------------------------------------------------
+def _wall_with_person(h=120, w=160):
+    """Far wall at 4 m, a near 'person' block at 2 m (rows 30..110, cols 60..90) inside the box (40..120, 20..115)."""
+    depth = np.full((h, w), 4.0, np.float32)
+    depth[30:110, 60:90] = 2.0
+    box = (40.0, 20.0, 120.0, 115.0, 0.9)  # x0, y0, x1, y1, score
+    return depth, box
+
+
+def _write_people(scene: Scene, source_frame: int, boxes, width: int, height: int) -> None:
+    scene.write_detections(source_frame, {"frame": source_frame, "width": width, "height": height,
+                                          "detector": "test", "detections": [],
+                                          "people": [{"score": 0.9, "bbox_xyxy": list(b[:4])} for b in boxes]})
+
+
+def test_depth_refinement_keeps_only_the_near_block():
+    depth, box = _wall_with_person()
+    m = fusion.person_mask([box], depth, dilate_px=2)
+    assert m.dtype == bool and m.shape == depth.shape
+    assert m[30:110, 60:90].all()  # the whole person
+    wall_in_box = np.zeros_like(m)
+    wall_in_box[20:115, 40:120] = True
+    wall_in_box[28:112, 58:92] = False  # person grown by dilate_px
+    assert not (m & wall_in_box).any()  # wall pixels inside the box stay
+    assert not m[:, :38].any() and not m[:, 122:].any()  # nothing outside the box (+ dilation)
+    assert m.sum() <= (80 + 4) * (30 + 4)
+
+
+def test_depth_refinement_scale_free_and_unknown_depth():
+    depth, box = _wall_with_person()
+    depth[60:64, 70:74] = 0  # a hole in the person
+    m_m = fusion.person_mask([box], depth, dilate_px=2)
+    m_sfm = fusion.person_mask([box], depth * 0.137, dilate_px=2)  # SfM units: same mask
+    assert np.array_equal(m_m, m_sfm)
+    assert m_m[60:64, 70:74].all()
+
+
+def test_without_depth_the_whole_box_and_no_boxes_empty():
+    m = fusion.person_mask([(10.2, 5.0, 20.0, 15.5, 0.5)], shape=(50, 60))
+    assert m.sum() == 10 * 11 and m[5:16, 10:20].all()
+    assert not fusion.person_mask([], shape=(50, 60)).any()
+    depth = np.ones((50, 60), np.float32)
+    assert not fusion.person_mask([], depth).any()
+    assert not fusion.person_mask([(70, 60, 90, 80)], depth).any()  # box outside the image
+
+
+def test_mask_people_in_depth_zeroes_exactly_the_mask(tmp_path):
+    scene = Scene(tmp_path)
+    depth, box = _wall_with_person()
+    h, w = depth.shape
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.5, 1.0, depth.shape).astype(np.float32)
+    d0, c0 = depth.copy(), conf.copy()
+    _write_people(scene, 0, [box], w, h)
+    d, c, n = fusion.mask_people_in_depth(scene, 0, depth, conf)
+    m = fusion.person_mask([box], depth)
+    assert n == int(m.sum()) > 0
+    assert (d[m] == 0).all() and (c[m] == 0).all()
+    assert np.array_equal(d[~m], depth[~m]) and np.array_equal(c[~m], conf[~m])
+    assert np.array_equal(depth, d0) and np.array_equal(conf, c0)  # inputs untouched
+    _write_people(scene, 1, [], w, h)
+    for sf in (1, 2):  # no person boxes; no detections record at all
+        d, c, n = fusion.mask_people_in_depth(scene, sf, depth, conf)
+        assert n == 0 and np.array_equal(d, depth) and np.array_equal(c, conf)
+
+
+def test_mask_people_in_depth_scales_the_boxes_to_the_depth_map(tmp_path):
+    scene = Scene(tmp_path)
+    depth, box = _wall_with_person()
+    _write_people(scene, 7, [[2 * v for v in box[:4]]], 320, 240)  # detections of a keyframe 2x the depth size
+    d, c, n = fusion.mask_people_in_depth(scene, 7, depth, np.ones_like(depth))
+    assert n > 0 and (d[40:100, 65:85] == 0).all()
+    assert n == int(fusion.person_mask([box], depth).sum())
+
+
+def test_fusion_masks_the_people_of_detect_and_warns_without_detections(tmp_path, fused):
+    _, result = fused  # no detections/ in the shared scene
+    assert result.qc["person_pixels_masked"] == 0
+    assert any("people not masked" in w for w in result.warnings)
+    scene = make_dense_scene(tmp_path / "s", poses=room_poses()[:2], sparse=False)
+    _write_people(scene, 0, [(40.0, 20.0, 120.0, 115.0)], 160, 120)
+    r = fusion.run(scene, fusion.Config())
+    assert r.qc["person_pixels_masked"] > 0 and not r.warnings
+    r_off = fusion.run(scene, fusion.Config(mask_people=False))
+    assert r_off.qc["person_pixels_masked"] == 0 and not r_off.warnings

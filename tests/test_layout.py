@@ -1,14 +1,14 @@
-"""``layout`` stage on the synthetic room: gravity, floor, scale, room size, idempotent rewrite of the assets.
+"""``layout`` stage on the synthetic room: gravity, floor, scale, room size; the SfM-frame assets are left as
+they are and the world-frame loaders give the metric geometry.
 
 The scene comes from :func:`tests.fixtures.dense.make_dense_scene` (true poses moved into an emulated SfM frame
-by a known similarity ``sfm_from_world``; no COLMAP model, so ``layout`` uses ``cameras.json``), fused by
-the real ``fusion`` stage. ``new_from_true = world_from_sfm @ sfm_from_world`` must then be a rotation about z
-by a multiple of 90° (Manhattan yaw), unit scale and a translation in x, y only.
+by a known similarity ``sfm_from_world``), fused by the real ``fusion`` stage. ``new_from_true = world_from_sfm @
+sfm_from_world`` must then be a rotation about z by a multiple of 90° (Manhattan yaw), unit scale and a
+translation in x, y only.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -16,10 +16,15 @@ import pytest
 
 from vid2scene import fusion, layout
 from vid2scene.errors import StageFailed
-from vid2scene.io import read_json, write_ply_points
+from vid2scene.geometry import apply_transform
+from vid2scene.io import read_json
+from vid2scene.scene import PointCloud, Scene
 from tests.fixtures.room import ROOM, intrinsics, render_room, room_surface_distance
 from tests.fixtures.dense import (H, SFM_SCALE, W, fused_room, make_dense_scene, mark_complete, room_poses,
-                               sfm_from_world)
+                                  sfm_from_world)
+
+#: The assets written before ``layout`` (SfM frame): ``layout`` must leave every byte of them as it was.
+SFM_FRAME_FILES = ("mesh.ply", "points.ply", "cameras.json", "sparse_points.ply")
 
 TRUE_CAMERA_HEIGHT = 1.55  # median of the two standpoints (1.5 m and 1.6 m)
 
@@ -31,16 +36,22 @@ def fused_scene(tmp_path_factory):
 
 def _copy(scene, dst):
     shutil.copytree(scene.root, dst)
-    from vid2scene.scene import Scene
-
     return Scene(dst)
+
+
+def sfm_frame_bytes(scene) -> dict[str, bytes]:
+    """Every SfM-frame asset's bytes (the files of :data:`SFM_FRAME_FILES` and ``depth/*.npz``)."""
+    out = {n: (scene.root / n).read_bytes() for n in SFM_FRAME_FILES}
+    out.update({f"depth/{p.name}": p.read_bytes() for p in sorted((scene.root / "depth").glob("*.npz"))})
+    return out
 
 
 @pytest.fixture(scope="module")
 def laid_out(fused_scene, tmp_path_factory):
     scene = _copy(fused_scene, tmp_path_factory.mktemp("user") / "scene")
+    before = sfm_frame_bytes(scene)
     result = layout.run(scene, layout.Config(metric_scale=1.0 / SFM_SCALE))
-    return scene, result
+    return scene, result, before
 
 
 def new_from_true(scene) -> np.ndarray:
@@ -48,7 +59,7 @@ def new_from_true(scene) -> np.ndarray:
 
 
 def test_gravity_floor_and_scale_recovered(laid_out):
-    scene, result = laid_out
+    scene, result, _ = laid_out
     T = new_from_true(scene)
     s = np.cbrt(np.linalg.det(T[:3, :3]))
     assert s == pytest.approx(1.0, abs=1e-9)
@@ -59,7 +70,7 @@ def test_gravity_floor_and_scale_recovered(laid_out):
     yaw = np.degrees(np.arctan2(R[1, 0], R[0, 0]))
     assert min(abs(yaw - k) for k in (-180, -90, 0, 90, 180)) < 1.0
     corners = np.array([[0, 0, 0], [ROOM[0], 0, 0], [0, ROOM[1], 0], [ROOM[0], ROOM[1], 0]], float)
-    assert np.abs(layout.apply_sim3(T, corners)[:, 2]).max() < 0.02  # floor at z = 0
+    assert np.abs(apply_transform(T, corners)[:, 2]).max() < 0.02  # floor at z = 0
     lj = read_json(scene.root / "layout.json")
     assert lj["frame"] == "gravity_z_up_metric" and lj["scale"]["method"] == "user"
     assert lj["gravity"]["camera_up_vs_floor_normal_deg"] < 20
@@ -67,7 +78,7 @@ def test_gravity_floor_and_scale_recovered(laid_out):
 
 
 def test_room_size_height_area(laid_out):
-    scene, _ = laid_out
+    scene, _, _ = laid_out
     room = read_json(scene.root / "layout.json")["room"]
     assert sorted(room["extent_m"]) == pytest.approx(sorted(ROOM[:2]), abs=0.1)
     assert room["height_m"] == pytest.approx(ROOM[2], abs=0.05)
@@ -77,86 +88,101 @@ def test_room_size_height_area(laid_out):
     assert 4 <= len(poly) <= 12
     walls = read_json(scene.root / "layout.json")["walls"]
     assert len(walls) >= 3
-    centre = layout.apply_sim3(new_from_true(scene), np.array([[ROOM[0] / 2, ROOM[1] / 2, ROOM[2] / 2]]))[0]
+    centre = apply_transform(new_from_true(scene), np.array([[ROOM[0] / 2, ROOM[1] / 2, ROOM[2] / 2]]))[0]
     for w in walls:
         assert abs(w["normal"][2]) < 0.05
         assert np.dot(w["normal"], centre) + w["d"] > 0  # normals face into the room
 
 
-def test_assets_rewritten_in_the_world_frame(laid_out):
-    scene, _ = laid_out
+def test_layout_leaves_the_sfm_frame_files_untouched(laid_out):
+    scene, _, before = laid_out
+    assert sfm_frame_bytes(scene) == before
+    assert len([n for n in before if n.startswith("depth/")]) == len(room_poses())
+    assert not list(scene.root.rglob(".*.tmp.*"))
+
+
+def test_world_frame_loaders_give_the_metric_geometry(laid_out):
+    scene, _, _ = laid_out
     T = new_from_true(scene)
-    cj = read_json(scene.cameras_json)
-    assert cj["world"] == "gravity_z_up_metric"
-    cams = scene.load_cameras()
+    cams = scene.cameras(frame="world")
     true_centres = [-p[:3, :3].T @ p[:3, 3] for p in room_poses()]
     for c, tc in zip(cams, true_centres):
-        assert np.linalg.norm(c.center_in_world - layout.apply_sim3(T, tc[None])[0]) < 0.01
+        assert np.linalg.norm(c.center_in_world - apply_transform(T, tc[None])[0]) < 0.01
         assert np.allclose(c.cam_from_world[:3, :3] @ c.cam_from_world[:3, :3].T, np.eye(3), atol=1e-9)
     assert 1.45 < cams[0].center_in_world[2] < 1.65
-    assert read_json(scene.transforms_json)["vid2scene"]["world"] == "gravity_z_up_metric"
     m = scene.read_manifest()
     assert np.allclose(m["world_from_sfm"], read_json(scene.root / "layout.json")["world_from_sfm"])
     assert m["conventions"]["world"] == "gravity_z_up_metric"
-    # mesh, points, sparse points: in the new frame, on the true surfaces
+    # mesh, points, sparse points: in the world frame, on the true surfaces
     T_inv = np.linalg.inv(T)
-    for name in ("mesh.ply", "points.ply", "sparse_points.ply"):
-        assert fusion.ply_frame(scene.root / name)[0] == "gravity_z_up_metric"
-    mesh = fusion.read_mesh_ply(scene.root / "mesh.ply")
-    assert np.median(room_surface_distance(layout.apply_sim3(T_inv, np.asarray(mesh.vertices)))) < 0.02
-    pts, _, nrm = fusion.read_points_ply(scene.root / "points.ply")
-    assert np.percentile(room_surface_distance(layout.apply_sim3(T_inv, pts)), 99) < 0.03
+    mesh = scene.mesh(frame="world")
+    assert mesh.frame == "world"
+    assert np.median(room_surface_distance(apply_transform(T_inv, mesh.vertices))) < 0.02
+    cloud = scene.points(frame="world")
+    pts, nrm = cloud.points, cloud.normals
+    assert np.percentile(room_surface_distance(apply_transform(T_inv, pts)), 99) < 0.03
     floorish = pts[:, 2] < 0.02
     assert np.median(nrm[floorish][:, 2]) > 0.99  # floor normals point up (towards the cameras)
-    sp, _ = scene.load_sparse_points()
-    assert np.median(room_surface_distance(layout.apply_sim3(T_inv, sp))) < 0.01
+    sp = scene.sparse_points(frame="world").points
+    assert np.median(room_surface_distance(apply_transform(T_inv, sp))) < 0.01
     # depth in metres
     K = intrinsics(W, H)
     _, true_depth = render_room(room_poses()[0], K, W, H)
-    with np.load(scene.root / "depth" / "000000.npz") as z:
-        assert str(z["world"]) == "gravity_z_up_metric"
-        assert float(z["scale_applied"]) == pytest.approx(1 / SFM_SCALE)
-        assert np.allclose(z["depth_m"], true_depth, rtol=1e-5)
+    dm = scene.depth(0, frame="world")
+    assert dm.frame == "world"
+    assert scene.scale("world") == pytest.approx(1 / SFM_SCALE)
+    assert np.allclose(dm.depth, true_depth, rtol=1e-5)
+
+
+def test_world_frame_needs_layout(fused_scene):
+    with pytest.raises(StageFailed, match="layout"):
+        fused_scene.cameras(frame="world")
+    with pytest.raises(StageFailed, match="layout"):
+        fused_scene.mesh(frame="world")
 
 
 def test_layout_is_idempotent(laid_out, tmp_path):
     scene = _copy(laid_out[0], tmp_path / "again")
-    before = {n: (scene.root / n).read_bytes() for n in ("cameras.json",)}
+    before = sfm_frame_bytes(scene)
     lj1 = read_json(scene.root / "layout.json")
-    mesh1 = np.asarray(fusion.read_mesh_ply(scene.root / "mesh.ply").vertices)
-    with np.load(scene.root / "depth" / "000010.npz") as z:
-        d1 = z["depth_m"].copy()
-    layout.run(scene, layout.Config(metric_scale=1.0 / SFM_SCALE))
+    cams1 = scene.cameras(frame="world")
+    mesh1 = scene.mesh(frame="world").vertices
+    d1 = scene.depth(10, frame="world").depth
+    layout.run(Scene(scene.root), layout.Config(metric_scale=1.0 / SFM_SCALE))
+    scene = Scene(scene.root)
     lj2 = read_json(scene.root / "layout.json")
     dT = np.abs(np.asarray(lj1["world_from_sfm"]) - np.asarray(lj2["world_from_sfm"])).max()
-    assert dT < 1e-6, dT  # float32 PLY round trip
+    assert dT < 1e-6, dT
     assert lj1["room"]["extent_m"] == pytest.approx(lj2["room"]["extent_m"], abs=1e-6)
     assert lj1["room"]["height_m"] == pytest.approx(lj2["room"]["height_m"], abs=1e-3)
-    c1 = json.loads(before["cameras.json"])
-    c2 = read_json(scene.cameras_json)
-    for a, b in zip(c1["frames"], c2["frames"]):
-        assert np.allclose(a["cam_from_world"], b["cam_from_world"], atol=1e-7)
-    mesh2 = np.asarray(fusion.read_mesh_ply(scene.root / "mesh.ply").vertices)
-    assert np.abs(mesh1 - mesh2).max() < 1e-4
-    with np.load(scene.root / "depth" / "000010.npz") as z:
-        assert np.allclose(z["depth_m"], d1)
+    for a, b in zip(cams1, scene.cameras(frame="world")):
+        assert np.allclose(a.cam_from_world, b.cam_from_world, atol=1e-7)
+    assert np.abs(mesh1 - scene.mesh(frame="world").vertices).max() < 1e-4
+    assert np.allclose(scene.depth(10, frame="world").depth, d1)
+    assert sfm_frame_bytes(scene) == before
 
 
-def test_fusion_after_layout_works_in_metres(laid_out, tmp_path):
+def test_fusion_after_layout_stays_in_the_sfm_frame(laid_out, tmp_path):
     scene = _copy(laid_out[0], tmp_path / "refuse")
     r = fusion.run(scene, fusion.Config(depth_to_voxel=60))  # coarser: quicker
-    assert r.qc["units"] == "m" and r.qc["frame"] == "gravity_z_up_metric"
-    assert 0.02 < r.qc["voxel_size"] < 0.06
-    assert fusion.ply_frame(scene.root / "mesh.ply")[0] == "gravity_z_up_metric"
+    assert r.qc["units"] == "sfm" and r.qc["frame"] == "sfm"
+    assert 0.02 < r.qc["voxel_size"] / SFM_SCALE < 0.06  # metres
+    assert "frame: sfm" in fusion_comments(scene)
     T_inv = np.linalg.inv(new_from_true(scene))
-    mesh = fusion.read_mesh_ply(scene.root / "mesh.ply")
-    assert np.median(room_surface_distance(layout.apply_sim3(T_inv, np.asarray(mesh.vertices)))) < 0.02
+    mesh = scene.mesh(frame="world")
+    assert np.median(room_surface_distance(apply_transform(T_inv, mesh.vertices))) < 0.02
     # and layout again on top: same frame as before
     layout.run(scene, layout.Config(metric_scale=1.0 / SFM_SCALE))
     T1 = np.asarray(read_json(scene.root / "layout.json")["world_from_sfm"])
     T0 = np.asarray(read_json(laid_out[0].root / "layout.json")["world_from_sfm"])
     assert np.allclose(T1[:3, :3], T0[:3, :3], atol=5e-3)  # the re-fused points differ slightly: the origin
     assert np.allclose(T1[:3, 3], T0[:3, 3], atol=0.06)      # may move by a footprint cell
+
+
+def fusion_comments(scene) -> list[str]:
+    from vid2scene.io import read_ply_comments
+
+    return read_ply_comments(scene.mesh_ply)
 
 
 @pytest.mark.parametrize("priors,ceiling_m", [(["camera_height"], 2.6), (["camera_height", "ceiling_height"], ROOM[2])])
@@ -176,7 +202,7 @@ def test_scale_from_priors(fused_scene, tmp_path, priors, ceiling_m):
 
 def _scene_with_points(tmp_path, pts):
     scene = make_dense_scene(tmp_path / "bad", poses=room_poses()[:3], sparse=False)
-    write_ply_points(scene.root / "points.ply", pts, comments=["frame: sfm"])
+    scene.write_points(PointCloud(np.asarray(pts, np.float64)))
     mark_complete(scene, ("fusion",))
     return scene
 
@@ -194,7 +220,7 @@ def test_walls_only_fail_with_reason(tmp_path):
     # two vertical walls in the true world (x = 0 and y = 4), moved to the SfM frame: no floor
     a = np.c_[np.zeros(3000), rng.uniform(0, 4, 3000), rng.uniform(0, 2.7, 3000)]
     b = np.c_[rng.uniform(0, 5, 3000), np.full(3000, 4.0), rng.uniform(0, 2.7, 3000)]
-    pts = layout.apply_sim3(sfm_from_world(), np.concatenate([a, b]))
+    pts = apply_transform(sfm_from_world(), np.concatenate([a, b]))
     scene = _scene_with_points(tmp_path, pts)
     with pytest.raises(StageFailed, match="no floor plane found"):
         layout.run(scene, layout.Config())
@@ -223,25 +249,20 @@ def write_colmap_model(scene, frames, points) -> None:
     rec.write(str(scene.sfm_dir))
 
 
-def test_cameras_come_from_the_colmap_model(fused_scene, laid_out, tmp_path):
+def test_a_colmap_model_changes_nothing(fused_scene, laid_out, tmp_path):
+    """The cameras are read from ``cameras.json`` (SfM frame, never rewritten); a COLMAP model in ``sfm/``
+    holding the same cameras gives the same world frame and is left as it is."""
     scene = _copy(fused_scene, tmp_path / "colmap")
-    frames = scene.load_cameras()
-    sparse, _ = scene.load_sparse_points()
+    frames = scene.cameras()
+    sparse = scene.sparse_points().points
     write_colmap_model(scene, frames, sparse[:500])
-    # cameras.json and sparse_points.ply are regenerated from sfm/: spoil them to prove it
-    cj = read_json(scene.cameras_json)
-    for f in cj["frames"]:
-        f["cam_from_world"] = np.eye(4).tolist()
-    from vid2scene.io import write_json
-
-    write_json(scene.cameras_json, cj)
-    scene.sparse_points_ply.unlink()
+    before = sfm_frame_bytes(scene)
     layout.run(scene, layout.Config(metric_scale=1.0 / SFM_SCALE))
-    ref = laid_out[0].load_cameras()
-    for a, b in zip(scene.load_cameras(), ref):
+    ref = laid_out[0].cameras(frame="world")
+    for a, b in zip(scene.cameras(frame="world"), ref):
         assert a.name == b.name and np.allclose(a.cam_from_world, b.cam_from_world, atol=1e-6)
-    sp, _ = scene.load_sparse_points()
-    assert len(sp) == 500 and fusion.ply_frame(scene.sparse_points_ply)[0] == "gravity_z_up_metric"
+    assert sfm_frame_bytes(scene) == before
+    assert len(scene.reconstruction().points3D) == 500
 
 
 def _warped_floor_and_wall(rng, tilt_deg: float):

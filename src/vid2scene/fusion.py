@@ -1,7 +1,8 @@
 """``fusion`` stage: TSDF mesh and cleaned video point cloud from the per-keyframe depth maps.
 
-Reads ``depth/NNNNNN.npz`` (``depth_m``, ``confidence``, ``scale_applied``, ``world``), ``cameras.json`` and the
-keyframe images; writes
+Reads the depth maps (``Scene.depth``, SfM units), the cameras (``Scene.cameras``, SfM frame), the keyframe
+images and the person boxes of ``detect`` (``Scene.people_boxes``); writes, in the SfM frame (never rewritten:
+``Scene.mesh(frame="world")`` / ``Scene.points(frame="world")`` give the metric copies once ``layout`` ran):
 
 * ``mesh.ply`` — Open3D ``ScalableTSDFVolume`` (Curless & Levoy 1996, as in SceneVerse++) over the confident
   depth, marching-cubes surface with vertex colours and normals;
@@ -9,14 +10,13 @@ keyframe images; writes
   colours, depth-edge pixels (large relative depth jump to a neighbour, or next to unknown depth) removed,
   voxel downsampling, statistical outlier removal, normals (Open3D, oriented towards the nearest camera).
 
-Units and frame: everything is in the frame of ``cameras.json`` (``"sfm"`` before ``layout``: SfM units;
-``"gravity_z_up_metric"`` after it: metres). Depth maps are brought to that frame by their own
-``scale_applied`` (raw = depth_m / scale_applied), so a re-run in either frame never scales twice. The voxel
-size and truncation default to fractions of the median depth (``voxel = median depth / 100``), which works in
-SfM units; both are config-overridable and the values used are recorded in the QC figures.
+The voxel size and truncation default to fractions of the median depth (``voxel = median depth / 100``), which
+works in SfM units; both are config-overridable and the values used are recorded in the QC figures.
 
-Both PLYs carry header comments ``frame: <world>`` and, in a non-SfM frame, ``world_from_sfm: <16 numbers>``
-(row-major), so :mod:`vid2scene.layout` can undo a transform from the file alone.
+People. A walking person must leave no ghost in the mesh: inside each person box of ``detect`` the person is
+the foreground depth band, cut at depth discontinuities (:func:`person_mask`), and its depth is zeroed before
+integration (:func:`mask_people_in_depth`). Without detections (``detect`` has not run) nothing is masked and
+the stage records a warning.
 
 Open3D is pinned to 0.19.0: 0.20.0's ScalableTSDFVolume returned an empty mesh even for a flat plane
 (``tests/test_fusion.py::test_flat_plane_gives_planar_mesh`` catches that regression).
@@ -24,37 +24,31 @@ Open3D is pinned to 0.19.0: 0.20.0's ScalableTSDFVolume returned an empty mesh e
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import progress
-from .depth.base import depth_edges
-from .errors import BackendNotInstalled, StageFailed
-from .io import atomic_path, ply_vertex_array, read_json
-from .people import PersonDetector, mask_people_in_depth
-from .scene import CameraFrame, Scene
+from . import geometry, io, progress
+from .errors import StageFailed
+from .scene import CameraFrame, Mesh, PointCloud, Scene
 from .stage import StageResult
 
 NAME = "fusion"
 OUTPUTS = ["mesh.ply", "points.ply"]
 
-WORLD_SFM = "sfm"
-WORLD_METRIC = "gravity_z_up_metric"
-
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    voxel_size: float | None = Field(None, gt=0, description="TSDF voxel in world units; None = median depth / "
+    voxel_size: float | None = Field(None, gt=0, description="TSDF voxel in SfM units; None = median depth / "
                                                              "depth_to_voxel")
     depth_to_voxel: float = Field(100.0, gt=10, description="median depth / voxel size when voxel_size is None "
                                                          "(100: ~2.5 cm at 2.5 m; 150 gave 2.3x the triangles and "
                                                          "2x the time for the same accuracy on the synthetic room)")
     sdf_trunc_voxels: float = Field(4.0, ge=1.5, description="TSDF truncation distance, in voxels")
-    depth_trunc: float | None = Field(None, gt=0, description="ignore depth beyond this (world units); None = "
+    depth_trunc: float | None = Field(None, gt=0, description="ignore depth beyond this (SfM units); None = "
                                                               "depth_trunc_rel × median depth")
     depth_trunc_rel: float = Field(3.0, gt=0.5)
     min_confidence: float = Field(0.15, ge=0, le=1, description="depth pixels below this confidence are dropped "
@@ -69,194 +63,228 @@ class Config(BaseModel):
     normal_neighbors: int = Field(30, ge=3)
     min_component_triangles: int = Field(100, ge=0, description="drop mesh components with fewer triangles")
     max_stat_frames: int = Field(20, ge=1, description="depth maps read to estimate the median depth")
-    mask_people: bool = Field(True, description="zero depth under COCO person boxes (SSD detector, refined by "
-                                                "depth) so walking people leave no ghosts (vid2scene.people)")
+    mask_people: bool = Field(True, description="zero depth under the person boxes that detect found (refined "
+                                                "by depth) so walking people leave no ghosts")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# PLY helpers shared with layout
+# depth edges and people
 # ---------------------------------------------------------------------------------------------------------
-def read_ply_comments(path: str | Path) -> list[str]:
-    """Header comments of a PLY file (``comment`` lines, without the keyword)."""
-    out = []
-    with open(path, "rb") as f:
-        for _ in range(200):
-            line = f.readline()
-            if not line:
-                break
-            s = line.decode("ascii", "replace").strip()
-            if s.startswith("comment "):
-                out.append(s[len("comment "):])
-            if s == "end_header":
-                break
-    return out
+def depth_edges(depth: np.ndarray, rel_threshold: float, dilate_px: int = 1,
+                unknown_is_edge: bool = True) -> np.ndarray:
+    """Boolean ``H×W`` mask of depth-discontinuity pixels: a 4-neighbour's depth differs by more than
+    ``rel_threshold`` × the nearer of the two depths (any units; the test is relative). With
+    ``unknown_is_edge`` a pixel next to unknown depth (0) is an edge too; the mask is dilated by ``dilate_px``."""
+    d = depth
+    edge = np.zeros(d.shape, bool)
+    for axis in (0, 1):
+        a, b = np.delete(d, -1, axis=axis), np.delete(d, 0, axis=axis)
+        lo = np.minimum(a, b)
+        bad = np.abs(a - b) > rel_threshold * np.maximum(lo, 1e-12)
+        bad = (bad | (lo <= 0)) if unknown_is_edge else (bad & (lo > 0))
+        if axis == 0:
+            edge[:-1] |= bad
+            edge[1:] |= bad
+        else:
+            edge[:, :-1] |= bad
+            edge[:, 1:] |= bad
+    if dilate_px > 0:
+        k = np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), np.uint8)
+        edge = cv2.dilate(edge.astype(np.uint8), k) > 0
+    return edge
 
 
-def ply_frame(path: str | Path) -> tuple[str, np.ndarray | None]:
-    """(frame name, ``world_from_sfm`` 4×4 or None) recorded in a PLY header; ``"sfm"`` when not stated."""
-    frame, T = WORLD_SFM, None
-    for c in read_ply_comments(path):
-        if c.startswith("frame:"):
-            frame = c.split(":", 1)[1].strip()
-        elif c.startswith("world_from_sfm:"):
-            T = np.array([float(v) for v in c.split(":", 1)[1].split()], dtype=np.float64).reshape(4, 4)
-    return frame, T
+def _box_pixels(box, h: int, w: int) -> tuple[int, int, int, int] | None:
+    """Integer pixel slice bounds ``(r0, r1, c0, c1)`` covering a float box, or None if empty."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    c0, r0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+    c1, r1 = min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return r0, r1, c0, c1
 
 
-def frame_comments(world: str, world_from_sfm: np.ndarray | None, source: str) -> list[str]:
-    out = [f"frame: {world}"]
-    if world != WORLD_SFM and world_from_sfm is not None:
-        out.append("world_from_sfm: " + " ".join(f"{v:.12g}" for v in np.asarray(world_from_sfm).ravel()))
-    out.append(f"source: vid2scene {source}")
-    return out
+def person_mask(boxes: list, depth: np.ndarray | None = None, shape: tuple[int, int] | None = None, *,
+                quantile: float = 0.25, band_rel: float = 0.2, edge_rel_threshold: float = 0.1,
+                min_component_frac: float = 0.02, min_valid_frac: float = 0.1, dilate_px: int = 3) -> np.ndarray:
+    """``H×W`` bool mask of person pixels.
 
+    Args:
+        boxes: person boxes ``(x0, y0, x1, y1[, score])`` in pixels of the image (x right, y down); an empty
+            list gives an empty mask.
+        depth: ``H×W`` float z-depth (any units: the test is relative; 0 or non-finite = unknown), or None.
+        shape: ``(H, W)`` of the image when ``depth`` is None.
 
-def write_mesh_ply(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray | None = None,
-                   normals: np.ndarray | None = None, comments: list[str] | None = None) -> None:
-    """Atomically write a binary little-endian triangle-mesh PLY (vectorised, with header comments).
+    Without depth each box is masked whole. With depth, inside each box:
 
-    ``colors`` are ``N×3`` uint8 (or float 0..1, converted); ``triangles`` ``M×3`` vertex indices.
+    * the foreground reference ``d_ref`` is the ``quantile`` of the box's known depth (the person is the near
+      cluster in its own box);
+    * candidates are known pixels with ``depth ≤ (1 + band_rel) × d_ref`` (anything in front of the person
+      too), minus depth-edge pixels (relative jump to a 4-neighbour > ``edge_rel_threshold``) so that the
+      near band cannot leak across a discontinuity;
+    * connected pieces smaller than ``min_component_frac`` of the box's candidate pixels are dropped;
+    * a box with less than ``min_valid_frac`` known depth is masked whole.
+
+    With depth, the union is dilated by ``dilate_px`` pixels (square kernel) to cover the silhouette edge, which
+    depth maps smear between person and background (those mixed depths would otherwise fuse as floaters).
+
+    Raises:
+        ValueError: ``depth`` is not 2-D, or neither ``depth`` nor ``shape`` is given.
     """
-    c = None if colors is None else np.asarray(colors)
-    if c is not None and c.dtype != np.uint8:
-        c = np.clip(np.round(c * 255.0), 0, 255).astype(np.uint8)
-    arr = ply_vertex_array(vertices, c, normals)
-    tri = np.asarray(triangles, dtype=np.int32).reshape(-1, 3)
-    faces = np.empty(len(tri), dtype=[("n", "u1"), ("v", "<i4", (3,))])
-    faces["n"] = 3
-    faces["v"] = tri
-    head = ["ply", "format binary_little_endian 1.0"] + [f"comment {c}" for c in (comments or [])]
-    head.append(f"element vertex {len(arr)}")
-    names = {"<f4": "float", "|u1": "uchar"}
-    head += [f"property {names[t]} {n}" for n, t in arr.dtype.descr]
-    head += [f"element face {len(tri)}", "property list uchar int vertex_indices", "end_header"]
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(("\n".join(head) + "\n").encode("ascii"))
-            f.write(arr.tobytes())
-            f.write(faces.tobytes())
+    if depth is not None:
+        depth = np.asarray(depth, dtype=np.float32)
+        if depth.ndim != 2:
+            raise ValueError(f"depth must be H×W, got {depth.shape}")
+        h, w = depth.shape
+        depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32)
+    elif shape is not None:
+        h, w = shape
+    else:
+        raise ValueError("person_mask needs depth or shape for the image size")
+    mask = np.zeros((h, w), bool)
+    for box in boxes:
+        sl = _box_pixels(box, h, w)
+        if sl is None:
+            continue
+        r0, r1, c0, c1 = sl
+        if depth is None:
+            mask[r0:r1, c0:c1] = True
+        else:
+            mask[r0:r1, c0:c1] |= _foreground_in_box(depth[r0:r1, c0:c1], quantile, band_rel, edge_rel_threshold,
+                                                     min_component_frac, min_valid_frac)
+    if dilate_px > 0 and depth is not None and mask.any():
+        k = np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), np.uint8)
+        mask = cv2.dilate(mask.astype(np.uint8), k) > 0
+    return mask
 
 
-def read_mesh_ply(path: str | Path):
-    """An ``open3d.geometry.TriangleMesh`` from a PLY file."""
-    o3d = _open3d()
-    mesh = o3d.io.read_triangle_mesh(str(path))
-    return mesh
+def _foreground_in_box(d: np.ndarray, quantile: float, band_rel: float, edge_rel_threshold: float,
+                       min_component_frac: float, min_valid_frac: float) -> np.ndarray:
+    """The near depth band of one box's depth crop (see :func:`person_mask`), as a bool mask of the crop."""
+    known = d > 0
+    if known.sum() < max(min_valid_frac * d.size, 1):
+        return np.ones(d.shape, bool)
+    d_ref = float(np.quantile(d[known], quantile))
+    cand = known & (d <= (1.0 + band_rel) * d_ref) & ~depth_edges(d, edge_rel_threshold, dilate_px=0,
+                                                                  unknown_is_edge=False)
+    n_cand = int(cand.sum())
+    if n_cand == 0:
+        return np.zeros(d.shape, bool)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=4)
+    big = stats[:, cv2.CC_STAT_AREA] >= max(min_component_frac * n_cand, 1)
+    big[0] = False  # background label
+    return big[labels]
 
 
-def read_points_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(``N×3`` points float64, ``N×3`` uint8 colours or None, ``N×3`` normals or None) of a PLY point cloud."""
-    from plyfile import PlyData
+def mask_people_in_depth(scene: Scene, source_frame: int, depth: np.ndarray, confidence: np.ndarray,
+                         **mask_kwargs) -> tuple[np.ndarray, np.ndarray, int]:
+    """Depth and confidence of one keyframe with its person pixels zeroed.
 
-    v = PlyData.read(str(path))["vertex"].data
-    names = v.dtype.names or ()
-    pts = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
-    cols = np.stack([v["red"], v["green"], v["blue"]], axis=1).astype(np.uint8) if "red" in names else None
-    nrm = np.stack([v["nx"], v["ny"], v["nz"]], axis=1).astype(np.float64) if "nx" in names else None
-    return pts, cols, nrm
+    The person boxes are those ``detect`` stored for ``source_frame`` (``Scene.people_boxes``), scaled to the
+    depth map's size and refined by :func:`person_mask` (``mask_kwargs`` go to it).
 
+    Args:
+        depth: ``H×W`` float32 z-depth (any units, 0 = unknown).
+        confidence: ``H×W`` float32 0..1, same size.
 
-def _open3d():
-    # Open3D's OpenMP loops busy-wait by default; on shared, oversubscribed cores that made one fusion run
-    # 4-8x slower (21 s vs 2.7 s on the synthetic room). Passive waiting only takes effect if set before the
-    # OpenMP runtime starts, i.e. before the first import of open3d; a user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        import open3d as o3d
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise BackendNotInstalled("fusion needs Open3D: pip install open3d==0.19.0") from e
-    return o3d
+    Returns:
+        ``(depth, confidence, n_person_pixels)``: new arrays (the inputs are not modified) and the number of
+        masked pixels.
 
-
-# ---------------------------------------------------------------------------------------------------------
-# depth and frames
-# ---------------------------------------------------------------------------------------------------------
-def depth_path(scene: Scene, source_frame: int) -> Path:
-    return scene.root / "depth" / f"{int(source_frame):06d}.npz"
-
-
-def cameras_world(scene: Scene) -> tuple[str, np.ndarray | None]:
-    """(world name of ``cameras.json``, its ``world_from_sfm`` 4×4 or None)."""
-    d = read_json(scene.cameras_json)
-    world = d.get("world", WORLD_SFM)
-    T = d.get("world_from_sfm")
-    if T is None and world != WORLD_SFM:
-        T = scene.read_manifest().get("world_from_sfm")
-    return world, None if T is None else np.asarray(T, dtype=np.float64)
-
-
-def sim3_scale(T: np.ndarray | None) -> float:
-    if T is None:
-        return 1.0
-    return float(np.cbrt(np.linalg.det(np.asarray(T)[:3, :3])))
-
-
-def load_depth(path: Path, target_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """(depth float32 in the target frame's units, confidence float32) from one ``depth/*.npz``.
-
-    ``target_scale`` is world units per SfM unit (1 for the SfM frame); the raw SfM depth is
-    ``depth_m / scale_applied``.
+    Raises:
+        ValueError: depth and confidence sizes differ.
     """
-    with np.load(path) as z:
-        d = np.asarray(z["depth_m"], dtype=np.float32)
-        conf = np.asarray(z["confidence"], dtype=np.float32) if "confidence" in z.files else np.ones_like(d)
-        applied = float(z["scale_applied"]) if "scale_applied" in z.files else 1.0
-    d = np.where(np.isfinite(d) & (d > 0), d, 0).astype(np.float32)
-    if applied != target_scale:
-        d *= np.float32(target_scale / applied)
-    return d, conf
-
-
-def read_rgb(path: Path, width: int, height: int) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise StageFailed(NAME, f"missing or unreadable keyframe {path}")
-    if bgr.shape[1] != width or bgr.shape[0] != height:
-        bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def backproject(depth: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray, mask: np.ndarray,
-                stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """World points (``N×3``) of the ``mask`` pixels (pixel centres at +0.5, COLMAP convention) and their
-    flat pixel indices."""
+    depth = np.asarray(depth, dtype=np.float32)
+    conf = np.asarray(confidence, dtype=np.float32)
+    if depth.shape != conf.shape:
+        raise ValueError(f"depth {depth.shape} and confidence {conf.shape} sizes differ")
     h, w = depth.shape
-    m = np.zeros_like(mask)
-    m[::stride, ::stride] = mask[::stride, ::stride]
-    idx = np.flatnonzero(m)
-    v, u = np.divmod(idx, w)
-    z = depth.ravel()[idx].astype(np.float64)
-    x = (u + 0.5 - K[0, 2]) / K[0, 0] * z
-    y = (v + 0.5 - K[1, 2]) / K[1, 1] * z
-    pts_in_cam = np.stack([x, y, z], axis=1)
-    R, t = cam_from_world[:3, :3], cam_from_world[:3, 3]
-    return (pts_in_cam - t) @ R, idx  # R^T (p - t)
+    boxes = scene.people_boxes(source_frame, size=(w, h))
+    mask = person_mask(boxes, depth, **mask_kwargs) if boxes else None
+    n = 0 if mask is None else int(mask.sum())
+    if n == 0:
+        return depth.copy(), conf.copy(), 0
+    return np.where(mask, 0, depth).astype(np.float32), np.where(mask, 0, conf).astype(np.float32), n
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Grid:
+    """Scale-dependent settings, in SfM units: the median confident depth and what is derived from it."""
+
+    median_depth: float
+    voxel: float
+    sdf_trunc: float
+    depth_trunc: float
+    point_voxel: float
+
+
+@dataclass
+class Integrated:
+    """What the integration pass leaves: the TSDF volume, the per-frame point chunks and counters."""
+
+    volume: object
+    points: list[np.ndarray] = field(default_factory=list)
+    colors: list[np.ndarray] = field(default_factory=list)
+    centres: list[np.ndarray] = field(default_factory=list)
+    n_fused: int = 0
+    person_pixels: int = 0
+
+
 def run(scene: Scene, config: Config) -> StageResult:
-    o3d = _open3d()
+    """Fuse the depth maps into ``mesh.ply`` and ``points.ply`` (SfM frame).
+
+    Raises:
+        StageFailed: ``depth`` has not completed, no depth maps for registered keyframes, no confident depth,
+            a keyframe image is missing, or the TSDF gives an empty mesh.
+        BackendNotInstalled: Open3D is missing.
+    """
     scene.require("depth")
     t_start = time.perf_counter()
-    world, world_from_sfm = cameras_world(scene)
-    if world != WORLD_SFM and world_from_sfm is None:
-        raise StageFailed(NAME, f"cameras.json is in frame '{world}' but neither it nor manifest.json records "
-                                "world_from_sfm; re-run sfm")
-    target_scale = sim3_scale(world_from_sfm) if world != WORLD_SFM else 1.0
-    cams = [c for c in scene.load_cameras() if c.registered and depth_path(scene, c.source_frame).is_file()]
-    if not cams:
-        raise StageFailed(NAME, f"no depth maps for registered keyframes in {scene.root / 'depth'}")
+    cams = depth_cameras(scene)
+    grid = fusion_grid(scene, cams, config)
+    mask_people, warnings = people_masking(scene, config)
+    acc = integrate(scene, cams, grid, config, mask_people)
+    mesh_qc = write_mesh(scene, acc, grid, config)
+    points_qc = write_points(scene, acc, grid, config)
+    seconds = time.perf_counter() - t_start
+    qc = {"frame": "sfm", "units": "sfm", "n_depth_maps": len(cams), "n_fused": acc.n_fused,
+          "median_depth": round(grid.median_depth, 6), "voxel_size": round(grid.voxel, 6),
+          "sdf_trunc": round(grid.sdf_trunc, 6), "depth_trunc": round(grid.depth_trunc, 6),
+          "point_voxel_size": round(grid.point_voxel, 6), "min_confidence": config.min_confidence,
+          "mask_people": config.mask_people, "person_pixels_masked": acc.person_pixels, **mesh_qc, **points_qc,
+          "seconds_per_keyframe": round(seconds / max(acc.n_fused, 1), 4)}
+    return StageResult(qc=qc, summary=f"fused {acc.n_fused} depth maps: mesh {qc['mesh_vertices']} vertices / "
+                       f"{qc['mesh_triangles']} triangles, {qc['points']} cleaned points (voxel {grid.voxel:.3g} "
+                       "sfm)", warnings=warnings)
 
-    # Scene scale from a subsample of depth maps: median of valid, confident depth.
+
+def depth_cameras(scene: Scene) -> list[CameraFrame]:
+    """The registered cameras (SfM frame) that have a depth map.
+
+    Raises:
+        StageFailed: none has.
+    """
+    have = set(scene.depth_frames())
+    cams = [c for c in scene.cameras() if c.registered and c.source_frame in have]
+    if not cams:
+        raise StageFailed(NAME, f"no depth maps for registered keyframes in {scene.depth_dir}")
+    return cams
+
+
+def fusion_grid(scene: Scene, cams: list[CameraFrame], config: Config) -> Grid:
+    """Voxel, truncation and point voxel from the median confident depth of up to ``max_stat_frames`` maps.
+
+    Raises:
+        StageFailed: no confident depth, or a non-positive median.
+    """
     step = max(1, len(cams) // config.max_stat_frames)
     samples = []
     for c in cams[::step]:
-        d, conf = load_depth(depth_path(scene, c.source_frame), target_scale)
-        v = d[(d > 0) & (conf >= config.min_confidence)]
+        dm = scene.depth(c.source_frame)
+        v = dm.depth[(dm.depth > 0) & (dm.confidence >= config.min_confidence)]
         if v.size:
             samples.append(v[:: max(1, v.size // 5000)])
     if not samples:
@@ -265,102 +293,112 @@ def run(scene: Scene, config: Config) -> StageResult:
     if not np.isfinite(median_depth) or median_depth <= 0:
         raise StageFailed(NAME, "degenerate depth maps (median depth is not positive)")
     voxel = config.voxel_size or median_depth / config.depth_to_voxel
-    sdf_trunc = config.sdf_trunc_voxels * voxel
-    depth_trunc = config.depth_trunc or config.depth_trunc_rel * median_depth
-    pvoxel = config.point_voxel_size or voxel
+    return Grid(median_depth, voxel, config.sdf_trunc_voxels * voxel,
+                config.depth_trunc or config.depth_trunc_rel * median_depth, config.point_voxel_size or voxel)
 
-    volume = o3d.pipelines.integration.ScalableTSDFVolume(
-        voxel_length=voxel, sdf_trunc=sdf_trunc, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8)
-    chunks_p, chunks_c = [], []
-    n_fused = 0
-    detector, n_person_px = (PersonDetector() if config.mask_people else None), 0
-    people_warning = None
-    if detector is not None and not detector.is_installed()[0]:
-        people_warning = f"people not masked: person detector {detector.is_installed()[1]}"
-        detector = None
-    centres = []
+
+def people_masking(scene: Scene, config: Config) -> tuple[bool, list[str]]:
+    """(whether to mask people, warnings): masking needs the detections of ``detect``."""
+    if not config.mask_people:
+        return False, []
+    if not scene.detection_frames():
+        return False, ["people not masked: no person boxes (detections/ is empty; run 'detect' before fusion)"]
+    return True, []
+
+
+def integrate(scene: Scene, cams: list[CameraFrame], grid: Grid, config: Config, mask_people: bool) -> Integrated:
+    """Integrate every confident depth map into a TSDF volume and collect its non-edge back-projected points
+    (per-frame voxel-downsampled, SfM frame).
+
+    Raises:
+        StageFailed: no depth map had confident depth within the truncation distance, or a keyframe is missing.
+    """
+    o3d = io.open3d()
+    acc = Integrated(o3d.pipelines.integration.ScalableTSDFVolume(
+        voxel_length=grid.voxel, sdf_trunc=grid.sdf_trunc,
+        color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8))
     for c in progress.track(cams, "fusion: integrating depth"):
-        d, conf = load_depth(depth_path(scene, c.source_frame), target_scale)
+        dm = scene.depth(c.source_frame)
+        d, conf = dm.depth, dm.confidence
         h, w = d.shape
-        K = _scaled_K(c, w, h)
-        rgb = read_rgb(scene.keyframe_path(c.source_frame), w, h)
-        if detector is not None:
-            d, conf, n_px = mask_people_in_depth(scene, d, conf, c.source_frame, detector, rgb=rgb)
-            n_person_px += n_px
-        good = (d > 0) & (d <= depth_trunc) & (conf >= config.min_confidence)
+        K = geometry.intrinsics_for_size(c.K, (c.width, c.height), (w, h))
+        rgb = scene.keyframe_image(c.source_frame, (w, h))
+        if mask_people:
+            d, conf, n_px = mask_people_in_depth(scene, c.source_frame, d, conf)
+            acc.person_pixels += n_px
+        good = (d > 0) & (d <= grid.depth_trunc) & (conf >= config.min_confidence)
         if not good.any():
             continue
         dz = np.where(good, d, 0).astype(np.float32)
         rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
             o3d.geometry.Image(np.ascontiguousarray(rgb)), o3d.geometry.Image(dz), depth_scale=1.0,
-            depth_trunc=float(depth_trunc), convert_rgb_to_intensity=False)
-        # Open3D puts pixel centres at integers; our K (COLMAP) at +0.5.
-        intr = o3d.camera.PinholeCameraIntrinsic(w, h, K[0, 0], K[1, 1], K[0, 2] - 0.5, K[1, 2] - 0.5)
-        volume.integrate(rgbd, intr, np.asarray(c.cam_from_world, dtype=np.float64))
-        n_fused += 1
-        centres.append(c.center_in_world)
-        # Video point cloud: confident, non-edge pixels.
+            depth_trunc=float(grid.depth_trunc), convert_rgb_to_intensity=False)
+        cK = geometry.cv_K(K)  # Open3D puts pixel centres at integers
+        intr = o3d.camera.PinholeCameraIntrinsic(w, h, cK[0, 0], cK[1, 1], cK[0, 2], cK[1, 2])
+        acc.volume.integrate(rgbd, intr, np.asarray(c.cam_from_world, dtype=np.float64))
+        acc.n_fused += 1
+        acc.centres.append(c.center_in_world)
         keep = good & ~depth_edges(dz, config.edge_rel_threshold, config.edge_dilate_px)
-        pts, idx = backproject(dz, K, c.cam_from_world, keep, config.point_stride)
+        pts, idx = geometry.backproject(dz, K, c.cam_from_world, keep, config.point_stride)
         if len(pts):
             pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
             pcd.colors = o3d.utility.Vector3dVector(rgb.reshape(-1, 3)[idx].astype(np.float64) / 255.0)
-            pcd = pcd.voxel_down_sample(pvoxel)
-            chunks_p.append(np.asarray(pcd.points))
-            chunks_c.append(np.asarray(pcd.colors))
-    if n_fused == 0:
+            pcd = pcd.voxel_down_sample(grid.point_voxel)
+            acc.points.append(np.asarray(pcd.points))
+            acc.colors.append(np.asarray(pcd.colors))
+    if acc.n_fused == 0:
         raise StageFailed(NAME, "no depth map had confident depth within the truncation distance")
+    return acc
 
+
+def write_mesh(scene: Scene, acc: Integrated, grid: Grid, config: Config) -> dict:
+    """Extract the TSDF surface, drop degenerate triangles and small components, write ``mesh.ply``; the
+    volume is released. Returns the mesh QC figures.
+
+    Raises:
+        StageFailed: the mesh is empty.
+    """
     with progress.bar("fusion: extracting mesh", total=None):
-        mesh = volume.extract_triangle_mesh()
-    del volume
+        mesh = acc.volume.extract_triangle_mesh()
+    acc.volume = None
     mesh.remove_degenerate_triangles()
     mesh.remove_unreferenced_vertices()
     n_tri_raw = len(mesh.triangles)
     if n_tri_raw == 0:
-        raise StageFailed(NAME, f"TSDF produced an empty mesh from {n_fused} depth maps "
-                                f"(voxel {voxel:.4g}, truncation {sdf_trunc:.4g}); check the depth maps and poses "
-                                "(open3d must be 0.19.0)")
+        raise StageFailed(NAME, f"TSDF produced an empty mesh from {acc.n_fused} depth maps "
+                                f"(voxel {grid.voxel:.4g}, truncation {grid.sdf_trunc:.4g}); check the depth maps "
+                                "and poses (open3d must be 0.19.0)")
     if config.min_component_triangles > 0:
         small = small_components(np.asarray(mesh.triangles), len(mesh.vertices), config.min_component_triangles)
         if small.any() and not small.all():
             mesh.remove_triangles_by_mask(small)
             mesh.remove_unreferenced_vertices()
     mesh.compute_vertex_normals()
-    comments = frame_comments(world, world_from_sfm, NAME)
-    write_mesh_ply(scene.root / "mesh.ply", np.asarray(mesh.vertices), np.asarray(mesh.triangles),
-                   colors=np.asarray(mesh.vertex_colors), normals=np.asarray(mesh.vertex_normals), comments=comments)
-    n_vert, n_tri = len(mesh.vertices), len(mesh.triangles)
-    del mesh
+    scene.write_mesh(Mesh.from_open3d(mesh))
+    return {"mesh_vertices": len(mesh.vertices), "mesh_triangles": len(mesh.triangles),
+            "mesh_triangles_before_cleaning": n_tri_raw}
 
+
+def write_points(scene: Scene, acc: Integrated, grid: Grid, config: Config) -> dict:
+    """Voxel-downsample the collected points, remove statistical outliers, estimate normals facing the nearest
+    camera, write ``points.ply``. Returns the point QC figures."""
+    o3d = io.open3d()
     with progress.bar("fusion: cleaning points", total=None):
-        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.concatenate(chunks_p)))
-        pcd.colors = o3d.utility.Vector3dVector(np.concatenate(chunks_c))
-        del chunks_p, chunks_c
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.concatenate(acc.points)))
+        pcd.colors = o3d.utility.Vector3dVector(np.concatenate(acc.colors))
+        acc.points, acc.colors = [], []
         n_raw = len(pcd.points)
-        pcd = pcd.voxel_down_sample(pvoxel)
+        pcd = pcd.voxel_down_sample(grid.point_voxel)
         n_vox = len(pcd.points)
         if n_vox > config.outlier_neighbors:
             pcd, _ = pcd.remove_statistical_outlier(config.outlier_neighbors, config.outlier_std_ratio)
-        pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=4 * pvoxel, max_nn=config.normal_neighbors))
+        pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=4 * grid.point_voxel,
+                                                                  max_nn=config.normal_neighbors))
         pts = np.asarray(pcd.points)
-        nrm = orient_normals_to_cameras(pts, np.asarray(pcd.normals), np.asarray(centres))
+        nrm = orient_normals_to_cameras(pts, np.asarray(pcd.normals), np.asarray(acc.centres))
         cols = np.clip(np.round(np.asarray(pcd.colors) * 255), 0, 255).astype(np.uint8)
-    from .io import write_ply_points
-
-    write_ply_points(scene.root / "points.ply", pts, cols, normals=nrm, comments=comments)
-    seconds = time.perf_counter() - t_start
-    qc = {"frame": world, "units": "m" if world == WORLD_METRIC else "sfm", "n_depth_maps": len(cams),
-          "n_fused": n_fused, "median_depth": round(median_depth, 6), "voxel_size": round(voxel, 6),
-          "sdf_trunc": round(sdf_trunc, 6), "depth_trunc": round(depth_trunc, 6), "point_voxel_size": round(pvoxel, 6),
-          "min_confidence": config.min_confidence, "mask_people": config.mask_people,
-          "person_pixels_masked": n_person_px, "mesh_vertices": n_vert, "mesh_triangles": n_tri,
-          "mesh_triangles_before_cleaning": n_tri_raw, "points_backprojected_after_frame_voxel": n_raw,
-          "points_after_voxel": n_vox, "points": int(len(pts)),
-          "seconds_per_keyframe": round(seconds / max(n_fused, 1), 4)}
-    return StageResult(qc=qc, summary=f"fused {n_fused} depth maps: mesh {n_vert} vertices / {n_tri} triangles, "
-                       f"{len(pts)} cleaned points (voxel {voxel:.3g} {qc['units']})",
-                       warnings=[people_warning] if people_warning else [])
+    scene.write_points(PointCloud(pts, cols, nrm))
+    return {"points_backprojected_after_frame_voxel": n_raw, "points_after_voxel": n_vox, "points": int(len(pts))}
 
 
 def small_components(triangles: np.ndarray, n_vertices: int, min_triangles: int) -> np.ndarray:
@@ -377,14 +415,6 @@ def small_components(triangles: np.ndarray, n_vertices: int, min_triangles: int)
     tri_label = labels[t[:, 0]]
     counts = np.bincount(tri_label)
     return counts[tri_label] < min_triangles
-
-
-def _scaled_K(c: CameraFrame, w: int, h: int) -> np.ndarray:
-    K = np.asarray(c.K, dtype=np.float64).copy()
-    if (w, h) != (c.width, c.height):
-        K[0] *= w / c.width
-        K[1] *= h / c.height
-    return K
 
 
 def orient_normals_to_cameras(points: np.ndarray, normals: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -1,10 +1,10 @@
 """``layout`` stage: gravity-aligned metric world frame, floor / ceiling / walls, room polygon.
 
-Steps (all detection is done in the SfM frame, so a re-run sees the same input and gives the same result):
+Steps (all detection is done in the SfM frame, on inputs no stage rewrites, so a re-run sees the same input and
+gives the same result):
 
-1. Points: ``points.ply`` brought back to the SfM frame (its header says which frame it is in and, if not SfM,
-   the ``world_from_sfm`` that was applied). Cameras: from the COLMAP model in ``sfm/`` (the source of truth);
-   when ``sfm/`` is absent, from ``cameras.json`` (its own ``world_from_sfm`` undone).
+1. Inputs, in the SfM frame: the video point cloud (``Scene.points()``) and the registered cameras
+   (``Scene.cameras()``).
 2. Planes: sequential RANSAC (Open3D ``segment_plane``, seeded) with a threshold relative to the scene size,
    each plane refitted by least squares on its inliers; planes whose inliers are degenerate (a line) are
    ignored. Camera up = mean of the cameras' −y axes in the world.
@@ -21,10 +21,9 @@ Steps (all detection is done in the SfM frame, so a re-run sees the same input a
 5. Footprint: occupancy grid (``grid_m``) of all points between floor and ceiling, closed, holes filled,
    opened (``footprint_open_m``: spurs through doors, thin bridges),
    largest component → polygon (Douglas–Peucker), floor area, extent.
-6. Writes (idempotent: every asset is regenerated from its SfM-frame source): ``layout.json``;
-   ``cameras.json`` (``world: gravity_z_up_metric``, ``world_from_sfm``), ``sparse_points.ply``,
-   ``transforms.json``; ``mesh.ply`` / ``points.ply`` (old transform undone first); ``depth/*.npz``
-   (``depth_m = depth_m / scale_applied · s``, ``scale_applied = s``); ``manifest.json`` ``world_from_sfm``.
+6. Writes ``layout.json`` only (``Scene.write_layout``, which also copies ``world_from_sfm`` into the
+   manifest). No other asset is touched: the loaders apply ``world_from_sfm`` when asked for
+   ``frame="world"`` (``Scene.cameras``, ``Scene.mesh``, ``Scene.points``, ``Scene.depth``, ...).
 
 ``layout.json`` schema (units metres, frame ``gravity_z_up_metric``; planes as ``n·x + d = 0`` with unit
 normal ``n``)::
@@ -48,18 +47,15 @@ normal ``n``)::
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import progress
+from . import geometry, io, progress
 from .errors import StageFailed
-from .fusion import (WORLD_METRIC, WORLD_SFM, _open3d, frame_comments, ply_frame, read_mesh_ply, read_points_ply,
-                     write_mesh_ply)
-from .io import atomic_path, finished_files, read_json, write_json, write_ply_points
-from .scene import CameraFrame, Scene
+from .scene import WORLD_NAME, CameraFrame, Scene
 from .stage import StageResult
 
 NAME = "layout"
@@ -97,87 +93,12 @@ class Config(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# transforms
-# ---------------------------------------------------------------------------------------------------------
-def apply_sim3(T: np.ndarray, points: np.ndarray) -> np.ndarray:
-    T = np.asarray(T, dtype=np.float64)
-    return np.asarray(points, dtype=np.float64) @ T[:3, :3].T + T[:3, 3]
-
-
-def sim3_scale(T: np.ndarray) -> float:
-    return float(np.cbrt(np.linalg.det(np.asarray(T)[:3, :3])))
-
-
-def sim3(s: float, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3] = s * R
-    T[:3, 3] = t
-    return T
-
-
-def transform_camera(cam_from_src: np.ndarray, dst_from_src: np.ndarray) -> np.ndarray:
-    """``cam_from_dst`` for a Sim(3) ``dst_from_src``; camera coordinates are rescaled to the dst units so the
-    result stays a rigid transform."""
-    s = sim3_scale(dst_from_src)
-    S = np.diag([s, s, s, 1.0])
-    out = S @ np.asarray(cam_from_src, dtype=np.float64) @ np.linalg.inv(dst_from_src)
-    out[3] = [0, 0, 0, 1]
-    return out
-
-
-def _to_sfm(points: np.ndarray, frame: str, T: np.ndarray | None, what: str) -> np.ndarray:
-    if frame == WORLD_SFM:
-        return points
-    if T is None:
-        raise StageFailed(NAME, f"{what} is in frame '{frame}' but records no world_from_sfm to undo")
-    return apply_sim3(np.linalg.inv(T), points)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# inputs in the SfM frame
-# ---------------------------------------------------------------------------------------------------------
-def sfm_cameras(scene: Scene) -> tuple[list[CameraFrame], np.ndarray, np.ndarray | None, dict | None]:
-    """(cameras in the SfM frame, sparse points in the SfM frame, their colours, distortion) — from ``sfm/``
-    when it holds a model, else from ``cameras.json`` / ``sparse_points.ply`` with their transforms undone."""
-    cj = read_json(scene.cameras_json)
-    distortion = cj.get("distortion")
-    if (scene.sfm_dir / "images.bin").is_file() or (scene.sfm_dir / "images.txt").is_file():
-        from .sfm import camera_frames
-
-        rec = scene.load_reconstruction()
-        keyframes = [{"source_frame": f["source_frame"], "timestamp_s": f["timestamp_s"]} for f in cj["frames"]]
-        frames = camera_frames(rec, keyframes, [f["name"] for f in cj["frames"]])
-        pts = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
-        cols = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
-        return frames, pts, cols, distortion
-    frames = [CameraFrame.from_json(f) for f in cj["frames"]]
-    world = cj.get("world", WORLD_SFM)
-    if world != WORLD_SFM:
-        T = cj.get("world_from_sfm") or scene.read_manifest().get("world_from_sfm")
-        if T is None:
-            raise StageFailed(NAME, "cameras.json is not in the SfM frame and records no world_from_sfm, and "
-                                    "there is no COLMAP model in sfm/ to regenerate it from")
-        sfm_from_world = np.linalg.inv(np.asarray(T, dtype=np.float64))
-        for f in frames:
-            if f.registered:
-                f.cam_from_world = transform_camera(f.cam_from_world, sfm_from_world)
-    pts, cols = np.zeros((0, 3)), None
-    if scene.sparse_points_ply.is_file():
-        from .io import read_ply_points
-
-        pts, cols = read_ply_points(scene.sparse_points_ply)
-        frame, T = ply_frame(scene.sparse_points_ply)
-        pts = _to_sfm(pts, frame, T, "sparse_points.ply")
-    return frames, pts, cols, distortion
-
-
-# ---------------------------------------------------------------------------------------------------------
 # planes
 # ---------------------------------------------------------------------------------------------------------
 def detect_planes(points: np.ndarray, threshold: float, config: Config) -> list[dict]:
     """Sequential RANSAC planes: dicts with unit ``normal``, ``d`` (n·x + d = 0), ``inliers`` (indices into
     ``points``), ``rms`` and ``degenerate`` (inliers spread along a line)."""
-    o3d = _open3d()
+    o3d = io.open3d()
     o3d.utility.random.seed(int(config.seed))
     n_all = len(points)
     min_inliers = max(10, int(config.min_plane_share * n_all))
@@ -372,24 +293,87 @@ def footprint(points_xy: np.ndarray, cell: float, open_m: float = 0.5, simplify_
 # ---------------------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Structure:
+    """Planes found in the SfM frame: the RANSAC sample, its scale, the floor, ceiling and walls."""
+
+    sample: np.ndarray           # N×3 RANSAC subsample of the points (SfM frame)
+    ref: float                   # median point-to-camera-centroid distance (SfM units)
+    threshold: float             # RANSAC inlier distance (SfM units)
+    planes: list[dict]
+    floor: dict
+    ceiling: dict | None
+    walls: list[dict]
+
+
+@dataclass
+class Gravity:
+    """The refit floor plane ``n·x + d = 0`` (SfM frame) and how it was found."""
+
+    normal: np.ndarray
+    d: float
+    method: str
+    walls_used: int
+    refit_deg: float
+
+
+@dataclass
+class Scale:
+    """Metres per SfM unit and its evidence."""
+
+    s: float
+    sigma: float
+    method: str
+    estimates: list[dict]
+    camera_height_sfm: float
+    ceiling_sfm: float | None
+
+
 def run(scene: Scene, config: Config) -> StageResult:
+    """Find the floor, gravity, metric scale and room footprint; write ``layout.json`` (``world_from_sfm``).
+
+    Raises:
+        StageFailed: ``fusion`` has not completed or ``points.ply`` / ``cameras.json`` is missing; no registered
+            cameras; no floor plane (too few points, degenerate cloud, no near-horizontal plane below the
+            cameras); no metric scale (no ``metric_scale`` and no prior); no room footprint.
+    """
     scene.require("fusion")
-    points_ply = scene.root / "points.ply"
-    if not points_ply.is_file():
-        raise StageFailed(NAME, f"missing {points_ply}; run fusion first")
-    pts, _, _ = read_points_ply(points_ply)
-    frame, T_old = ply_frame(points_ply)
-    pts = _to_sfm(pts, frame, T_old, "points.ply")
+    pts, reg = inputs(scene)
+    centres = np.array([f.center_in_world for f in reg])
+    up = camera_up(reg)
+    st = find_structure(pts, centres, up, config)
+    grav = gravity(pts, st, config)
+    R = gravity_rotation(grav.normal, st.walls, st.sample[st.floor["inliers"]], reg[0].cam_from_world[2, :3])
+    sc = metric_scale(centres, st, grav, config)
+    T, room = world_frame(pts, R, sc, grav, config)
+    doc = layout_doc(T, R, sc, st, grav, up, room, len(reg))
+    scene.write_layout(doc)
+    return summarise(doc, sc, st, room)
+
+
+def inputs(scene: Scene) -> tuple[np.ndarray, list[CameraFrame]]:
+    """(finite video points ``N×3`` float64, registered cameras), both in the SfM frame.
+
+    Raises:
+        StageFailed: no registered cameras, or fewer than 100 points.
+    """
+    pts = scene.points().points
     pts = pts[np.isfinite(pts).all(1)]
-    frames, sparse_pts, sparse_cols, distortion = sfm_cameras(scene)
-    reg = [f for f in frames if f.registered]
+    reg = [f for f in scene.cameras() if f.registered]
     if not reg:
         raise StageFailed(NAME, "no registered cameras")
     if len(pts) < 100:
         raise StageFailed(NAME, f"no floor plane found: only {len(pts)} points in points.ply")
-    centres = np.array([f.center_in_world for f in reg])
-    up = camera_up(reg)
+    return pts, reg
 
+
+def find_structure(pts: np.ndarray, centres: np.ndarray, up: np.ndarray, config: Config) -> Structure:
+    """Sequential RANSAC planes on a seeded subsample, then the floor, ceiling and walls among them (wall
+    normals face the cameras).
+
+    Raises:
+        StageFailed: a degenerate cloud, or no floor plane.
+    """
     rng = np.random.default_rng(config.seed)
     sample = pts if len(pts) <= config.max_ransac_points else \
         pts[np.sort(rng.choice(len(pts), config.max_ransac_points, replace=False))]
@@ -406,39 +390,46 @@ def run(scene: Scene, config: Config) -> StageResult:
                           for p in planes) or "none"
         raise StageFailed(NAME, "no floor plane found: no well-supported, non-degenerate near-horizontal plane "
                                 f"below the cameras (planes: {kinds})")
-    n_f, d_f = floor["normal"], floor["d"]
     sin_v = math.sin(math.radians(config.vertical_tol_deg))
     walls = [p for p in planes if p is not floor and p is not ceiling and not p["degenerate"]
-             and abs(float(p["normal"] @ n_f)) < sin_v]
+             and abs(float(p["normal"] @ floor["normal"])) < sin_v]
     for w in walls:  # wall normals face the cameras (into the room)
         if w["normal"] @ centres.mean(0) + w["d"] < 0:
             w["normal"], w["d"] = -w["normal"], -w["d"]
+    return Structure(sample, ref, thr, planes, floor, ceiling, walls)
 
-    # gravity: the floor normal refit over a wide band, then made orthogonal to the walls (Manhattan)
-    n_ransac = n_f
+
+def gravity(pts: np.ndarray, st: Structure, config: Config) -> Gravity:
+    """The floor normal refit over a wide band (:func:`refit_floor`), then made orthogonal to the walls
+    (:func:`manhattan_up`) unless that moves it by more than ``max_manhattan_correction_deg``. The floor plane
+    of ``st`` is updated to the result."""
+    n_ransac = n_f = st.floor["normal"]
+    d_f = st.floor["d"]
     if config.floor_refit_band_rel > 0:
-        n_f, d_f, _ = refit_floor(pts, n_f, d_f, config.floor_refit_band_rel * ref, thr)
-    gravity_method = "floor_refit" if config.floor_refit_band_rel > 0 else "floor_ransac"
+        n_f, d_f, _ = refit_floor(pts, n_f, d_f, config.floor_refit_band_rel * st.ref, st.threshold)
+    method = "floor_refit" if config.floor_refit_band_rel > 0 else "floor_ransac"
     walls_used = 0
-    if config.manhattan_gravity and walls:
-        n_m = manhattan_up(n_f, walls)
+    if config.manhattan_gravity and st.walls:
+        n_m = manhattan_up(n_f, st.walls)
         corr = math.degrees(math.acos(min(1.0, float(n_m @ n_f))))
         if corr <= config.max_manhattan_correction_deg:
-            # keep the floor through the same point: the band's centroid height does not change
-            c_f = -d_f * n_f
+            c_f = -d_f * n_f  # keep the floor through the same point: the band's centroid height does not change
             n_f, d_f = n_m, -float(n_m @ c_f)
-            gravity_method += "+walls"
-            walls_used = len(walls)
-    floor["normal"], floor["d"] = n_f, d_f
+            method += "+walls"
+            walls_used = len(st.walls)
+    st.floor["normal"], st.floor["d"] = n_f, d_f
     refit_deg = math.degrees(math.acos(min(1.0, float(n_f @ n_ransac))))
+    return Gravity(n_f, d_f, method, walls_used, refit_deg)
 
-    # rotation: floor normal -> z; yaw: the Manhattan axis (from the walls, else floor PCA) closest to the
-    # first camera's horizontal viewing direction -> +x
-    R = gravity_rotation(n_f, walls, sample[floor["inliers"]], reg[0].cam_from_world[2, :3])
 
-    # scale
-    heights = centres @ n_f + d_f
-    h_sfm = float(np.median(heights))
+def metric_scale(centres: np.ndarray, st: Structure, grav: Gravity, config: Config) -> Scale:
+    """Metres per SfM unit: the user's ``metric_scale``, else the inverse-variance combination of the enabled
+    priors (camera height above the floor; floor-to-ceiling height when there is a ceiling).
+
+    Raises:
+        StageFailed: no ``metric_scale`` and no prior enabled.
+    """
+    h_sfm = float(np.median(centres @ grav.normal + grav.d))
     estimates = []
     if "camera_height" in config.scale_priors:
         v = config.camera_height_m / h_sfm
@@ -446,132 +437,88 @@ def run(scene: Scene, config: Config) -> StageResult:
                           config.camera_height_m, "measured_sfm": h_sfm, "prior_m": config.camera_height_m,
                           "prior_sigma_m": config.camera_height_sigma_m})
     ceil_sfm = None
-    if ceiling is not None:
-        ceil_sfm = float(np.median(sample[ceiling["inliers"]] @ n_f + d_f))
+    if st.ceiling is not None:
+        ceil_sfm = float(np.median(st.sample[st.ceiling["inliers"]] @ grav.normal + grav.d))
         if "ceiling_height" in config.scale_priors and ceil_sfm > 0:
             v = config.ceiling_height_m / ceil_sfm
             estimates.append({"source": "ceiling_height", "value": v, "sigma": v * config.ceiling_height_sigma_m /
                               config.ceiling_height_m, "measured_sfm": ceil_sfm, "prior_m": config.ceiling_height_m,
                               "prior_sigma_m": config.ceiling_height_sigma_m})
     if config.metric_scale is not None:
-        s, sigma, method = float(config.metric_scale), 0.0, "user"
-    elif estimates:
-        (s, sigma), method = combine_scale(estimates), "priors"
-    else:
-        raise StageFailed(NAME, "no metric scale: no metric_scale given and no scale prior enabled")
+        return Scale(float(config.metric_scale), 0.0, "user", estimates, h_sfm, ceil_sfm)
+    if estimates:
+        s, sigma = combine_scale(estimates)
+        return Scale(s, sigma, "priors", estimates, h_sfm, ceil_sfm)
+    raise StageFailed(NAME, "no metric scale: no metric_scale given and no scale prior enabled")
 
-    # translation: floor at z = 0, then footprint min corner at x = y = 0
-    T = sim3(s, R, np.array([0.0, 0.0, s * d_f]))
-    P = apply_sim3(T, pts)
-    room_h = s * ceil_sfm if ceil_sfm else float(np.percentile(P[:, 2], 99.5))
+
+def world_frame(pts: np.ndarray, R: np.ndarray, sc: Scale, grav: Gravity, config: Config) -> tuple[np.ndarray, dict]:
+    """``world_from_sfm`` (4×4 Sim(3): floor at z = 0, footprint's min corner at x = y = 0) and the room
+    (``polygon`` K×2 m, ``area`` m², ``extent`` (2,) m, ``height`` m).
+
+    Raises:
+        StageFailed: no points between floor and ceiling, or no footprint.
+    """
+    s = sc.s
+    T = geometry.sim3(s, R, np.array([0.0, 0.0, s * grav.d]))
+    P = geometry.apply_transform(T, pts)
+    room_h = s * sc.ceiling_sfm if sc.ceiling_sfm else float(np.percentile(P[:, 2], 99.5))
     band = (P[:, 2] > -0.1) & (P[:, 2] < room_h + 0.1)
     if band.sum() < 3:
         raise StageFailed(NAME, "no room footprint: no points between floor and ceiling")
     poly, area, extent, mn = footprint(P[band, :2], config.grid_m, config.footprint_open_m,
-                                      config.footprint_simplify_m)
+                                       config.footprint_simplify_m)
     T[:2, 3] -= mn
-    poly = poly - mn
+    return T, {"polygon": poly - mn, "area": area, "extent": extent, "height": room_h}
 
-    def plane_out(p: dict) -> dict:
-        n_w = R @ p["normal"]
-        # the plane itself mapped by T (n·x + d = 0 → n_w·x_w + s·d − n_w·t = 0), not its RANSAC inliers'
-        # centroid: the floor's plane is refit after RANSAC, and must come out as z = 0
-        d_w = s * float(p["d"]) - float(n_w @ T[:3, 3])
-        Q = apply_sim3(T, sample[p["inliers"]])
-        horiz = np.cross([0.0, 0.0, 1.0], n_w)
-        length = float(np.ptp(Q @ horiz / max(np.linalg.norm(horiz), 1e-9))) if np.linalg.norm(horiz) > 1e-6 else None
-        return {"normal": np.round(n_w, 6).tolist(), "d": round(d_w, 5), "n_inliers": len(p["inliers"]),
-                "rms_m": round(s * p["rms"], 5), **({"length_m": round(length, 4)} if length is not None else {})}
 
-    floor_out = plane_out(floor)
-    gravity_deg = math.degrees(math.acos(min(1.0, float(n_f @ up))))
-    layout = {
-        "frame": WORLD_METRIC, "units": "m", "world_from_sfm": T.tolist(),
-        "scale": {"metres_per_sfm_unit": s, "sigma": sigma, "method": method, "estimates": estimates},
+def plane_doc(p: dict, T: np.ndarray, R: np.ndarray, sample: np.ndarray) -> dict:
+    """One plane of ``layout.json`` in the world frame: the plane itself mapped by ``T`` (``n·x + d = 0`` →
+    ``n_w·x_w + s·d − n_w·t = 0``; not its RANSAC inliers' centroid, so the refit floor comes out as z = 0), its
+    support, RMS (m) and horizontal length (m, for non-horizontal planes)."""
+    s = geometry.sim3_scale(T)
+    n_w = R @ p["normal"]
+    d_w = s * float(p["d"]) - float(n_w @ T[:3, 3])
+    Q = geometry.apply_transform(T, sample[p["inliers"]])
+    horiz = np.cross([0.0, 0.0, 1.0], n_w)
+    length = float(np.ptp(Q @ horiz / max(np.linalg.norm(horiz), 1e-9))) if np.linalg.norm(horiz) > 1e-6 else None
+    return {"normal": np.round(n_w, 6).tolist(), "d": round(d_w, 5), "n_inliers": len(p["inliers"]),
+            "rms_m": round(s * p["rms"], 5), **({"length_m": round(length, 4)} if length is not None else {})}
+
+
+def layout_doc(T: np.ndarray, R: np.ndarray, sc: Scale, st: Structure, grav: Gravity, up: np.ndarray, room: dict,
+               n_registered: int) -> dict:
+    """The ``layout.json`` document (schema in the module docstring)."""
+    s = sc.s
+    gravity_deg = math.degrees(math.acos(min(1.0, float(grav.normal @ up))))
+    floor_out = plane_doc(st.floor, T, R, st.sample)
+    return {
+        "frame": WORLD_NAME, "units": "m", "world_from_sfm": T.tolist(),
+        "scale": {"metres_per_sfm_unit": s, "sigma": sc.sigma, "method": sc.method, "estimates": sc.estimates},
         "gravity": {"camera_up_vs_floor_normal_deg": round(gravity_deg, 3), "up_in_sfm": up.tolist(),
-                    "method": gravity_method, "walls_used": walls_used,
-                    "correction_vs_ransac_floor_deg": round(refit_deg, 3)},
+                    "method": grav.method, "walls_used": grav.walls_used,
+                    "correction_vs_ransac_floor_deg": round(grav.refit_deg, 3)},
         "floor": {k: v for k, v in floor_out.items() if k != "length_m"},
-        "ceiling": None if ceiling is None else dict(plane_out(ceiling), height_m=round(s * ceil_sfm, 4)),
-        "walls": [plane_out(w) for w in walls],
-        "room": {"polygon_xy": np.round(poly, 4).tolist(), "floor_area_m2": round(area, 3),
-                 "extent_m": np.round(extent, 4).tolist(), "height_m": round(room_h, 4),
-                 "height_source": "ceiling_plane" if ceil_sfm else "points"},
-        "cameras": {"n_registered": len(reg), "median_height_m": round(s * h_sfm, 4)},
+        "ceiling": None if st.ceiling is None else dict(plane_doc(st.ceiling, T, R, st.sample),
+                                                        height_m=round(s * sc.ceiling_sfm, 4)),
+        "walls": [plane_doc(w, T, R, st.sample) for w in st.walls],
+        "room": {"polygon_xy": np.round(room["polygon"], 4).tolist(), "floor_area_m2": round(room["area"], 3),
+                 "extent_m": np.round(room["extent"], 4).tolist(), "height_m": round(room["height"], 4),
+                 "height_source": "ceiling_plane" if sc.ceiling_sfm else "points"},
+        "cameras": {"n_registered": n_registered, "median_height_m": round(s * sc.camera_height_sfm, 4)},
     }
-    write_world_assets(scene, T, frames, sparse_pts, sparse_cols, distortion)
-    write_json(scene.root / "layout.json", layout)
-    qc = {"metres_per_sfm_unit": round(s, 6), "scale_sigma": round(sigma, 6), "scale_method": method,
-          "scale_estimates": {e["source"]: round(e["value"], 6) for e in estimates},
-          "camera_up_vs_floor_normal_deg": round(gravity_deg, 3), "n_planes": len(planes), "n_walls": len(walls),
-          "ceiling_found": ceiling is not None, "room_height_m": round(room_h, 3),
+
+
+def summarise(doc: dict, sc: Scale, st: Structure, room: dict) -> StageResult:
+    """The stage's QC figures and summary line."""
+    s, extent, room_h, area = sc.s, room["extent"], room["height"], room["area"]
+    qc = {"metres_per_sfm_unit": round(s, 6), "scale_sigma": round(sc.sigma, 6), "scale_method": sc.method,
+          "scale_estimates": {e["source"]: round(e["value"], 6) for e in sc.estimates},
+          "camera_up_vs_floor_normal_deg": doc["gravity"]["camera_up_vs_floor_normal_deg"],
+          "n_planes": len(st.planes), "n_walls": len(st.walls),
+          "ceiling_found": st.ceiling is not None, "room_height_m": round(room_h, 3),
           "floor_area_m2": round(area, 3), "extent_m": np.round(extent, 3).tolist(),
-          "camera_height_m": round(s * h_sfm, 3), "plane_threshold_sfm": round(thr, 6)}
-    return StageResult(qc=qc, summary=f"floor + {len(walls)} walls{' + ceiling' if ceiling else ''}; room "
+          "camera_height_m": round(s * sc.camera_height_sfm, 3), "plane_threshold_sfm": round(st.threshold, 6)}
+    return StageResult(qc=qc, summary=f"floor + {len(st.walls)} walls{' + ceiling' if st.ceiling else ''}; room "
                        f"{extent[0]:.2f} × {extent[1]:.2f} × {room_h:.2f} m, {area:.1f} m²; scale {s:.4g} m/unit "
-                       f"({method})")
-
-
-def write_world_assets(scene: Scene, T: np.ndarray, frames_sfm: list[CameraFrame], sparse_pts: np.ndarray,
-                       sparse_cols: np.ndarray | None, distortion: dict | None) -> None:
-    """Rewrite every world-frame asset in the frame ``T = world_from_sfm`` from its SfM-frame source."""
-    from .export.nerfstudio import write_transforms
-
-    s = sim3_scale(T)
-    comments = frame_comments(WORLD_METRIC, T, NAME)
-    frames = []
-    for f in frames_sfm:
-        pose = None if f.cam_from_world is None else transform_camera(f.cam_from_world, T)
-        frames.append(CameraFrame(f.name, f.source_frame, f.timestamp_s, f.width, f.height, f.K, pose))
-    cj = {"convention": "opencv", "world": WORLD_METRIC, "units": "m", "world_from_sfm": T.tolist()}
-    if distortion is not None:
-        cj["distortion"] = distortion
-    cj["frames"] = [f.to_json() for f in frames]
-    write_json(scene.cameras_json, cj)
-    write_ply_points(scene.sparse_points_ply, apply_sim3(T, sparse_pts), sparse_cols, comments=comments)
-    if any(f.registered for f in frames):
-        write_transforms(scene.transforms_json, frames, image_dir="frames", distortion=distortion, world=WORLD_METRIC)
-    R = T[:3, :3] / s
-    pp = scene.root / "points.ply"
-    if pp.is_file():
-        p, c, n = read_points_ply(pp)
-        frame, T_old = ply_frame(pp)
-        p = apply_sim3(T, _to_sfm(p, frame, T_old, "points.ply"))
-        if n is not None and frame != WORLD_SFM:
-            n = n @ (T_old[:3, :3] / sim3_scale(T_old))  # undo the old rotation: R_old^T n
-        write_ply_points(pp, p, c, normals=None if n is None else n @ R.T, comments=comments)
-    mp = scene.root / "mesh.ply"
-    if mp.is_file():
-        mesh = read_mesh_ply(mp)
-        frame, T_old = ply_frame(mp)
-        v = apply_sim3(T, _to_sfm(np.asarray(mesh.vertices), frame, T_old, "mesh.ply"))
-        n = np.asarray(mesh.vertex_normals) if mesh.has_vertex_normals() else None
-        if n is not None and frame != WORLD_SFM:
-            n = n @ (T_old[:3, :3] / sim3_scale(T_old))
-        write_mesh_ply(mp, v, np.asarray(mesh.triangles),
-                       colors=np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else None,
-                       normals=None if n is None else n @ R.T, comments=comments)
-    for dp in finished_files(scene.root / "depth", "*.npz"):
-        rescale_depth(dp, s)
-
-    def mark(m: dict) -> None:
-        m["world_from_sfm"] = T.tolist()
-        m.setdefault("conventions", {}).update(world=WORLD_METRIC, world_units="m",
-                                               world_axes="z up (against gravity), floor at z = 0")
-
-    scene.update_manifest(mark)
-
-
-def rescale_depth(path: Path, s: float) -> None:
-    """Bring one depth map to the metric frame: ``depth_m = depth_m / scale_applied · s`` (idempotent)."""
-    with np.load(path) as z:
-        data = {k: z[k] for k in z.files}
-    applied = float(data.get("scale_applied", 1.0))
-    if applied == s and str(data.get("world", "")) == WORLD_METRIC:
-        return
-    d = np.asarray(data["depth_m"], dtype=np.float32)
-    data["depth_m"] = (d * np.float32(s / applied)).astype(np.float32)
-    data["scale_applied"] = np.float64(s)
-    data["world"] = np.str_(WORLD_METRIC)
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, **data)
+                       f"({sc.method})")

@@ -9,9 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from vid2scene import depth
-from vid2scene.depth import BACKENDS, Config, align_scale_shift, backend_status, depth_path, load_depth
+from vid2scene.depth import BACKENDS, Config, align_scale_shift, backend_status
 from vid2scene.depth.mvs import mean_k_smallest
 from vid2scene.errors import BackendNotInstalled, StageFailed
+from vid2scene.io import read_npz
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +26,9 @@ def _errors(synth, min_conf):
     for f, gt in synth.true_depth.items():
         if f in synth.unregistered:
             continue
-        d = load_depth(synth.scene, f)
-        m = (d["depth_m"] > 0) & (d["confidence"] > min_conf)
-        errs.append(d["depth_m"][m] - gt[m])
+        d = synth.scene.depth(f)
+        m = (d.depth > 0) & (d.confidence > min_conf)
+        errs.append(d.depth[m] - gt[m])
         cov.append(m.mean())
     return errs, cov
 
@@ -40,8 +41,8 @@ def test_dense_depth_matches_the_true_depth(ran):
     gts = []
     for f, gt in synth.true_depth.items():
         if f not in synth.unregistered:
-            d = load_depth(synth.scene, f)
-            gts.append(gt[(d["depth_m"] > 0) & (d["confidence"] > cfg.fill_confidence + 1e-3)])
+            d = synth.scene.depth(f)
+            gts.append(gt[(d.depth > 0) & (d.confidence > cfg.fill_confidence + 1e-3)])
     e = np.concatenate(errs)
     g = np.concatenate(gts)
     absrel = float(np.mean(np.abs(e) / g))
@@ -62,25 +63,26 @@ def test_file_format_and_unregistered_keyframes(ran):
     expected = sorted(f"{f:06d}.npz" for f in synth.true_depth if f not in synth.unregistered)
     assert files == expected
     for f in synth.unregistered:
-        assert not depth_path(synth.scene, f).exists()
-    d = load_depth(synth.scene, expected and int(expected[0][:6]))
+        assert not synth.scene.depth_path(f).exists()
+    assert synth.scene.depth_frames() == [int(n[:6]) for n in expected]
+    d = read_npz(synth.scene.depth_path(int(expected[0][:6])))
+    assert set(d) == {"depth_sfm", "confidence"}  # the field says the unit; nothing else is stored
     h, w = next(iter(synth.true_depth.values())).shape
-    assert d["depth_m"].shape == (h, w) and d["depth_m"].dtype == np.float32
+    assert d["depth_sfm"].shape == (h, w) and d["depth_sfm"].dtype == np.float32
     assert d["confidence"].dtype == np.float32
     assert 0 <= d["confidence"].min() and d["confidence"].max() <= 1
-    assert np.all(d["confidence"][d["depth_m"] == 0] == 0)
-    assert d["scale_applied"] == 1.0 and d["world"] == "sfm"
+    assert np.all(d["confidence"][d["depth_sfm"] == 0] == 0)
     assert not list((synth.scene.root / "depth").glob(".*tmp*"))
 
 
 def test_rerun_is_idempotent(ran):
     synth, res = ran
     f = next(f for f in synth.true_depth if f not in synth.unregistered)
-    before = load_depth(synth.scene, f)
+    before = synth.scene.depth(f)
     res2 = depth.run(synth.scene, Config())
-    after = load_depth(synth.scene, f)
-    np.testing.assert_array_equal(before["depth_m"], after["depth_m"])
-    np.testing.assert_array_equal(before["confidence"], after["confidence"])
+    after = synth.scene.depth(f)
+    np.testing.assert_array_equal(before.depth, after.depth)
+    np.testing.assert_array_equal(before.confidence, after.confidence)
     assert res2.qc["n_depth_maps"] == res.qc["n_depth_maps"]
 
 
@@ -107,13 +109,19 @@ def test_config_and_registry():
     with pytest.raises(ValidationError):
         Config(extra_field=1)
     with pytest.raises(ValidationError):
-        Config(window=6)
+        Config(mvs={"window": 6})
+    with pytest.raises(ValidationError):
+        Config(window=7)  # backend options live in their own section
+    with pytest.raises(ValidationError):
+        Config(mono={"n_planes": 32})
+    cfg = Config.model_validate({"backend": "mono", "mono": {"model_path": "/m"}, "mvs": {"n_planes": 32}})
+    assert cfg.mono.model_path == "/m" and cfg.mvs.n_planes == 32 and cfg.mvs.window == 7
     assert depth.NAME == "depth" and depth.OUTPUTS == ["depth"]
 
 
 def test_mono_without_model_is_not_installed(synth_scene):
     with pytest.raises(BackendNotInstalled, match="not installed|model_path"):
-        depth.run(synth_scene.scene, Config(backend="mono", model_path=None))
+        depth.run(synth_scene.scene, Config(backend="mono", mono={"model_path": None}))
 
 
 def test_mean_k_smallest_matches_sort():
@@ -156,33 +164,27 @@ def test_mono_backend_loads_a_tiny_local_model(tmp_path, synth_scene):
 
     # its own copy: the shared synthetic scene's MVS depth maps are read by later tests
     scene = Scene(shutil.copytree(synth_scene.scene.root, tmp_path / "scene"))
-    res = depth.run(scene, Config(backend="mono", model_path=str(tmp_path / "model")))
+    res = depth.run(scene, Config(backend="mono", mono={"model_path": str(tmp_path / "model")}))
     assert res.qc["n_depth_maps"] > 0
 
 
 def test_rerun_after_layout_still_uses_the_sfm_frame(ran, tmp_path):
-    """After ``layout`` cameras.json is metric and z-up; a depth re-run must still match the SfM points
-    (regression: it once mixed metric cameras with SfM-frame points and produced garbage)."""
+    """After ``layout`` the scene has a metric world frame; a depth re-run still works in the SfM frame and
+    gives the same maps, and the world-frame loader scales them to metres."""
     import shutil
 
-    from vid2scene.io import read_json, write_json
     from vid2scene.scene import Scene
 
     synth, _ = ran
     scene = Scene(shutil.copytree(synth.scene.root, tmp_path / "scene"))
     f = next(f for f in synth.true_depth if f not in synth.unregistered)
-    before = load_depth(scene, f)
+    before = scene.depth(f)
     # emulate layout: world = 2.5 × a 90° yaw of the SfM frame
     S = np.eye(4)
     S[:3, :3] = 2.5 * np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
-    cj = read_json(scene.cameras_json)
-    for fr in cj["frames"]:
-        if fr.get("registered"):
-            T = np.asarray(fr["cam_from_world"]) @ np.linalg.inv(S)
-            fr["cam_from_world"] = T.tolist()
-    cj.update(world="gravity_z_up_metric", world_from_sfm=S.tolist())
-    write_json(scene.cameras_json, cj)
+    scene.write_layout({"frame": "gravity_z_up_metric", "units": "m", "world_from_sfm": S.tolist()})
     depth.run(scene, Config())
-    after = load_depth(scene, f)
-    np.testing.assert_allclose(after["depth_m"], before["depth_m"], rtol=1e-5, atol=1e-6)
-    assert after["world"] == "sfm"
+    after = scene.depth(f)
+    np.testing.assert_allclose(after.depth, before.depth, rtol=1e-5, atol=1e-6)
+    assert after.frame == "sfm"
+    np.testing.assert_allclose(scene.depth(f, frame="world").depth, 2.5 * before.depth, rtol=1e-5, atol=1e-6)

@@ -1,10 +1,10 @@
 """What the depth backends share: the per-keyframe view, sparse SfM depth priors, source-view selection,
-geometric consistency filtering, sparse filling and the atomic ``.npz`` writer.
+geometric consistency filtering, sparse filling and upsampling.
 
 Pixel convention: ``K`` in ``cameras.json`` follows COLMAP (the centre of pixel ``(i, j)`` is at
-``(i + 0.5, j + 0.5)``). Scaling an image by ``s`` scales such a K exactly (``diag(s, s, 1) @ K``). OpenCV's
-``warpPerspective`` / ``remap`` address pixel centres at integers, so :func:`cv_K` shifts the principal point
-by -0.5 before building OpenCV maps.
+``(i + 0.5, j + 0.5)``). Scaling an image by ``s`` scales such a K exactly (``geometry.scale_intrinsics``).
+OpenCV's ``warpPerspective`` / ``remap`` address pixel centres at integers, so ``geometry.cv_K`` shifts the
+principal point by -0.5 before building OpenCV maps.
 
 Lens distortion (``cameras.json["distortion"]``, SIMPLE_RADIAL with a small k) is ignored: on
 hololens_office (k = 0.0056) it moves the image corners by < 0.6 px at 540 px wide, < 0.4 px at the 320 px
@@ -13,28 +13,27 @@ working resolution.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from typing import Callable, ClassVar, Protocol
 
 import cv2
 import numpy as np
 
+from .. import geometry
 from ..scene import CameraFrame
+from ..stage import Options
 
 
 @dataclass
 class View:
-    """One registered keyframe at working resolution."""
+    """One registered keyframe at working resolution (SfM frame)."""
 
-    index: int                 # position in the list of registered frames
-    frame: CameraFrame         # full-resolution camera (cameras.json)
-    path: Path                 # keyframe image
-    scale: float               # working / full resolution
-    grey: np.ndarray           # h×w float32 in 0..1, working resolution
-    K: np.ndarray              # 3×3 at working resolution (COLMAP convention)
+    index: int                         # position in the list of registered frames
+    frame: CameraFrame                 # full-resolution camera (cameras.json)
+    load_rgb: Callable[[], np.ndarray]  # the keyframe at full resolution, H×W×3 uint8 RGB
+    scale: float                       # working / full resolution
+    grey: np.ndarray                   # h×w float32 in 0..1, working resolution
+    K: np.ndarray                      # 3×3 at working resolution (COLMAP convention)
 
     @property
     def cam_from_world(self) -> np.ndarray:
@@ -58,15 +57,31 @@ class Sparse:
         return len(self.z)
 
 
-class DepthBackend(Protocol):
-    """A depth estimator for one reference view. Constructed with the stage ``Config``."""
+@dataclass
+class SparseSet:
+    """The sparse SfM priors of every view: ``observed[i]`` the ids of the points view ``i`` observes,
+    ``xyz_of`` their SfM-frame positions (3,) float64, ``sparse[i]`` those points projected into view ``i``."""
 
-    name: str
-    uses_sources: bool  # whether it needs neighbouring views (multi-view) or works per frame
+    observed: list[np.ndarray]
+    xyz_of: dict[int, np.ndarray]
+    sparse: list[Sparse]
+
+
+class DepthBackend(Protocol):
+    """A depth estimator (the stage's backend plugin shape: ``name``, ``Options``, ``is_installed``,
+    constructed as ``cls(options)``). All depths are in SfM units at working resolution."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]]
 
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
         """``(True, "installed")`` or ``(False, "not installed: …")``; cheap, no model loading."""
+        ...
+
+    def select_sources(self, views: list[View], priors: SparseSet) -> list[list[int]]:
+        """Per view, the indices of the neighbouring views it is matched against (empty lists for a
+        single-view backend)."""
         ...
 
     def estimate(self, ref: View, sources: list[View], sparse: Sparse,
@@ -75,47 +90,31 @@ class DepthBackend(Protocol):
         pixels where the backend had no usable signal and a sparse fill may be used) at working resolution."""
         ...
 
+    def filter(self, views: list[View], sources: list[list[int]], depths: list[np.ndarray],
+               confs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Depths and confidences after any cross-view check (unchanged for a single-view backend)."""
+        ...
+
 
 # ---------------------------------------------------------------------------------------------------------
-# geometry helpers
+# working resolution
 # ---------------------------------------------------------------------------------------------------------
 def working_scale(width: int, height: int, max_size: int) -> float:
+    """Working / full resolution: ``max_size`` over the long side, never above 1."""
     return min(1.0, float(max_size) / max(width, height))
 
 
-def scaled_K(K: np.ndarray, s: float) -> np.ndarray:
-    return np.diag([s, s, 1.0]) @ np.asarray(K, np.float64)
-
-
-def cv_K(K: np.ndarray) -> np.ndarray:
-    """K for OpenCV pixel addressing (pixel centres at integers)."""
-    K = np.array(K, np.float64)
-    K[0, 2] -= 0.5
-    K[1, 2] -= 0.5
-    return K
-
-
-def relative_pose(src_from_world: np.ndarray, ref_from_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(R, t) with ``X_src = R X_ref + t``."""
-    T = src_from_world @ np.linalg.inv(ref_from_world)
-    return T[:3, :3], T[:3, 3]
-
-
-def load_grey(path: Path, width: int, height: int, s: float) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise OSError(f"missing or unreadable keyframe {path}")
-    if bgr.shape[:2] != (height, width):
-        bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
-    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    w, h = working_size(width, height, s)
-    if (w, h) != (width, height):
-        grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA)
-    return grey.astype(np.float32) / 255.0
-
-
 def working_size(width: int, height: int, s: float) -> tuple[int, int]:
+    """``(w, h)`` pixels of a ``width×height`` image scaled by ``s`` (at least 1×1)."""
     return max(1, int(round(width * s))), max(1, int(round(height * s)))
+
+
+def working_grey(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``h×w`` float32 grey in 0..1 of an ``H×W×3`` uint8 RGB image, area-resized to ``size = (w, h)``."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if (grey.shape[1], grey.shape[0]) != tuple(size):
+        grey = cv2.resize(grey, tuple(size), interpolation=cv2.INTER_AREA)
+    return grey.astype(np.float32) / 255.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -139,13 +138,8 @@ def project_sparse(frame: CameraFrame, K: np.ndarray, xyz: np.ndarray, ids: np.n
     of the camera and inside the ``(w, h)`` image."""
     if len(xyz) == 0:
         return Sparse()
-    T = frame.cam_from_world
-    Xc = xyz @ T[:3, :3].T + T[:3, 3]
-    z = Xc[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (Xc @ K.T)[:, :2] / z[:, None]
-    w, h = size
-    ok = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    uv, z = geometry.project(xyz, K, frame.cam_from_world)
+    ok = geometry.in_image(uv, z, *size)
     return Sparse(uv=uv[ok], z=z[ok], point_ids=ids[ok])
 
 
@@ -188,28 +182,22 @@ def select_sources(ref: int, centers: np.ndarray, observed: list[np.ndarray], xy
 
 
 # ---------------------------------------------------------------------------------------------------------
-# consistency, fill, upsampling, writing
+# consistency, fill, upsampling
 # ---------------------------------------------------------------------------------------------------------
-def _pixel_rays(K: np.ndarray, w: int, h: int) -> np.ndarray:
-    """3×(h·w) rays with z = 1 through pixel centres (COLMAP convention)."""
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64) + 0.5, np.arange(h, dtype=np.float64) + 0.5)
-    return np.linalg.inv(K) @ np.stack([u.ravel(), v.ravel(), np.ones(u.size)])
-
-
 def consistency_count(ref: View, depth_r: np.ndarray, sources: list[View], depths: list[np.ndarray],
                       rel_tol: float) -> np.ndarray:
     """Per ref pixel, in how many ``sources`` its 3-D point lands on the source's own depth within
     ``rel_tol`` (relative depth error, the point's depth in the source vs the source's depth map there)."""
     h, w = depth_r.shape
-    X = _pixel_rays(ref.K, w, h) * depth_r.ravel()[None].astype(np.float64)
+    X = geometry.pixel_rays(ref.K, w, h).reshape(-1, 3).T * depth_r.ravel()[None].astype(np.float64)
     count = np.zeros(h * w, np.int32)
     valid_r = depth_r.ravel() > 0
     for src, d_s in zip(sources, depths):
-        R, t = relative_pose(src.cam_from_world, ref.cam_from_world)
+        R, t = geometry.relative_pose(src.cam_from_world, ref.cam_from_world)
         Xs = R @ X + t[:, None]
         z = Xs[2]
         with np.errstate(divide="ignore", invalid="ignore"):
-            uv = (cv_K(src.K) @ Xs)[:2] / z
+            uv = (geometry.cv_K(src.K) @ Xs)[:2] / z
         mx = np.nan_to_num(uv[0], nan=-1e4, posinf=-1e4, neginf=-1e4).astype(np.float32).reshape(h, w)
         my = np.nan_to_num(uv[1], nan=-1e4, posinf=-1e4, neginf=-1e4).astype(np.float32).reshape(h, w)
         ds = cv2.remap(d_s, mx, my, interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
@@ -260,42 +248,3 @@ def upsample(depth: np.ndarray, conf: np.ndarray, width: int, height: int) -> tu
     d = np.where(smooth, lin, near).astype(np.float32)
     c = cv2.resize(conf, (width, height), interpolation=cv2.INTER_NEAREST)
     return d, np.where(d > 0, c, 0).astype(np.float32)
-
-
-def write_depth(path: Path, depth_m: np.ndarray, confidence: np.ndarray, **extra) -> None:
-    """Write ``depth_m`` / ``confidence`` (+ extra arrays) to ``path`` atomically (temp name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, depth_m=depth_m.astype(np.float32), confidence=confidence.astype(np.float32),
-                            **extra)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def depth_edges(depth: np.ndarray, rel_threshold: float, dilate_px: int = 1,
-                unknown_is_edge: bool = True) -> np.ndarray:
-    """Boolean ``H×W`` mask of depth-discontinuity pixels: a 4-neighbour's depth differs by more than
-    ``rel_threshold`` × the nearer of the two depths (any units; the test is relative). With
-    ``unknown_is_edge`` a pixel next to unknown depth (0) is an edge too; the mask is dilated by ``dilate_px``."""
-    d = depth
-    edge = np.zeros(d.shape, bool)
-    for axis in (0, 1):
-        a, b = np.delete(d, -1, axis=axis), np.delete(d, 0, axis=axis)
-        lo = np.minimum(a, b)
-        bad = np.abs(a - b) > rel_threshold * np.maximum(lo, 1e-12)
-        bad = (bad | (lo <= 0)) if unknown_is_edge else (bad & (lo > 0))
-        if axis == 0:
-            edge[:-1] |= bad
-            edge[1:] |= bad
-        else:
-            edge[:, :-1] |= bad
-            edge[:, 1:] |= bad
-    if dilate_px > 0:
-        k = np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), np.uint8)
-        edge = cv2.dilate(edge.astype(np.uint8), k) > 0
-    return edge

@@ -1,7 +1,7 @@
 """``mono`` backend: a monocular depth model (e.g. Depth Anything V2) aligned to the sparse SfM depths.
 
 The model (``transformers``' ``AutoModelForDepthEstimation`` + ``AutoImageProcessor``) is loaded from the
-local folder ``depth.model_path``; nothing is downloaded. Its output is treated as relative *inverse* depth
+local folder ``depth.mono.model_path``; nothing is downloaded. Its output is treated as relative *inverse* depth
 (disparity up to an unknown scale and shift, as Depth Anything / MiDaS predict) and aligned per frame to the
 sparse SfM depths observed by that keyframe: ``1/z ≈ s·pred + t``, fitted by :func:`align_scale_shift`
 (RANSAC on point pairs, then IRLS with Huber weights, least squares in inverse depth). Pixels where
@@ -15,11 +15,13 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from ..errors import BackendNotInstalled
-from .base import Sparse, View
+from ..stage import Options
+from .base import Sparse, SparseSet, View
 
-HINT = "not installed: pip install transformers; set depth.model_path to a local Depth Anything V2 folder"
+HINT = "not installed: pip install transformers; set depth.mono.model_path to a local Depth Anything V2 folder"
 
 
 def align_scale_shift(pred: np.ndarray, target: np.ndarray, *, iters: int = 200, rel_thresh: float = 0.1,
@@ -74,24 +76,41 @@ def _irls(x: np.ndarray, y: np.ndarray, delta: float, iters: int = 10) -> tuple[
     return float(sol[0]), float(sol[1])
 
 
-class MonoBackend:
-    name = "mono"
-    uses_sources = False
+class MonoOptions(Options):
+    """``depth.mono`` section."""
 
-    def __init__(self, config):
+    model_path: str | None = Field(None, description="local folder of a transformers depth model (e.g. Depth "
+                                   "Anything V2)")
+    seed: int = Field(0, description="seed of the RANSAC scale/shift alignment")
+
+
+class MonoBackend:
+    """A monocular depth model per keyframe, aligned to the sparse SfM depths (single view: no sources, no
+    cross-view filter)."""
+
+    name = "mono"
+    Options = MonoOptions
+
+    def __init__(self, options: MonoOptions):
+        """Load the model from ``options.model_path``.
+
+        Raises:
+            BackendNotInstalled: transformers is missing or ``model_path`` is not a folder.
+        """
         ok, hint = self.is_installed()
         if not ok:
             raise BackendNotInstalled(f"depth backend 'mono' {hint}")
-        if not config.model_path or not Path(config.model_path).is_dir():
-            raise BackendNotInstalled(f"depth backend 'mono' {HINT} (model_path={config.model_path!r} is not a "
+        if not options.model_path or not Path(options.model_path).is_dir():
+            raise BackendNotInstalled(f"depth backend 'mono' {HINT} (model_path={options.model_path!r} is not a "
                                       "folder)")
         import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
+        self.options = options
         self.torch = torch
-        self.processor = AutoImageProcessor.from_pretrained(config.model_path, local_files_only=True)
-        self.model = AutoModelForDepthEstimation.from_pretrained(config.model_path, local_files_only=True).eval()
-        self.seed = config.seed
+        self.processor = AutoImageProcessor.from_pretrained(options.model_path, local_files_only=True)
+        self.model = AutoModelForDepthEstimation.from_pretrained(options.model_path, local_files_only=True).eval()
+        self.seed = options.seed
 
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
@@ -109,14 +128,21 @@ class MonoBackend:
         pred = out[0].float().cpu().numpy()
         return cv2.resize(pred, size, interpolation=cv2.INTER_LINEAR)
 
+    def select_sources(self, views: list[View], priors: SparseSet) -> list[list[int]]:
+        """No source views: the model works on one image."""
+        return [[] for _ in views]
+
+    def filter(self, views: list[View], sources: list[list[int]], depths: list[np.ndarray],
+               confs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """No cross-view filter (unchanged)."""
+        return depths, confs
+
     def estimate(self, ref: View, sources: list[View], sparse: Sparse,
                  depth_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        import cv2
-
+        """(depth, confidence, weak) of ``ref`` at working resolution; see :class:`.base.DepthBackend`."""
         h, w = ref.shape
         zero = np.zeros((h, w), np.float32)
-        rgb = cv2.cvtColor(cv2.imread(str(ref.path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        pred = self.predict(rgb, (w, h))
+        pred = self.predict(ref.load_rgb(), (w, h))
         if len(sparse) < 3:
             return zero, zero, np.zeros((h, w), bool)
         u = np.clip(sparse.uv[:, 0].astype(int), 0, w - 1)
