@@ -144,7 +144,7 @@ def test_loop_closure_on_a_walk_that_returns(tmp_path):
         yaw = np.radians(80 + 20 * e)
         poses.append(look_at(pos, pos + [np.cos(yaw), np.sin(yaw), -0.12]))
     scene = scene_from_images(tmp_path, [render_room(p, K_TRUE, W, H)[0] for p in poses])
-    # Few features keep the per-scene vocabulary quick to build (see the report on bow_vectors' k-means++).
+    # Few features keep the per-scene vocabulary quick to build.
     cfg = _cfg(loop_closure=True, loop_min_gap=8, loop_candidates=2, sequential_overlap=6,
                max_num_features=256)
     cfg.keyframes.min_disparity = 0.05  # the default: ~12 keyframes, the way back ~6-11 keyframes later

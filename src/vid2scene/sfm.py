@@ -183,8 +183,9 @@ def run(scene: Scene, config: Config) -> StageResult:
     """Reconstruct the keyframes; write the model, ``cameras.json``, ``sparse_points.ply``, ``transforms.json``.
 
     Raises:
-        StageFailed: no model, or the kept model fails the QC thresholds (registered share, reprojection
-            error, track length, points) — the reason names the figure and the threshold.
+        StageFailed: ``keyframes`` has not completed; no model; or the kept model fails the QC thresholds
+            (registered share, reprojection error, track length, points) — the reason names the figure and
+            the threshold. Nothing is written then (the work folder is removed).
     """
     import pycolmap
 
@@ -201,35 +202,48 @@ def _run(scene: Scene, config: Config) -> StageResult:
     kf = scene.keyframes()
     keyframes = kf["keyframes"]
     names = [frame_name(k["source_frame"]) for k in keyframes]
-    n = len(names)
     for stale in scene.root.glob(".sfm_work.*"):  # left by a run that was killed mid-stage
         shutil.rmtree(stale, ignore_errors=True)
     scale = float(scene.video_info().get("scale_working_from_source", 1.0))
     config = _intrinsics_after_crop(config, kf["crop"], scale)
     work = Path(tempfile.mkdtemp(prefix=".sfm_work.", dir=scene.root))
     try:
-        db_path = extract_features(work, scene.frames_dir, names, config, scale, max(kf["width"], kf["height"]))
-        seq, loops = image_pairs(db_path, names, config)
-        match_pairs(db_path, work, names, {"sequential": (seq, 15, 0.0),
-                                           "loop": (loops, config.loop_min_inliers, config.loop_min_inlier_ratio)},
-                    config)
-        models_dir = work / "models"
-        models_dir.mkdir()
-        with progress.bar(f"sfm: {config.mapper} mapping", total=None):
-            rec, n_models = _map(db_path, scene.frames_dir, models_dir, config, names)
-        if rec is None or rec.num_reg_images() == 0:
-            raise StageFailed(NAME, f"no model: COLMAP could not initialise from {n} keyframes "
-                                    "(too little texture or parallax)")
-        qc = _qc(rec, n)
+        rec, n_models, (seq, loops) = reconstruct(work, scene.frames_dir, names, config, scale,
+                                                  max(kf["width"], kf["height"]))
+        qc = _qc(rec, len(names))
         qc.update({"n_models": n_models, "n_pairs": len(seq | loops), "n_loop_pairs": len(loops),
                    "mapper": config.mapper, "camera": _camera_qc(rec)})
         check_qc(qc, config)
         _write_outputs(scene, rec, keyframes, names)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return StageResult(qc=qc, summary=f"{qc['n_registered']}/{n} keyframes registered in one model "
+    return StageResult(qc=qc, summary=f"{qc['n_registered']}/{len(names)} keyframes registered in one model "
                        f"({n_models} model(s) before merging), {qc['n_points']} points, reprojection "
                        f"{qc['mean_reprojection_error_px']:.2f} px, track length {qc['mean_track_length']:.1f}")
+
+
+def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, scale: float,
+                max_image_size: int):
+    """Features, pairs, matching and mapping of the images ``names`` in ``image_dir``, with scratch files in
+    ``work``. Returns (the kept ``pycolmap.Reconstruction``, the number of models the mapper made,
+    (sequential pairs, loop pairs)).
+
+    Raises:
+        StageFailed: the mapper made no model with a registered image.
+    """
+    db_path = extract_features(work, image_dir, names, config, scale, max_image_size)
+    seq, loops = image_pairs(db_path, names, config)
+    match_pairs(db_path, work, names, {"sequential": (seq, 15, 0.0),
+                                       "loop": (loops, config.loop_min_inliers, config.loop_min_inlier_ratio)},
+                config)
+    models_dir = work / "models"
+    models_dir.mkdir()
+    with progress.bar(f"sfm: {config.mapper} mapping", total=None):
+        rec, n_models = _map(db_path, image_dir, models_dir, config, names)
+    if rec is None or rec.num_reg_images() == 0:
+        raise StageFailed(NAME, f"no model: COLMAP could not initialise from {len(names)} keyframes "
+                                "(too little texture or parallax)")
+    return rec, n_models, (seq, loops)
 
 
 def _intrinsics_after_crop(config: Config, crop: dict, scale: float) -> Config:
