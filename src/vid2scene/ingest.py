@@ -178,7 +178,7 @@ def run(scene: Scene, config: Config) -> StageResult:
     """
     source = scene.read_manifest()["source"]
     path = Path(source["path"])
-    out = _FrameWriter(scene, config)
+    out = FrameWriter(scene, config)
     if source["kind"] == "images":
         info, warnings = ingest_images(path, config, out), []
     else:
@@ -195,7 +195,7 @@ def run(scene: Scene, config: Config) -> StageResult:
                        f"{info['working_width']}x{info['working_height']}", warnings=warnings)
 
 
-class _FrameWriter:
+class FrameWriter:
     """Writes kept frames to ``frames_all/`` (emptied first) as they are decoded and remembers them."""
 
     def __init__(self, scene: Scene, config: Config):
@@ -225,7 +225,7 @@ def _read_input_image(path: Path) -> np.ndarray:
         raise InputError(f"unreadable image {path}") from e
 
 
-def ingest_images(folder: Path, config: Config, out: _FrameWriter) -> dict:
+def ingest_images(folder: Path, config: Config, out: FrameWriter) -> dict:
     """Keep frames of an image folder (sorted names, ``images_fps`` timestamps); returns ``video.json``'s
     source fields.
 
@@ -270,7 +270,7 @@ class _Decoded:
     stopped: bool = False    # stopped at max_frames
 
 
-def ingest_video(path: Path, config: Config, out: _FrameWriter) -> tuple[dict, list[str]]:
+def ingest_video(path: Path, config: Config, out: FrameWriter) -> tuple[dict, list[str]]:
     """Keep frames of a video file; returns (``video.json``'s source fields, warnings).
 
     Raises:
@@ -292,7 +292,7 @@ def ingest_video(path: Path, config: Config, out: _FrameWriter) -> tuple[dict, l
     return info, warnings
 
 
-def _decode(path: Path, config: Config, out: _FrameWriter, n_estimate: int | None) -> _Decoded:
+def _decode(path: Path, config: Config, out: FrameWriter, n_estimate: int | None) -> _Decoded:
     """Decode ``path`` once, saving the kept frames (scaled to the working size, then rotated upright)."""
     dec = _Decoded()
     wsize: tuple[int, int] | None = None
