@@ -104,16 +104,16 @@ def ingest_into(root: Path, src: Path, **cfg):
     """Ingest ``src`` into a new scene at ``root``; returns (scene, StageResult, video.json)."""
     scene = Scene.create(root, ingest.describe_source(src))
     result = ingest.run(scene, ingest.Config(**cfg))
-    return scene, result, scene.load_video_info()
+    return scene, result, scene.video_info()
 
 
 def kept_frames(scene: Scene) -> list[tuple[int, float]]:
-    return [(f.source_frame, f.timestamp_s) for f in scene.load_frame_index()]
+    return [(f.source_frame, f.timestamp_s) for f in scene.frame_index()]
 
 
 def assert_ramp(scene: Scene, tol: float = 8.0) -> None:
     """Every kept frame's brightness says it is the source frame its name says."""
-    for f in scene.load_frame_index():
+    for f in scene.frame_index():
         mean = float(scene.read_frame(f.source_frame).mean())
         assert abs(mean - ramp_level(f.source_frame)) < tol, (f.source_frame, mean)
 
@@ -458,7 +458,7 @@ def test_truncated_file_decodes_prefix_with_warning_or_fails_clearly(tmp_path, e
         assert "\n" not in str(e) and "cut." in str(e)
         assert ext in ("mp4", "mov") and not opts, f"{ext} should decode what is there: {e}"
         return
-    video = scene.load_video_info()
+    video = scene.video_info()
     assert 0 < video["n_frames"] < 60
     assert video["truncated"] is True and result.qc["truncated"] is True
     assert any("truncated" in w for w in result.warnings), result.warnings
@@ -513,7 +513,7 @@ def test_ingest_streams_frames_to_disk(tmp_path):
         done.set()
         t.join()
     assert len(list(scene.frames_all_dir.glob("*.jpg"))) == n
-    assert len(scene.load_frame_index()) == n
+    assert len(scene.frame_index()) == n
     growth_mb = (peak[0] - start) / 2**20
     held_mb = n * w * h * 3 / 2**20
     assert growth_mb < 0.25 * held_mb, f"RSS grew {growth_mb:.0f} MiB while ingesting {n} frames ({held_mb:.0f} MiB)"

@@ -52,7 +52,7 @@ def sideways_scene(tmp_path_factory):
 
 
 def test_keyframe_count_and_spacing_follow_the_motion(sideways_scene):
-    kf = sideways_scene.load_keyframes()
+    kf = sideways_scene.keyframes()
     records = kf["keyframes"]
     sf = [r["source_frame"] for r in records]
     assert sf == sorted(sf) and sf[0] == 0 and sf[-1] == N - 1
@@ -75,13 +75,13 @@ def test_keyframe_count_and_spacing_follow_the_motion(sideways_scene):
 
 
 def test_every_keyframe_has_a_reason_and_frames_holds_exactly_them(sideways_scene):
-    kf = sideways_scene.load_keyframes()
+    kf = sideways_scene.keyframes()
     allowed = {"first", "disparity", "track_loss", "last"}
     assert all(r["reason"] in allowed for r in kf["keyframes"])
     assert sum(kf["reasons"].values()) == len(kf["keyframes"])
     files = sorted(p.name for p in sideways_scene.frames_dir.iterdir())
     assert files == sorted(frame_name(r["source_frame"]) for r in kf["keyframes"])
-    img = cv2.imread(str(sideways_scene.frames_dir / files[0]))
+    img = sideways_scene.keyframe_image(kf["keyframes"][0]["source_frame"])
     assert img.shape == (H, W, 3) and (kf["width"], kf["height"]) == (W, H)
     assert kf["n_candidates"] == N and kf["capped"] is False
     assert sideways_scene.is_complete("keyframes")
@@ -91,7 +91,7 @@ def test_max_keyframes_cap(sideways_scene):
     # Reuse the ingested frames: re-run only keyframes with a cap of 4.
     cfg = _cfg(max_keyframes=4, min_keyframes=2)
     run_stages(sideways_scene, cfg, "keyframes", start="keyframes")
-    kf = sideways_scene.load_keyframes()
+    kf = sideways_scene.keyframes()
     try:
         assert 2 <= len(kf["keyframes"]) <= 4
         assert kf["capped"] is True and kf["min_disparity"] > THRESHOLD
@@ -107,9 +107,9 @@ def test_rejected_frames_are_never_keyframes(tmp_path):
         frames[i] = cv2.GaussianBlur(frames[i], (0, 0), 4.0) if i % 2 else (frames[i] * 0.1).astype(np.uint8)
     scene = scene_from_images(tmp_path, frames)
     run_stages(scene, _cfg(), "keyframes")
-    verdicts = {r["source_frame"]: r["verdict"] for r in scene.load_quality()["frames"]}
+    verdicts = {r["source_frame"]: r["verdict"] for r in scene.quality()["frames"]}
     assert {i for i, v in verdicts.items() if v != "ok"} == bad
-    sf = [r["source_frame"] for r in scene.load_keyframes()["keyframes"]]
+    sf = [r["source_frame"] for r in scene.keyframes()["keyframes"]]
     assert not set(sf) & bad
     assert sf[0] == 0 and sf[-1] == 28  # the last *usable* frame closes the sequence
 
@@ -123,13 +123,13 @@ def test_letterbox_is_cropped_from_keyframes(tmp_path):
         frames.append(canvas)
     scene = scene_from_images(tmp_path, frames)
     run_stages(scene, _cfg(), "keyframes")
-    kf = scene.load_keyframes()
+    kf = scene.keyframes()
     crop = kf["crop"]
     assert abs(crop["top"] - top) <= 2 and abs(crop["bottom"] - top) <= 2
     h = H - crop["top"] - crop["bottom"]
     assert (kf["width"], kf["height"]) == (W, h)
     for r in kf["keyframes"]:
-        img = cv2.imread(str(scene.keyframe_path(r["source_frame"])))
+        img = scene.keyframe_image(r["source_frame"])
         assert img.shape[:2] == (h, W)
         assert img[:2].mean() > 30 and img[-2:].mean() > 30  # no black rows left
 
@@ -142,7 +142,7 @@ def test_static_camera_is_rejected(tmp_path):
     # Sensor noise alone would make quality call the frames 'frozen'; switch that off so keyframes decides.
     cfg = fast_config(quality={"frozen_max_diff": 0.0})
     run_stages(scene, cfg, "quality")
-    assert scene.load_quality()["counts"] == {"ok": 30}
+    assert scene.quality()["counts"] == {"ok": 30}
     with pytest.raises(RejectedInput, match="insufficient camera motion"):
         run_stages(scene, cfg, "keyframes", start="keyframes")
     m = scene.read_manifest()

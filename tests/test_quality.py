@@ -51,11 +51,11 @@ def defect_scene(tmp_path_factory):
 
 
 def test_each_defect_gets_its_reason(defect_scene):
-    q = defect_scene.load_quality()
+    q = defect_scene.quality()
     rows = {r["source_frame"]: r for r in q["frames"]}
     assert sorted(rows) == list(range(N))
     # single bad frames are not shot cuts: everything is in the one chosen shot
-    assert [(s["start_frame"], s["end_frame"]) for s in defect_scene.load_shots()["shots"]] == [(0, N - 1)]
+    assert [(s["start_frame"], s["end_frame"]) for s in defect_scene.shots()["shots"]] == [(0, N - 1)]
     expected = {i: "blurry" for i in BLURRED} | {i: "dark" for i in DARK} | \
         {i: "overexposed" for i in OVEREXPOSED} | {i: "frozen" for i in FROZEN}
     got = {i: rows[i]["reason"] for i in range(N)}
@@ -67,7 +67,7 @@ def test_each_defect_gets_its_reason(defect_scene):
 
 
 def test_measurements_are_in_their_units(defect_scene):
-    rows = {r["source_frame"]: r for r in defect_scene.load_quality()["frames"]}
+    rows = {r["source_frame"]: r for r in defect_scene.quality()["frames"]}
     sharp = [rows[i] for i in range(N) if i not in BLURRED | DARK | OVEREXPOSED | FROZEN]
     # Blur: a sigma-4 Gaussian removes nearly all Laplacian energy (below 10% of the sharpest-frame median).
     sharp_med = np.median([r["blur_var"] for r in sharp])
@@ -83,7 +83,7 @@ def test_measurements_are_in_their_units(defect_scene):
 
 
 def test_no_bars_and_landscape(defect_scene):
-    q = defect_scene.load_quality()
+    q = defect_scene.quality()
     assert q["letterbox"] == {"top": 0, "bottom": 0, "left": 0, "right": 0}
     assert q["has_letterbox"] is False
     assert q["portrait"] is False
@@ -103,7 +103,7 @@ def test_letterbox_bars_measured_within_2px(tmp_path, bars):
         frames.append(canvas)
     scene = scene_from_images(tmp_path, frames)
     run_stages(scene, _cfg(), "quality")
-    q = scene.load_quality()
+    q = scene.quality()
     assert q["has_letterbox"] is True
     for side, px in bars.items():
         assert abs(q["letterbox"][side] - px) <= 2, (side, q["letterbox"])
@@ -115,7 +115,7 @@ def test_letterbox_bars_measured_within_2px(tmp_path, bars):
 def test_portrait_frames(tmp_path):
     scene = scene_from_images(tmp_path, _walk_frames(20, 180, 320))
     run_stages(scene, _cfg(), "quality")
-    q = scene.load_quality()
+    q = scene.quality()
     assert q["portrait"] is True
     assert q["has_letterbox"] is False
     assert q["content_size"] == [180, 320]
@@ -132,7 +132,7 @@ def test_portrait_content_in_a_landscape_frame(tmp_path):
         frames.append(canvas)
     scene = scene_from_images(tmp_path, frames)
     run_stages(scene, _cfg(), "quality")
-    q = scene.load_quality()
+    q = scene.quality()
     assert abs(q["letterbox"]["left"] - left) <= 2 and abs(q["letterbox"]["right"] - (W - cw - left)) <= 2
     assert q["letterbox"]["top"] == 0 and q["letterbox"]["bottom"] == 0
     assert q["portrait"] is True
@@ -147,4 +147,4 @@ def test_mostly_dark_input_is_rejected_with_the_cause(tmp_path):
     assert m["stages"]["quality"]["status"] == "failed"
     assert m["status"] != "complete"
     # quality.json is still written, so a person can see why
-    assert all(r["reason"] == "dark" for r in scene.load_quality()["frames"])
+    assert all(r["reason"] == "dark" for r in scene.quality()["frames"])

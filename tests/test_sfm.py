@@ -16,9 +16,10 @@ import pytest
 from vid2scene.errors import StageFailed
 from vid2scene.export.nerfstudio import cam_from_world_from_opengl
 from vid2scene.sfm import Config as SfmConfig
-from vid2scene.sfm import _check, bow_vectors, loop_pairs, sequential_pairs
-from tests.fixtures.room import (ROOM, camera_center, fast_config, intrinsics, look_at, render_room, room_surface_distance,
-                         run_stages, scene_from_images, walk_trajectory)
+from vid2scene.sfm import bow_vectors, check_qc, loop_pairs, sequential_pairs
+from vid2scene.geometry import camera_center
+from tests.fixtures.room import (ROOM, fast_config, intrinsics, look_at, render_room, room_surface_distance, run_stages,
+                                 scene_from_images, walk_trajectory)
 
 W, H = 320, 240
 N = 36
@@ -66,7 +67,7 @@ def known(walk):
 
 def _aligned(scene, poses):
     """(registered CameraFrames, Sim3d gt_from_sfm, aligned centres, true centres)."""
-    reg = [c for c in scene.load_cameras() if c.registered]
+    reg = [c for c in scene.cameras() if c.registered]
     est = np.array([c.center_in_world for c in reg])
     gt = np.array([camera_center(poses[c.source_frame]) for c in reg])
     sim = pycolmap.estimate_sim3d(est, gt)
@@ -94,8 +95,8 @@ def test_renderer_geometry_is_what_the_tests_assume():
 @pytest.mark.parametrize("which", ["estimated", "known"])
 def test_poses_match_truth_up_to_sim3(which, request):
     scene, result, poses = request.getfixturevalue(which)
-    cams = scene.load_cameras()
-    n_kf = len(scene.load_keyframes()["keyframes"])
+    cams = scene.cameras()
+    n_kf = len(scene.keyframes()["keyframes"])
     assert len(cams) == n_kf >= 10
     reg, sim, aligned, gt = _aligned(scene, poses)
     assert len(reg) / n_kf >= 0.9
@@ -119,14 +120,14 @@ def test_poses_match_truth_up_to_sim3(which, request):
 
 def test_estimated_focal_length_within_2_percent(estimated):
     scene, result, _ = estimated
-    f = scene.load_cameras()[0].K[0, 0]
+    f = scene.cameras()[0].K[0, 0]
     assert abs(f / K_TRUE[0, 0] - 1) < 0.02, f
     assert result.qc["camera"]["model"] == "SIMPLE_RADIAL"
 
 
 def test_known_intrinsics_are_kept(known):
     scene, result, _ = known
-    for c in scene.load_cameras():
+    for c in scene.cameras():
         np.testing.assert_allclose(c.K, K_TRUE, atol=1e-6)
     assert result.qc["camera"]["model"] == "PINHOLE"
 
@@ -143,14 +144,14 @@ def test_loop_closure_on_a_walk_that_returns(tmp_path):
         yaw = np.radians(80 + 20 * e)
         poses.append(look_at(pos, pos + [np.cos(yaw), np.sin(yaw), -0.12]))
     scene = scene_from_images(tmp_path, [render_room(p, K_TRUE, W, H)[0] for p in poses])
-    # Few features keep the per-scene vocabulary quick to build (see the report on bow_vectors' k-means++).
+    # Few features keep the per-scene vocabulary quick to build.
     cfg = _cfg(loop_closure=True, loop_min_gap=8, loop_candidates=2, sequential_overlap=6,
                max_num_features=256)
     cfg.keyframes.min_disparity = 0.05  # the default: ~12 keyframes, the way back ~6-11 keyframes later
     result = run_stages(scene, cfg, "sfm")["sfm"]
     assert result.qc["n_loop_pairs"] > 0
     reg, _, aligned, gt = _aligned(scene, poses)
-    assert len(reg) / len(scene.load_cameras()) >= 0.9
+    assert len(reg) / len(scene.cameras()) >= 0.9
     ate_m = float(np.sqrt(((aligned - gt) ** 2).sum(axis=1).mean()))
     assert ate_m < 0.01 * np.linalg.norm(np.diff(gt, axis=0), axis=1).sum()
 
@@ -159,7 +160,7 @@ def test_cameras_json_schema(estimated):
     scene, _, _ = estimated
     d = json.loads(scene.cameras_json.read_text())
     assert d["convention"] == "opencv" and d["world"] == "sfm"
-    keyframes = scene.load_keyframes()["keyframes"]
+    keyframes = scene.keyframes()["keyframes"]
     assert [f["source_frame"] for f in d["frames"]] == [k["source_frame"] for k in keyframes]
     for f, k in zip(d["frames"], keyframes):
         assert f["name"] == f"{k['source_frame']:06d}.jpg"
@@ -179,7 +180,8 @@ def test_cameras_json_schema(estimated):
 
 def test_sparse_points_lie_on_the_room_surfaces(estimated):
     scene, result, poses = estimated
-    pts, cols = scene.load_sparse_points()
+    cloud = scene.sparse_points()
+    pts, cols = cloud.points, cloud.colors
     assert len(pts) == result.qc["n_points"] >= 500
     assert cols is not None and cols.shape == pts.shape
     _, sim, _, _ = _aligned(scene, poses)
@@ -193,7 +195,7 @@ def test_sparse_points_lie_on_the_room_surfaces(estimated):
 def test_transforms_json_round_trips(estimated):
     scene, _, _ = estimated
     d = json.loads(scene.transforms_json.read_text())
-    by_name = {c.name: c for c in scene.load_cameras()}
+    by_name = {c.name: c for c in scene.cameras()}
     reg = [c for c in by_name.values() if c.registered]
     assert len(d["frames"]) == len(reg)
     K = reg[0].K
@@ -212,8 +214,8 @@ def test_transforms_json_round_trips(estimated):
 
 def test_sfm_model_on_disk_matches_cameras_json(estimated):
     scene, _, _ = estimated
-    rec = scene.load_reconstruction()
-    cams = {c.name: c for c in scene.load_cameras()}
+    rec = scene.reconstruction()
+    cams = {c.name: c for c in scene.cameras()}
     assert rec.num_reg_images() == sum(c.registered for c in cams.values())
     for im in rec.images.values():
         T = np.asarray(im.cam_from_world().matrix())
@@ -255,7 +257,7 @@ def test_textureless_keyframes_fail_with_a_reason(tmp_path):
     scene = scene_from_images(tmp_path, _textureless())
     cfg = fast_config(keyframes={"min_keyframes": 4}, sfm={"loop_closure": False})
     run_stages(scene, cfg, "keyframes")
-    assert len(scene.load_keyframes()["keyframes"]) >= 4  # the frames get through to sfm
+    assert len(scene.keyframes()["keyframes"]) >= 4  # the frames get through to sfm
     with pytest.raises(StageFailed) as ei:
         run_stages(scene, cfg, "sfm", start="sfm")
     assert "no model" in str(ei.value) or "poor reconstruction" in str(ei.value)
@@ -277,12 +279,12 @@ def test_qc_thresholds_name_the_figure():
     qc = {"n_keyframes": 20, "n_registered": 10, "registered_share": 0.5, "mean_reprojection_error_px": 3.1,
           "mean_track_length": 2.1, "n_points": 50}
     with pytest.raises(StageFailed) as ei:
-        _check(qc, SfmConfig())
+        check_qc(qc, SfmConfig())
     msg = str(ei.value)
     for part in ("registered 10/20", "50% < 60%", "reprojection error 3.10 px > 2.0", "track length 2.10 < 2.5",
                  "50 points < 200"):
         assert part in msg, msg
-    _check(dict(qc, registered_share=0.9, n_registered=18, mean_reprojection_error_px=0.5,
+    check_qc(dict(qc, registered_share=0.9, n_registered=18, mean_reprojection_error_px=0.5,
                 mean_track_length=4.0, n_points=900), SfmConfig())  # passes: no exception
 
 

@@ -14,18 +14,19 @@ Frames are written as they are decoded, so memory stays flat for long videos.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import progress
+from . import io, progress
 from .errors import InputError
-from .io import sha256_file, write_json
-from .scene import Scene, frame_name
+from .scene import Scene
 from .stage import StageResult
 
 NAME = "ingest"
@@ -56,15 +57,18 @@ def describe_source(path: str | Path) -> dict:
     if p.is_dir():
         images = list_images(p)
         listing = "\n".join(f"{f.name}\t{f.stat().st_size}" for f in images)
-        import hashlib
-
         return {"path": str(p.resolve()), "kind": "images", "n_images": len(images),
                 "sha256": hashlib.sha256(listing.encode()).hexdigest(),
                 "size_bytes": sum(f.stat().st_size for f in images)}
-    return {"path": str(p.resolve()), "kind": "video", "sha256": sha256_file(p), "size_bytes": p.stat().st_size}
+    return {"path": str(p.resolve()), "kind": "video", "sha256": io.sha256_file(p), "size_bytes": p.stat().st_size}
 
 
 def list_images(folder: Path) -> list[Path]:
+    """The images of ``folder`` (by extension, :data:`IMAGE_EXTS`) in sorted-name order.
+
+    Raises:
+        InputError: the folder holds no images.
+    """
     images = sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
     if not images:
         raise InputError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in folder {folder}")
@@ -120,7 +124,11 @@ def _open_video(path: Path):
 
 
 def probe_video(path: Path) -> dict:
-    """Stream-level facts without decoding: codec, fps, duration_s, frame count estimate, coded size."""
+    """Stream-level facts without decoding: codec, fps, duration_s, frame count estimate, coded size.
+
+    Raises:
+        InputError: the file cannot be opened as a video.
+    """
     container = _open_video(path)
     try:
         s = container.streams.video[0]
@@ -156,9 +164,8 @@ def iter_video_frames(path: Path) -> Iterator[tuple[int, float, int, "object | N
                 t = float(frame.pts * tb) if (frame.pts is not None and tb) else i / fps
                 yield i, t, int(getattr(frame, "rotation", 0) or 0), frame, False
                 i += 1
-        except (av.error.FFmpegError, EOFError) as e:  # corrupt or truncated data: keep what decoded
+        except (av.error.FFmpegError, EOFError):  # corrupt or truncated data: keep what decoded
             yield i, float("nan"), 0, None, True
-            _ = e
     finally:
         container.close()
 
@@ -167,108 +174,160 @@ def run(scene: Scene, config: Config) -> StageResult:
     """Decode the scene's source into ``frames_all/`` and write ``video.json``.
 
     Raises:
-        InputError: the input is missing, not decodable, or yields zero frames.
+        InputError: the input is missing, not decodable, has images of different sizes, or yields zero frames.
+    """
+    source = scene.read_manifest()["source"]
+    path = Path(source["path"])
+    out = FrameWriter(scene, config)
+    if source["kind"] == "images":
+        info, warnings = ingest_images(path, config, out), []
+    else:
+        info, warnings = ingest_video(path, config, out)
+    if not out.kept:
+        raise InputError(f"no frames kept from {path.name}")
+    info.update({"working_width": out.size[0], "working_height": out.size[1], "n_kept": len(out.kept),
+                 "max_fps": config.max_fps, "scale_working_from_source": out.size[0] / info["width"]})
+    scene.write_frame_index(out.kept)
+    scene.write_video_info(info)
+    qc = {"n_frames_decoded": info["n_frames"], "n_frames_kept": len(out.kept), "duration_s": info["duration_s"],
+          "truncated": info["truncated"]}
+    return StageResult(qc=qc, summary=f"{len(out.kept)} of {info['n_frames']} frames kept at "
+                       f"{info['working_width']}x{info['working_height']}", warnings=warnings)
+
+
+class FrameWriter:
+    """Writes kept frames to ``frames_all/`` (emptied first) as they are decoded and remembers them."""
+
+    def __init__(self, scene: Scene, config: Config):
+        self.scene, self.config = scene, config
+        if scene.frames_all_dir.exists():
+            shutil.rmtree(scene.frames_all_dir)
+        scene.frames_all_dir.mkdir(parents=True)
+        self.keeper = _Keeper(config.max_fps)
+        self.kept: list[dict] = []
+        self.size: tuple[int, int] | None = None  # (w, h) of the written frames
+
+    def full(self) -> bool:
+        """Whether ``max_frames`` frames are kept already."""
+        return bool(self.config.max_frames and len(self.kept) >= self.config.max_frames)
+
+    def save(self, source_frame: int, t: float, rgb: np.ndarray) -> None:
+        io.write_image_rgb(self.scene.frame_path(source_frame), rgb, jpeg_quality=self.config.jpeg_quality)
+        self.kept.append({"source_frame": source_frame, "timestamp_s": round(t, 6)})
+        if self.size is None:
+            self.size = (int(rgb.shape[1]), int(rgb.shape[0]))
+
+
+def _read_input_image(path: Path) -> np.ndarray:
+    try:
+        return io.read_image_rgb(path)
+    except OSError as e:
+        raise InputError(f"unreadable image {path}") from e
+
+
+def ingest_images(folder: Path, config: Config, out: FrameWriter) -> dict:
+    """Keep frames of an image folder (sorted names, ``images_fps`` timestamps); returns ``video.json``'s
+    source fields.
+
+    Raises:
+        InputError: no images, an unreadable image, or images of different sizes.
     """
     import cv2
 
-    source = scene.read_manifest()["source"]
-    path = Path(source["path"])
-    out_dir = scene.frames_all_dir
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    params = [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]
-    kept: list[dict] = []
-    warnings: list[str] = []
-    keeper = _Keeper(config.max_fps)
+    images = list_images(folder)
+    first = _read_input_image(images[0])
+    h0, w0 = first.shape[:2]
+    size = working_size(w0, h0, config.long_side)
+    with progress.bar("ingest: images", total=len(images)) as b:
+        for i, f in enumerate(images):
+            if out.full():
+                break
+            t = i / config.images_fps
+            b.advance()
+            if not out.keeper.keep(t):
+                continue
+            rgb = first if i == 0 else _read_input_image(f)
+            if rgb.shape[:2] != (h0, w0):
+                raise InputError(f"image {f.name} is {rgb.shape[1]}x{rgb.shape[0]}, the first image is "
+                                 f"{w0}x{h0}: a folder input needs images of one size")
+            if size != (w0, h0):
+                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            out.save(i, t, rgb)
+    return {"kind": "images", "fps": config.images_fps, "duration_s": len(images) / config.images_fps,
+            "width": w0, "height": h0, "rotation_deg": 0, "n_frames": len(images), "codec": None,
+            "truncated": False}
 
-    def save(idx: int, t: float, rgb: np.ndarray) -> None:
-        cv2.imwrite(str(out_dir / frame_name(idx)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-        kept.append({"source_frame": idx, "timestamp_s": round(t, 6)})
 
-    if source["kind"] == "images":
-        images = list_images(path)
-        first = cv2.imread(str(images[0]), cv2.IMREAD_COLOR)
-        if first is None:
-            raise InputError(f"unreadable image {images[0]}")
-        h0, w0 = first.shape[:2]
-        ww, wh = working_size(w0, h0, config.long_side)
-        with progress.bar("ingest: images", total=len(images)) as b:
-            for i, f in enumerate(images):
-                if config.max_frames and len(kept) >= config.max_frames:
-                    break
-                t = i / config.images_fps
-                b.advance()
-                if not keeper.keep(t):
-                    continue
-                bgr = first if i == 0 else cv2.imread(str(f), cv2.IMREAD_COLOR)
-                if bgr is None:
-                    raise InputError(f"unreadable image {f}")
-                if bgr.shape[:2] != (h0, w0):
-                    raise InputError(f"image {f.name} is {bgr.shape[1]}x{bgr.shape[0]}, the first image is "
-                                     f"{w0}x{h0}: a folder input needs images of one size")
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                if (ww, wh) != (w0, h0):
-                    rgb = cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA)
-                save(i, t, rgb)
-        info = {"kind": "images", "fps": config.images_fps, "duration_s": len(images) / config.images_fps,
-                "width": w0, "height": h0, "rotation_deg": 0, "n_frames": len(images), "codec": None,
-                "truncated": False}
-    else:
-        probe = probe_video(path)
-        n_dec, rotation, truncated, stopped = 0, 0, False, False
-        times: list[float] = []
-        wsize: tuple[int, int] | None = None
-        disp: tuple[int, int] | None = None
-        est = int(probe["n_frames_header"]) or None
-        with progress.bar("ingest: decode", total=est) as b:
-            for idx, t, rot, frame, trunc in iter_video_frames(path):
-                if trunc:
-                    truncated = True
-                    break
-                n_dec += 1
-                times.append(t)
-                b.advance()
-                if config.max_frames and len(kept) >= config.max_frames:
-                    stopped = True
-                    break
-                if not keeper.keep(t):
-                    continue
-                if wsize is None:
-                    rotation = rot
-                    w0, h0 = frame.width, frame.height
-                    disp = (h0, w0) if int(round(rot / 90.0)) % 2 else (w0, h0)
-                    ww, wh = working_size(w0, h0, config.long_side)
-                    wsize = (ww, wh)
-                rgb = frame.to_ndarray(format="rgb24", width=wsize[0], height=wsize[1])
-                save(idx, t, rotate_upright(rgb, rotation))
-        if n_dec == 0:
-            raise InputError(f"no decodable frames in {path.name}"
-                             + (" (file is truncated or corrupt)" if truncated else ""))
-        if truncated:
-            warnings.append(f"decoding stopped early (truncated or corrupt file): kept {n_dec} decoded frames")
-        elif not stopped and len(times) > 1 and probe["duration_s"] > 0:
-            # A cut-off mkv/webm decodes to a clean EOF: compare with the duration its header declares.
-            decoded_s = times[-1] - times[0] + float(np.median(np.diff(times)))
-            if probe["duration_s"] - decoded_s > max(0.5, 0.1 * probe["duration_s"]):
-                truncated = True
-                warnings.append(f"file looks truncated: decoded {decoded_s:.1f} s of the {probe['duration_s']:.1f} s "
-                                f"its header declares ({n_dec} frames)")
-        dts = np.diff(np.asarray(times)) if len(times) > 2 else np.zeros(0)
-        vfr = bool(len(dts) and (dts.max() - dts.min()) > 0.5 * max(np.median(dts), 1e-6))
-        duration = (times[-1] - times[0] + (np.median(dts) if len(dts) else 0.0)) if times else 0.0
-        info = {"kind": "video", "fps": probe["fps"], "duration_s": round(float(duration), 4),
-                "width": disp[0], "height": disp[1], "rotation_deg": rotation, "n_frames": n_dec,
-                "codec": probe["codec"], "variable_frame_rate": vfr, "truncated": truncated}
-    if not kept:
-        raise InputError(f"no frames kept from {path.name}")
-    first = cv2.imread(str(out_dir / frame_name(kept[0]["source_frame"])))
-    info.update({"working_width": int(first.shape[1]), "working_height": int(first.shape[0]),
-                 "n_kept": len(kept), "max_fps": config.max_fps,
-                 "scale_working_from_source": first.shape[1] / info["width"]})
-    write_json(out_dir / "index.json", {"frames": kept})
-    write_json(scene.video_json, info)
-    qc = {"n_frames_decoded": info["n_frames"], "n_frames_kept": len(kept), "duration_s": info["duration_s"],
-          "truncated": info["truncated"]}
-    return StageResult(qc=qc, summary=f"{len(kept)} of {info['n_frames']} frames kept at "
-                       f"{info['working_width']}x{info['working_height']}", warnings=warnings)
+@dataclass
+class _Decoded:
+    """What decoding a video found: frames decoded, their timestamps, the display size and rotation."""
+
+    n_decoded: int = 0
+    times: list[float] = field(default_factory=list)
+    rotation: int = 0
+    display: tuple[int, int] | None = None  # (w, h) in display orientation, source pixels
+    truncated: bool = False  # decoding stopped on corrupt data
+    stopped: bool = False    # stopped at max_frames
+
+
+def ingest_video(path: Path, config: Config, out: FrameWriter) -> tuple[dict, list[str]]:
+    """Keep frames of a video file; returns (``video.json``'s source fields, warnings).
+
+    Raises:
+        InputError: not a decodable video, or no decodable frames.
+    """
+    probe = probe_video(path)
+    dec = _decode(path, config, out, int(probe["n_frames_header"]) or None)
+    if dec.n_decoded == 0:
+        raise InputError(f"no decodable frames in {path.name}"
+                         + (" (file is truncated or corrupt)" if dec.truncated else ""))
+    truncated, warnings = _truncation(dec, probe["duration_s"])
+    times = dec.times
+    dts = np.diff(np.asarray(times)) if len(times) > 2 else np.zeros(0)
+    vfr = bool(len(dts) and (dts.max() - dts.min()) > 0.5 * max(np.median(dts), 1e-6))
+    duration = (times[-1] - times[0] + (np.median(dts) if len(dts) else 0.0)) if times else 0.0
+    info = {"kind": "video", "fps": probe["fps"], "duration_s": round(float(duration), 4),
+            "width": dec.display[0], "height": dec.display[1], "rotation_deg": dec.rotation,
+            "n_frames": dec.n_decoded, "codec": probe["codec"], "variable_frame_rate": vfr, "truncated": truncated}
+    return info, warnings
+
+
+def _decode(path: Path, config: Config, out: FrameWriter, n_estimate: int | None) -> _Decoded:
+    """Decode ``path`` once, saving the kept frames (scaled to the working size, then rotated upright)."""
+    dec = _Decoded()
+    wsize: tuple[int, int] | None = None
+    with progress.bar("ingest: decode", total=n_estimate) as b:
+        for idx, t, rot, frame, trunc in iter_video_frames(path):
+            if trunc:
+                dec.truncated = True
+                break
+            dec.n_decoded += 1
+            dec.times.append(t)
+            b.advance()
+            if out.full():
+                dec.stopped = True
+                break
+            if not out.keeper.keep(t):
+                continue
+            if wsize is None:
+                dec.rotation = rot
+                w0, h0 = frame.width, frame.height
+                dec.display = (h0, w0) if int(round(rot / 90.0)) % 2 else (w0, h0)
+                wsize = working_size(w0, h0, config.long_side)
+            rgb = frame.to_ndarray(format="rgb24", width=wsize[0], height=wsize[1])
+            out.save(idx, t, rotate_upright(rgb, dec.rotation))
+    return dec
+
+
+def _truncation(dec: _Decoded, header_duration_s: float) -> tuple[bool, list[str]]:
+    """(whether the file is truncated, warnings): decoding stopped on corrupt data, or a clean EOF came well
+    before the duration the header declares (a cut-off mkv/webm)."""
+    if dec.truncated:
+        return True, [f"decoding stopped early (truncated or corrupt file): kept {dec.n_decoded} decoded frames"]
+    times = dec.times
+    if not dec.stopped and len(times) > 1 and header_duration_s > 0:
+        decoded_s = times[-1] - times[0] + float(np.median(np.diff(times)))
+        if header_duration_s - decoded_s > max(0.5, 0.1 * header_duration_s):
+            return True, [f"file looks truncated: decoded {decoded_s:.1f} s of the {header_duration_s:.1f} s "
+                          f"its header declares ({dec.n_decoded} frames)"]
+    return False, []

@@ -23,10 +23,9 @@ import shutil
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import progress
+from . import io, progress
 from .errors import RejectedInput
-from .io import write_json
-from .scene import Scene, frame_name
+from .scene import Scene
 from .stage import StageResult
 
 NAME = "keyframes"
@@ -54,6 +53,59 @@ def _gray_small(rgb: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
     return g, s
 
 
+MIN_TRACKS = 15  # fewer surviving tracks than this is a track loss, whatever the share
+
+
+class _Tracks:
+    """KLT tracks since the last keyframe: Shi–Tomasi corners ``p0`` detected there and where they are now
+    (``p_cur``), both ``N×1×2`` float32 pixels of the grey images."""
+
+    def __init__(self, n_features: int):
+        import cv2
+
+        self.n_features = n_features
+        self.lk = dict(winSize=(21, 21), maxLevel=3,
+                       criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+        self.p0 = self.p_cur = np.zeros((0, 1, 2), np.float32)
+        self.n0 = 0
+
+    def restart(self, img: np.ndarray) -> None:
+        """Detect fresh corners in ``img`` (the new keyframe)."""
+        import cv2
+
+        pts = cv2.goodFeaturesToTrack(img, maxCorners=self.n_features, qualityLevel=0.01, minDistance=8,
+                                      blockSize=7)
+        self.p0 = self.p_cur = np.zeros((0, 1, 2), np.float32) if pts is None else pts.astype(np.float32)
+        self.n0 = len(self.p0)
+
+    def follow(self, img_a: np.ndarray, img_b: np.ndarray) -> None:
+        """Track the current points from ``img_a`` to ``img_b`` (pyramidal LK with a forward-backward check
+        under 1 px); lost tracks are dropped."""
+        import cv2
+
+        if not len(self.p_cur):
+            return
+        p_next, st, _ = cv2.calcOpticalFlowPyrLK(img_a, img_b, self.p_cur, None, **self.lk)
+        p_back, st2, _ = cv2.calcOpticalFlowPyrLK(img_b, img_a, p_next, None, **self.lk)
+        fb = np.linalg.norm((p_back - self.p_cur).reshape(-1, 2), axis=1)
+        ok = (st.ravel() == 1) & (st2.ravel() == 1) & (fb < 1.0)
+        self.p0, self.p_cur = self.p0[ok], p_next[ok]
+
+    @property
+    def share(self) -> float:
+        """Share of the keyframe's corners still tracked."""
+        return len(self.p_cur) / max(self.n0, 1)
+
+    def lost(self, min_share: float) -> bool:
+        return self.share < min_share or len(self.p_cur) < MIN_TRACKS
+
+    def displacement(self) -> float:
+        """Median displacement (px) of the surviving tracks since the keyframe; 0 without tracks."""
+        if not len(self.p_cur):
+            return 0.0
+        return float(np.median(np.linalg.norm((self.p_cur - self.p0).reshape(-1, 2), axis=1)))
+
+
 def select_keyframes(grays: "list[np.ndarray] | object", min_disparity: float, n_features: int = 400,
                      min_tracked_share: float = 0.35, total: int | None = None) -> tuple[list[dict], float]:
     """Disparity-based keyframe selection over an ordered sequence of grey images.
@@ -63,39 +115,21 @@ def select_keyframes(grays: "list[np.ndarray] | object", min_disparity: float, n
         min_disparity: threshold on the median displacement since the last keyframe, as a share of the long side.
         n_features: Shi–Tomasi corners detected per keyframe.
         min_tracked_share: a keyframe is forced when fewer tracks than this share survive.
+        total: number of images, for the progress bar.
 
     Returns:
         (list of ``{"index", "reason", "disparity_rel", "tracked_share"}`` with ``index`` into ``grays``,
         the largest median displacement seen from any keyframe, as a share of the long side).
     """
-    import cv2
-
-    lk = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     chosen: list[dict] = []
-    prev_img = None
-    p0 = p_cur = np.zeros((0, 1, 2), np.float32)
-    n0 = 0
-    long_side = 1.0
-    max_disp = 0.0
-    prev_info: tuple[int, float, float] = (0, 0.0, 1.0)
-    last_idx = -1
 
-    def detect(img):
-        pts = cv2.goodFeaturesToTrack(img, maxCorners=n_features, qualityLevel=0.01, minDistance=8, blockSize=7)
-        return np.zeros((0, 1, 2), np.float32) if pts is None else pts.astype(np.float32)
-
-    def track(img_a, img_b, pts):
-        if not len(pts):
-            return pts, np.zeros(0, bool)
-        p_next, st, _ = cv2.calcOpticalFlowPyrLK(img_a, img_b, pts, None, **lk)
-        p_back, st2, _ = cv2.calcOpticalFlowPyrLK(img_b, img_a, p_next, None, **lk)  # forward-backward check
-        fb = np.linalg.norm((p_back - pts).reshape(-1, 2), axis=1)
-        return p_next, (st.ravel() == 1) & (st2.ravel() == 1) & (fb < 1.0)
-
-    def add(i, reason, disp, share):
+    def add(i: int, reason: str, disp: float, share: float) -> None:
         chosen.append({"index": i, "reason": reason, "disparity_rel": round(float(disp), 4),
                        "tracked_share": round(float(share), 3)})
 
+    tracks = _Tracks(n_features)
+    prev_img, prev_info = None, (0, 0.0, 1.0)  # previous frame and its (index, disparity, share)
+    long_side, max_disp, last_idx = 1.0, 0.0, -1
     with progress.bar("keyframes: tracking", total=total) as bar:
         for i, img in enumerate(grays):
             bar.advance()
@@ -103,38 +137,27 @@ def select_keyframes(grays: "list[np.ndarray] | object", min_disparity: float, n
             if prev_img is None:
                 long_side = float(max(img.shape))
                 add(i, "first", 0.0, 1.0)
-                p0 = p_cur = detect(img)
-                n0 = len(p0)
+                tracks.restart(img)
                 prev_img, prev_info = img, (i, 0.0, 1.0)
                 continue
-            p_next, ok = track(prev_img, img, p_cur)
-            p0, p_cur = p0[ok], p_next[ok]
-            share = len(p_cur) / max(n0, 1)
-            if (share < min_tracked_share or len(p_cur) < 15) and prev_info[0] != chosen[-1]["index"]:
+            tracks.follow(prev_img, img)
+            if tracks.lost(min_tracked_share) and prev_info[0] != chosen[-1]["index"]:
                 # Track loss: the previous frame still overlapped the last keyframe; make it a keyframe and
                 # restart tracking from it, so consecutive keyframes always share features.
-                j, d, s_ = prev_info
-                add(j, "track_loss", d, s_)
-                p0 = detect(prev_img)
-                n0 = len(p0)
-                p_next, ok = track(prev_img, img, p0)
-                p0, p_cur = p0[ok], p_next[ok]
-                share = len(p_cur) / max(n0, 1)
-            disp = float(np.median(np.linalg.norm((p_cur - p0).reshape(-1, 2), axis=1))) / long_side \
-                if len(p_cur) else 0.0
+                add(prev_info[0], "track_loss", prev_info[1], prev_info[2])
+                tracks.restart(prev_img)
+                tracks.follow(prev_img, img)
+            disp, share = tracks.displacement() / long_side, tracks.share
             max_disp = max(max_disp, disp)
-            reason = None
-            if share < min_tracked_share or len(p_cur) < 15:
-                reason = "track_loss"  # abrupt change: nothing in common with the previous frame
-            elif disp >= min_disparity:
-                reason = "disparity"
+            # still lost: an abrupt change, nothing in common with the previous frame
+            reason = "track_loss" if tracks.lost(min_tracked_share) else \
+                ("disparity" if disp >= min_disparity else None)
             if reason is not None:
                 add(i, reason, disp, share)
-                p0 = p_cur = detect(img)
-                n0 = len(p0)
+                tracks.restart(img)
                 disp, share = 0.0, 1.0
             prev_img, prev_info = img, (i, disp, share)
-    if last_idx > 0 and chosen[-1]["index"] != last_idx and prev_info is not None:
+    if last_idx > 0 and chosen[-1]["index"] != last_idx:
         add(last_idx, "last", prev_info[1], prev_info[2])
     return chosen, max_disp
 
@@ -143,26 +166,45 @@ def run(scene: Scene, config: Config) -> StageResult:
     """Select keyframes among the frames ``quality`` accepted; write ``frames/`` and ``keyframes.json``.
 
     Raises:
+        StageFailed: ``quality`` has not completed, or a frame is unreadable.
         RejectedInput: "insufficient camera motion" (the median track displacement never reaches the
             threshold: a static camera or a tripod shot) or "too few usable keyframes".
     """
-    import cv2
-
     scene.require("quality")
-    q = scene.load_quality()
+    q = scene.quality()
     cand = [r for r in q["frames"] if r["verdict"] == "ok"]
     if len(cand) < 2:
         raise RejectedInput(f"too few usable keyframes: only {len(cand)} usable frame(s)")
     crop = q.get("letterbox") or {"top": 0, "bottom": 0, "left": 0, "right": 0}
+    chosen, thr, capped, max_disp = _select_capped(scene, cand, crop, config)
+    _check_enough(chosen, cand, thr, max_disp, config)
+    records, size = write_keyframe_images(scene, cand, chosen, crop)
+    reasons: dict[str, int] = {}
+    for r in records:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    scene.write_keyframes({"keyframes": records, "min_disparity": thr, "capped": capped, "crop": crop,
+                           "width": size[0], "height": size[1], "n_candidates": len(cand), "reasons": reasons})
+    qc = {"n_keyframes": len(records), "n_candidates": len(cand), "min_disparity": round(thr, 4),
+          "reasons": reasons, "capped": capped}
+    return StageResult(qc=qc, summary=f"{len(records)} keyframes from {len(cand)} usable frames "
+                       f"(threshold {100 * thr:.1f}% of the long side)")
 
-    def cropped(rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        return rgb[crop["top"]: h - crop["bottom"], crop["left"]: w - crop["right"]]
+
+def _cropped(rgb: np.ndarray, crop: dict) -> np.ndarray:
+    """``rgb`` without the letterbox bars ``crop`` (``{"top", "bottom", "left", "right"}`` px)."""
+    h, w = rgb.shape[:2]
+    return rgb[crop["top"]: h - crop["bottom"], crop["left"]: w - crop["right"]]
+
+
+def _select_capped(scene: Scene, cand: list[dict], crop: dict, config: Config
+                   ) -> tuple[list[dict], float, bool, float]:
+    """:func:`select_keyframes` over the candidates, raising the threshold until at most ``max_keyframes``
+    result. Returns (chosen, threshold used, whether it was raised, largest displacement)."""
 
     # Grey thumbnails for tracking are small (≤ 480 px: ~170 KB each); stream them, never hold all frames.
     def grays():
         for r in cand:
-            yield _gray_small(cropped(scene.read_frame(r["source_frame"])), config.track_long_side)[0]
+            yield _gray_small(_cropped(scene.frame_image(r["source_frame"]), crop), config.track_long_side)[0]
 
     thr = config.min_disparity
     chosen, max_disp = select_keyframes(grays(), thr, config.n_features, config.min_tracked_share, len(cand))
@@ -171,7 +213,11 @@ def run(scene: Scene, config: Config) -> StageResult:
         thr *= 1.25 * len(chosen) / config.max_keyframes
         capped = True
         chosen, max_disp = select_keyframes(grays(), thr, config.n_features, config.min_tracked_share, len(cand))
+    return chosen, thr, capped, max_disp
 
+
+def _check_enough(chosen: list[dict], cand: list[dict], thr: float, max_disp: float, config: Config) -> None:
+    """Raise RejectedInput for a static camera or fewer than ``min_keyframes`` keyframes."""
     n_moving = sum(1 for c in chosen if c["reason"] in ("disparity", "track_loss"))
     duration = cand[-1]["timestamp_s"] - cand[0]["timestamp_s"]
     if n_moving == 0 and max_disp < thr:
@@ -183,39 +229,38 @@ def run(scene: Scene, config: Config) -> StageResult:
                             f"(camera moved {100 * max_disp:.1f}% of the image at most; lower "
                             "keyframes.min_disparity for short clips)")
 
-    out_dir = scene.frames_dir
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+
+def write_keyframe_images(scene: Scene, cand: list[dict], chosen: list[dict], crop: dict
+                          ) -> tuple[list[dict], tuple[int, int]]:
+    """Write ``frames/NNNNNN.jpg`` for the chosen candidates (cropped and re-encoded at JPEG q95 when there
+    are bars, else hard links to ``frames_all/``). Returns (``keyframes.json`` records, keyframe size
+    ``(w, h)``)."""
+    if scene.frames_dir.exists():
+        shutil.rmtree(scene.frames_dir)
+    scene.frames_dir.mkdir(parents=True)
     any_crop = any(crop.values())
     records = []
     size = None
     for c in chosen:
         r = cand[c["index"]]
         sf = r["source_frame"]
-        dst = out_dir / frame_name(sf)
         if any_crop:
-            rgb = cropped(scene.read_frame(sf))
-            cv2.imwrite(str(dst), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            rgb = _cropped(scene.frame_image(sf), crop)
+            io.write_image_rgb(scene.keyframe_path(sf), rgb, jpeg_quality=95)
             size = (rgb.shape[1], rgb.shape[0])
         else:
-            src = scene.frame_path(sf)
-            try:
-                dst.hardlink_to(src)
-            except OSError:
-                shutil.copy2(src, dst)
+            _link(scene.frame_path(sf), scene.keyframe_path(sf))
         records.append({"source_frame": sf, "timestamp_s": r["timestamp_s"], "reason": c["reason"],
                         "disparity_rel": c["disparity_rel"], "tracked_share": c["tracked_share"]})
     if size is None:
-        info = scene.load_video_info()
+        info = scene.video_info()
         size = (info["working_width"], info["working_height"])
-    reasons: dict[str, int] = {}
-    for r in records:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    write_json(scene.keyframes_json, {"keyframes": records, "min_disparity": thr, "capped": capped,
-                                      "crop": crop, "width": size[0], "height": size[1],
-                                      "n_candidates": len(cand), "reasons": reasons})
-    qc = {"n_keyframes": len(records), "n_candidates": len(cand), "min_disparity": round(thr, 4),
-          "reasons": reasons, "capped": capped}
-    return StageResult(qc=qc, summary=f"{len(records)} keyframes from {len(cand)} usable frames "
-                       f"(threshold {100 * thr:.1f}% of the long side)")
+    return records, size
+
+
+def _link(src, dst) -> None:
+    """Hard-link ``src`` to ``dst`` (copy where the file system cannot)."""
+    try:
+        dst.hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)

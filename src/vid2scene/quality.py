@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import progress
 from .errors import RejectedInput
-from .io import write_json
 from .scene import Scene
 from .stage import StageResult
 
@@ -71,7 +70,8 @@ def _bar(profile: np.ndarray, thr: float) -> int:
 
 
 def _chosen_ranges(scene: Scene) -> list[tuple[int, int]]:
-    shots = scene.load_shots()
+    """Inclusive source-frame ranges of the shots ``shots`` chose."""
+    shots = scene.shots()
     by_id = {s["shot"]: s for s in shots["shots"]}
     return [(by_id[k]["start_frame"], by_id[k]["end_frame"]) for k in shots["chosen"]]
 
@@ -80,25 +80,45 @@ def run(scene: Scene, config: Config) -> StageResult:
     """Score every kept frame and write ``quality.json``.
 
     Raises:
-        RejectedInput: fewer than ``min_usable_frames`` frames pass (reason names the dominant cause).
+        StageFailed: ``ingest`` or ``shots`` has not completed, or a frame is unreadable.
+        RejectedInput: fewer than ``min_usable_frames`` frames pass (reason names the dominant cause);
+            ``quality.json`` is still written.
     """
     scene.require("ingest")
     scene.require("shots")
-    frames = scene.load_frame_index()
     ranges = _chosen_ranges(scene)
+    rows, boxes = score_frames(scene, config.letterbox_max_luma)
+    in_shot = np.array([any(a <= r["source_frame"] <= b for a, b in ranges) for r in rows])
+    give_verdicts(rows, in_shot, config)
+    info = scene.video_info()
+    letterbox = measure_letterbox(boxes, in_shot, info["working_width"], info["working_height"])
+    counts = count_reasons(rows)
+    out = {"frames": rows, **letterbox, "counts": counts, "thresholds": config.model_dump()}
+    scene.write_quality(out)
+    _check_usable(counts, int(in_shot.sum()), config)
+    return _result(out, rows, in_shot)
+
+
+def score_frames(scene: Scene, bar_luma: float) -> tuple[list[dict], list[tuple[int, int, int, int]]]:
+    """Per kept frame: its ``quality.json`` row (without the verdict) and its bar widths (see
+    :func:`frame_stats`)."""
     rows: list[dict] = []
     boxes = []
     prev = None
-    for fr in progress.track(frames, "quality"):
-        st, thumb, box = frame_stats(scene.read_frame(fr.source_frame), config.letterbox_max_luma)
+    for fr in progress.track(scene.frame_index(), "quality"):
+        st, thumb, box = frame_stats(scene.frame_image(fr.source_frame), bar_luma)
         diff = float(np.abs(thumb - prev).mean()) if prev is not None and prev.shape == thumb.shape else None
         prev = thumb
         boxes.append(box)
         rows.append({"source_frame": fr.source_frame, "timestamp_s": fr.timestamp_s, **st,
                      "diff_prev": None if diff is None else round(diff, 3)})
+    return rows, boxes
 
+
+def give_verdicts(rows: list[dict], in_shot: np.ndarray, config: Config) -> None:
+    """Set ``verdict`` and ``reason`` of every row in place (first failing check wins: outside_shot, dark,
+    overexposed, frozen, blurry)."""
     blur = np.array([r["blur_var"] for r in rows])
-    in_shot = np.array([any(a <= r["source_frame"] <= b for a, b in ranges) for r in rows])
     local_med = _local_median(blur, in_shot, config.blur_window)
     for i, r in enumerate(rows):
         reason = None
@@ -115,33 +135,48 @@ def run(scene: Scene, config: Config) -> StageResult:
         r["verdict"] = "ok" if reason is None else "reject"
         r["reason"] = reason
 
+
+def measure_letterbox(boxes: list, in_shot: np.ndarray, width: int, height: int) -> dict:
+    """``{"letterbox", "has_letterbox", "portrait", "content_size"}`` from per-frame bar widths: the median
+    over the chosen shot (all frames if none is in it); bars thinner than 2% of the side (vignetting, dark
+    content edges) or covering 45% or more are ignored."""
     b = np.array(boxes)[in_shot] if in_shot.any() else np.array(boxes)
     letterbox = {k: int(v) for k, v in zip(("top", "bottom", "left", "right"), np.median(b, axis=0))}
-    info = scene.load_video_info()
-    W, H = info["working_width"], info["working_height"]
-    # Ignore thin dark borders (vignetting, dark edges of content): bars must be ≥ 2% of the side.
-    for k, side in (("top", H), ("bottom", H), ("left", W), ("right", W)):
+    for k, side in (("top", height), ("bottom", height), ("left", width), ("right", width)):
         if letterbox[k] < 0.02 * side or letterbox[k] >= 0.45 * side:
             letterbox[k] = 0
-    content_w = W - letterbox["left"] - letterbox["right"]
-    content_h = H - letterbox["top"] - letterbox["bottom"]
+    content_w = width - letterbox["left"] - letterbox["right"]
+    content_h = height - letterbox["top"] - letterbox["bottom"]
+    return {"letterbox": letterbox, "has_letterbox": any(letterbox.values()),
+            "portrait": bool(content_h > content_w), "content_size": [content_w, content_h]}
+
+
+def count_reasons(rows: list[dict]) -> dict[str, int]:
+    """``{reason or "ok": number of frames}`` in order of first occurrence."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["reason"] or "ok"] = counts.get(r["reason"] or "ok", 0) + 1
+    return counts
+
+
+def _check_usable(counts: dict[str, int], n_in: int, config: Config) -> None:
+    """Raise RejectedInput when fewer than ``min_usable_frames`` frames pass, naming the dominant cause."""
     n_ok = counts.get("ok", 0)
-    out = {"frames": rows, "letterbox": letterbox, "has_letterbox": any(letterbox.values()),
-           "portrait": bool(content_h > content_w), "content_size": [content_w, content_h],
-           "counts": counts, "thresholds": config.model_dump()}
-    write_json(scene.quality_json, out, indent=None)
-    n_in = int(in_shot.sum())
-    if n_ok < config.min_usable_frames:
-        bad = {k: v for k, v in counts.items() if k not in ("ok", "outside_shot")}
-        cause = max(bad, key=bad.get) if bad else "none in the chosen shot"
-        if cause == "frozen":
-            raise RejectedInput(f"insufficient camera motion: {bad['frozen']} of {n_in} frames in the chosen shot "
-                                "are unchanged from the previous frame (static camera or frozen video)")
-        raise RejectedInput(f"too few usable frames: {n_ok} of {n_in} in the chosen shot pass "
-                            f"(need {config.min_usable_frames}; most rejected as '{cause}')")
+    if n_ok >= config.min_usable_frames:
+        return
+    bad = {k: v for k, v in counts.items() if k not in ("ok", "outside_shot")}
+    cause = max(bad, key=bad.get) if bad else "none in the chosen shot"
+    if cause == "frozen":
+        raise RejectedInput(f"insufficient camera motion: {bad['frozen']} of {n_in} frames in the chosen shot "
+                            "are unchanged from the previous frame (static camera or frozen video)")
+    raise RejectedInput(f"too few usable frames: {n_ok} of {n_in} in the chosen shot pass "
+                        f"(need {config.min_usable_frames}; most rejected as '{cause}')")
+
+
+def _result(out: dict, rows: list[dict], in_shot: np.ndarray) -> StageResult:
+    counts = out["counts"]
+    n_ok, n_in = counts.get("ok", 0), int(in_shot.sum())
+    blur = np.array([r["blur_var"] for r in rows])
     qc = {"n_frames": len(rows), "n_in_shot": n_in, "n_ok": n_ok, "ok_share": round(n_ok / max(n_in, 1), 3),
           "rejected": {k: v for k, v in counts.items() if k != "ok"}, "letterbox": out["has_letterbox"],
           "portrait": out["portrait"], "median_blur_var": round(float(np.median(blur)), 1)}

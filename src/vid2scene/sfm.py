@@ -29,9 +29,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import progress
+from . import geometry, progress
 from .errors import StageFailed
-from .io import write_json, write_ply_points
+from .export.nerfstudio import write_transforms
 from .scene import CameraFrame, Scene, frame_name
 from .stage import StageResult
 
@@ -153,11 +153,15 @@ def _descriptors(db, image_id: int) -> np.ndarray:
 
 
 def _reader_options(config: Config, scale: float):
+    """COLMAP image-reader options: the camera model, or fixed PINHOLE ``known_intrinsics`` scaled from source
+    to working pixels by ``scale``."""
     import pycolmap
 
     ro = pycolmap.ImageReaderOptions()
     if config.known_intrinsics:
-        fx, fy, cx, cy = (v * scale for v in config.known_intrinsics)
+        fx, fy, cx, cy = config.known_intrinsics
+        K = geometry.scale_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64), scale)
+        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
         ro.camera_model = "PINHOLE"
         ro.camera_params = f"{fx},{fy},{cx},{cy}"
     else:
@@ -166,6 +170,7 @@ def _reader_options(config: Config, scale: float):
 
 
 def _qc(rec, n_keyframes: int) -> dict:
+    """The model's QC figures (registered share, reprojection error px, track length, points)."""
     n_reg = rec.num_reg_images()
     return {"n_keyframes": n_keyframes, "n_registered": n_reg,
             "registered_share": round(n_reg / max(n_keyframes, 1), 4),
@@ -178,8 +183,9 @@ def run(scene: Scene, config: Config) -> StageResult:
     """Reconstruct the keyframes; write the model, ``cameras.json``, ``sparse_points.ply``, ``transforms.json``.
 
     Raises:
-        StageFailed: no model, or the kept model fails the QC thresholds (registered share, reprojection
-            error, track length, points) — the reason names the figure and the threshold.
+        StageFailed: ``keyframes`` has not completed; no model; or the kept model fails the QC thresholds
+            (registered share, reprojection error, track length, points) — the reason names the figure and
+            the threshold. Nothing is written then (the work folder is removed).
     """
     import pycolmap
 
@@ -193,86 +199,132 @@ def run(scene: Scene, config: Config) -> StageResult:
 
 
 def _run(scene: Scene, config: Config) -> StageResult:
-    import pycolmap
-
-    kf = scene.load_keyframes()
+    kf = scene.keyframes()
     keyframes = kf["keyframes"]
     names = [frame_name(k["source_frame"]) for k in keyframes]
-    n = len(names)
     for stale in scene.root.glob(".sfm_work.*"):  # left by a run that was killed mid-stage
         shutil.rmtree(stale, ignore_errors=True)
-    info = scene.load_video_info()
-    scale = float(info.get("scale_working_from_source", 1.0))
-    if config.known_intrinsics and (kf["crop"]["left"] or kf["crop"]["top"]):
-        fx, fy, cx, cy = config.known_intrinsics
-        config = config.model_copy(update={"known_intrinsics": [fx, fy, cx - kf["crop"]["left"] / scale,
-                                                                cy - kf["crop"]["top"] / scale]})
+    scale = float(scene.video_info().get("scale_working_from_source", 1.0))
+    config = _intrinsics_after_crop(config, kf["crop"], scale)
     work = Path(tempfile.mkdtemp(prefix=".sfm_work.", dir=scene.root))
     try:
-        db_path = work / "database.db"
-        ext = pycolmap.FeatureExtractionOptions()
-        ext.num_threads = config.num_threads
-        ext.sift.max_num_features = config.max_num_features
-        ext.max_image_size = max(kf["width"], kf["height"])
-        with progress.bar("sfm: SIFT features", total=None):
-            pycolmap.extract_features(db_path, scene.frames_dir, image_names=names,
-                                      camera_mode=pycolmap.CameraMode.SINGLE,
-                                      reader_options=_reader_options(config, scale), extraction_options=ext,
-                                      device=pycolmap.Device.cpu)
-        descs = None
-        if config.loop_closure and config.loop_candidates > 0 and n > config.loop_min_gap:
-            db = pycolmap.Database.open(str(db_path))
-            try:
-                by_name = {im.name: im.image_id for im in db.read_all_images()}
-                descs = [_descriptors(db, by_name[nm]) for nm in names]
-            finally:
-                db.close()
-        seq = sequential_pairs(n, config.sequential_overlap, config.quadratic_overlap)
-        loops = loop_pairs(bow_vectors(descs, seed=config.seed), config.loop_candidates, config.loop_min_gap) - seq \
-            if descs is not None else set()
-        mo = pycolmap.FeatureMatchingOptions()
-        mo.num_threads = config.num_threads
-        # Loop candidates can be verified more strictly than sequential pairs (repeated structure indoors can
-        # verify a false loop). On hololens_office, 60 inliers / 0.3 ratio rejected the true revisits too and
-        # registration fell from 99% to 51%, so the default is COLMAP's ordinary verification for both.
-        for label, pairs_set, min_inl, min_ratio in (("sequential", seq, 15, 0.0),
-                                                     ("loop", loops, config.loop_min_inliers,
-                                                      config.loop_min_inlier_ratio)):
-            if not pairs_set:
-                continue
-            pairs_txt = work / f"pairs_{label}.txt"
-            pairs_txt.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in sorted(pairs_set)))
-            po = pycolmap.ImportedPairingOptions()
-            po.match_list_path = pairs_txt
-            vo = pycolmap.TwoViewGeometryOptions()
-            vo.min_num_inliers = min_inl
-            vo.min_inlier_ratio = min_ratio
-            vo.ransac.max_error = config.verify_max_error_px
-            vo.ransac.random_seed = config.seed
-            with progress.bar(f"sfm: matching {len(pairs_set)} {label} pairs", total=None):
-                pycolmap.match_image_pairs(db_path, matching_options=mo, pairing_options=po,
-                                           verification_options=vo, device=pycolmap.Device.cpu)
-        n_seq, pairs = len(seq), seq | loops
-        models_dir = work / "models"
-        models_dir.mkdir()
-        with progress.bar(f"sfm: {config.mapper} mapping", total=None):
-            rec, n_models = _map(db_path, scene.frames_dir, models_dir, config, names)
-        if rec is None or rec.num_reg_images() == 0:
-            raise StageFailed(NAME, f"no model: COLMAP could not initialise from {n} keyframes "
-                                    "(too little texture or parallax)")
-        qc = _qc(rec, n)
-        qc.update({"n_models": n_models, "n_pairs": len(pairs), "n_loop_pairs": len(pairs) - n_seq,
-                   "mapper": config.mapper})
-        cam = next(iter(rec.cameras.values()))
-        qc["camera"] = {"model": str(cam.model.name), "params": [round(float(p), 4) for p in cam.params],
-                        "width": cam.width, "height": cam.height}
-        _check(qc, config)
+        rec, n_models, (seq, loops) = reconstruct(work, scene.frames_dir, names, config, scale,
+                                                  max(kf["width"], kf["height"]))
+        qc = _qc(rec, len(names))
+        qc.update({"n_models": n_models, "n_pairs": len(seq | loops), "n_loop_pairs": len(loops),
+                   "mapper": config.mapper, "camera": _camera_qc(rec)})
+        check_qc(qc, config)
         _write_outputs(scene, rec, keyframes, names)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return StageResult(qc=qc, summary=f"{qc['n_registered']}/{n} keyframes registered in one model "
+    return StageResult(qc=qc, summary=f"{qc['n_registered']}/{len(names)} keyframes registered in one model "
                        f"({n_models} model(s) before merging), {qc['n_points']} points, reprojection "
                        f"{qc['mean_reprojection_error_px']:.2f} px, track length {qc['mean_track_length']:.1f}")
+
+
+def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, scale: float,
+                max_image_size: int):
+    """Features, pairs, matching and mapping of the images ``names`` in ``image_dir``, with scratch files in
+    ``work``. Returns (the kept ``pycolmap.Reconstruction``, the number of models the mapper made,
+    (sequential pairs, loop pairs)).
+
+    Raises:
+        StageFailed: the mapper made no model with a registered image.
+    """
+    db_path = extract_features(work, image_dir, names, config, scale, max_image_size)
+    seq, loops = image_pairs(db_path, names, config)
+    match_pairs(db_path, work, names, {"sequential": (seq, 15, 0.0),
+                                       "loop": (loops, config.loop_min_inliers, config.loop_min_inlier_ratio)},
+                config)
+    models_dir = work / "models"
+    models_dir.mkdir()
+    with progress.bar(f"sfm: {config.mapper} mapping", total=None):
+        rec, n_models = _map(db_path, image_dir, models_dir, config, names)
+    if rec is None or rec.num_reg_images() == 0:
+        raise StageFailed(NAME, f"no model: COLMAP could not initialise from {len(names)} keyframes "
+                                "(too little texture or parallax)")
+    return rec, n_models, (seq, loops)
+
+
+def _intrinsics_after_crop(config: Config, crop: dict, scale: float) -> Config:
+    """``config`` with ``known_intrinsics`` (source pixels) moved by the letterbox crop of the keyframes."""
+    if not config.known_intrinsics or not (crop["left"] or crop["top"]):
+        return config
+    fx, fy, cx, cy = config.known_intrinsics
+    return config.model_copy(update={"known_intrinsics": [fx, fy, cx - crop["left"] / scale,
+                                                          cy - crop["top"] / scale]})
+
+
+def extract_features(work: Path, image_dir: Path, names: list[str], config: Config, scale: float,
+                     max_image_size: int) -> Path:
+    """SIFT features of the keyframes into a new COLMAP database ``work/database.db`` (one shared camera);
+    returns its path."""
+    import pycolmap
+
+    db_path = work / "database.db"
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.num_threads = config.num_threads
+    ext.sift.max_num_features = config.max_num_features
+    ext.max_image_size = max_image_size
+    with progress.bar("sfm: SIFT features", total=None):
+        pycolmap.extract_features(db_path, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                                  reader_options=_reader_options(config, scale), extraction_options=ext,
+                                  device=pycolmap.Device.cpu)
+    return db_path
+
+
+def image_pairs(db_path: Path, names: list[str], config: Config) -> tuple[set, set]:
+    """(sequential pairs, loop-closure pairs not among them) of keyframe indices; loop pairs are retrieved
+    with :func:`bow_vectors` on the database's descriptors when ``loop_closure`` is on."""
+    import pycolmap
+
+    n = len(names)
+    seq = sequential_pairs(n, config.sequential_overlap, config.quadratic_overlap)
+    if not (config.loop_closure and config.loop_candidates > 0 and n > config.loop_min_gap):
+        return seq, set()
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        by_name = {im.name: im.image_id for im in db.read_all_images()}
+        descs = [_descriptors(db, by_name[nm]) for nm in names]
+    finally:
+        db.close()
+    return seq, loop_pairs(bow_vectors(descs, seed=config.seed), config.loop_candidates, config.loop_min_gap) - seq
+
+
+def match_pairs(db_path: Path, work: Path, names: list[str], groups: dict[str, tuple[set, int, float]],
+                config: Config) -> None:
+    """Match and verify each group of pairs, ``{label: (pairs, min_inliers, min_inlier_ratio)}``, into the
+    database.
+
+    Loop candidates can be verified more strictly than sequential pairs (repeated structure indoors can
+    verify a false loop); on hololens_office, 60 inliers / 0.3 ratio rejected the true revisits too and
+    registration fell from 99% to 51%, so the defaults are COLMAP's ordinary verification for both.
+    """
+    import pycolmap
+
+    mo = pycolmap.FeatureMatchingOptions()
+    mo.num_threads = config.num_threads
+    for label, (pairs_set, min_inl, min_ratio) in groups.items():
+        if not pairs_set:
+            continue
+        pairs_txt = work / f"pairs_{label}.txt"
+        pairs_txt.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in sorted(pairs_set)))
+        po = pycolmap.ImportedPairingOptions()
+        po.match_list_path = pairs_txt
+        vo = pycolmap.TwoViewGeometryOptions()
+        vo.min_num_inliers = min_inl
+        vo.min_inlier_ratio = min_ratio
+        vo.ransac.max_error = config.verify_max_error_px
+        vo.ransac.random_seed = config.seed
+        with progress.bar(f"sfm: matching {len(pairs_set)} {label} pairs", total=None):
+            pycolmap.match_image_pairs(db_path, matching_options=mo, pairing_options=po,
+                                       verification_options=vo, device=pycolmap.Device.cpu)
+
+
+def _camera_qc(rec) -> dict:
+    cam = next(iter(rec.cameras.values()))
+    return {"model": str(cam.model.name), "params": [round(float(p), 4) for p in cam.params],
+            "width": cam.width, "height": cam.height}
 
 
 def _map(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: list[str]):
@@ -394,7 +446,12 @@ def _register_rest(db_path: Path, image_dir: Path, out_dir: Path, opts, best, pa
     return best
 
 
-def _check(qc: dict, config: Config) -> None:
+def check_qc(qc: dict, config: Config) -> None:
+    """Compare the model's QC figures with the thresholds of ``config``.
+
+    Raises:
+        StageFailed: "poor reconstruction: …" naming every figure below its threshold.
+    """
     problems = []
     if qc["registered_share"] < config.min_registered_share:
         problems.append(f"registered {qc['n_registered']}/{qc['n_keyframes']} keyframes "
@@ -432,8 +489,8 @@ def camera_frames(rec, keyframes: list[dict], names: list[str]) -> list[CameraFr
 
 
 def _write_outputs(scene: Scene, rec, keyframes: list[dict], names: list[str]) -> None:
-    from .export.nerfstudio import write_transforms
-
+    """``sfm/`` (binary model, swapped in whole), ``cameras.json``, ``sparse_points.ply`` and
+    ``transforms.json``, all in the SfM frame."""
     frames = camera_frames(rec, keyframes, names)
     cam = next(iter(rec.cameras.values()))
     tmp = scene.root / ".sfm.tmp"
@@ -444,9 +501,8 @@ def _write_outputs(scene: Scene, rec, keyframes: list[dict], names: list[str]) -
         shutil.rmtree(scene.sfm_dir)
     tmp.rename(scene.sfm_dir)
     distortion = {"model": cam.model.name, "params": [float(p) for p in cam.params]}
-    write_json(scene.cameras_json, {"convention": "opencv", "world": "sfm", "distortion": distortion,
-                                    "frames": [f.to_json() for f in frames]})
+    scene.write_cameras(frames, distortion)
     pts = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
     cols = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
-    write_ply_points(scene.sparse_points_ply, pts, cols, comments=["frame: sfm", "source: vid2scene sfm"])
+    scene.write_sparse_points(pts, cols)
     write_transforms(scene.transforms_json, frames, image_dir="frames", distortion=distortion)

@@ -39,7 +39,7 @@ BACKENDS = ["transnetv2", "adaptive"]
 
 
 def tolerance(scene: Scene) -> int:
-    v = scene.load_video_info()
+    v = scene.video_info()
     return int(round(v["fps"] / v["max_fps"])) + 2
 
 
@@ -56,7 +56,7 @@ def testvideo_results(testvideo_scene) -> dict:
     out = {}
     for b in BACKENDS:
         res = shots.run(testvideo_scene, shots.Config(backend=b))
-        out[b] = (res, testvideo_scene.load_shots())
+        out[b] = (res, testvideo_scene.shots())
     return out
 
 
@@ -248,7 +248,7 @@ def test_no_spurious_boundaries(testvideo_results, testvideo_scene, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shot_records_consistent(testvideo_results, testvideo_scene, backend):
     res, doc = testvideo_results[backend]
-    frames = testvideo_scene.load_frame_index()
+    frames = testvideo_scene.frame_index()
     sf = [f.source_frame for f in frames]
     assert doc["detector"] == backend and doc["emit"] == "longest"
     assert doc["threshold"] == (0.5 if backend == "transnetv2" else 3.0)
@@ -288,14 +288,14 @@ def test_longest_usable_shot_is_chosen(testvideo_results, backend):
 
 def test_emit_all_chooses_every_usable_shot(testvideo_scene):
     res = shots.run(testvideo_scene, shots.Config(backend="adaptive", emit="all"))
-    doc = testvideo_scene.load_shots()
+    doc = testvideo_scene.shots()
     assert doc["emit"] == "all"
     assert doc["chosen"] == [x["shot"] for x in doc["shots"] if x["usable"]] and len(doc["chosen"]) >= 3
     assert res.qc["chosen_duration_s"] == pytest.approx(sum(doc["shots"][k]["duration_s"] for k in doc["chosen"]),
                                                         abs=1e-3)
     # a stricter min_shot_s leaves fewer usable shots, and emit=all follows
     shots.run(testvideo_scene, shots.Config(backend="adaptive", emit="all", min_shot_s=5.0))
-    strict = testvideo_scene.load_shots()
+    strict = testvideo_scene.shots()
     assert 1 <= len(strict["chosen"]) < len(doc["chosen"])
     assert all(strict["shots"][k]["duration_s"] >= 5.0 for k in strict["chosen"])
 
@@ -304,7 +304,7 @@ def test_emit_all_chooses_every_usable_shot(testvideo_scene):
 
 def test_single_shot_video_is_one_shot_adaptive(hololens_scene):
     res = shots.run(hololens_scene, shots.Config(backend="adaptive"))
-    doc = hololens_scene.load_shots()
+    doc = hololens_scene.shots()
     assert len(doc["shots"]) == 1
     s = doc["shots"][0]
     assert (s["start_frame"], s["end_frame"], s["n_frames"]) == (0, 372, 373)
@@ -320,7 +320,7 @@ def test_single_shot_video_is_one_shot_transnetv2(tmp_path, ingest_video, holole
     # keeps only 4 frames/s; run() warns about low kept rates.)
     scene = ingest_video(tmp_path / "holo", hololens_path, max_frames=150)
     shots.run(scene, shots.Config(backend="transnetv2"))
-    doc = scene.load_shots()
+    doc = scene.shots()
     assert len(doc["shots"]) == 1, doc["shots"]
     s = doc["shots"][0]
     assert (s["start_frame"], s["end_frame"], s["n_frames"]) == (0, 149, 150)
@@ -335,7 +335,7 @@ def test_too_short_input_is_rejected(tmp_path, backend, encode_clip, ingest_vide
         shots.run(scene, shots.Config(backend=backend))
     assert str(e.value) == "no usable shot: the longest is 1.5 s, below min_shot_s=2"
     assert e.value.exit_code == 3
-    doc = scene.load_shots()  # written anyway, for the report
+    doc = scene.shots()  # written anyway, for the report
     assert doc["chosen"] == [] and len(doc["shots"]) == 1
     assert doc["shots"][0]["reason"] == "too short (1.5 s < 2 s)"
 

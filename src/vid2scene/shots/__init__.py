@@ -15,7 +15,9 @@ frames are usually several source frames apart); ``start_s`` is its first kept f
 ``end_s`` the timestamp where the frames it owns end. ``n_frames`` counts kept frames. Frames a detector
 flags as a transition (fades, dissolves) belong to no shot.
 
-Backends (the registry :data:`BACKENDS`, names as users type them):
+Backends (the registry :data:`BACKENDS`, names as users type them; built by
+:func:`vid2scene.stage.make_backend`, each from its own options section,
+``shots: {backend: adaptive, adaptive: {adaptive_threshold: 3.0, min_scene_len: 5}}``):
 
 * ``transnetv2`` (default) — TransNetV2 (Souček & Lokoč 2020), the shot detector of SceneVerse++;
 * ``adaptive`` — PySceneDetect's AdaptiveDetector, as LAM3C uses.
@@ -32,11 +34,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import BackendNotInstalled, InputError, RejectedInput, StageFailed
-from ..io import write_json
+from .. import stage
+from ..errors import RejectedInput, StageFailed
 from ..scene import FrameRecord, Scene
 from ..stage import StageResult, known_backend
-from ..stage import backend_status as _backend_status
 from .adaptive import AdaptiveBackend
 from .base import ShotBackend, cuts_to_spans, spans_to_cuts, transitions_to_spans
 from .transnetv2 import TransNetV2Backend
@@ -49,17 +50,15 @@ BACKENDS: dict[str, type] = {
     "adaptive": AdaptiveBackend,
 }
 
-__all__ = ["NAME", "OUTPUTS", "BACKENDS", "Config", "run", "backend_status", "get_backend", "make_backend",
+__all__ = ["NAME", "OUTPUTS", "BACKENDS", "Config", "run", "backend_status", "make_backend",
            "build_shots", "choose", "ShotBackend", "cuts_to_spans", "spans_to_cuts", "transitions_to_spans"]
 
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     backend: str = Field("transnetv2", description=f"shot detector: one of {', '.join(BACKENDS)}")
-    threshold: float = Field(0.5, gt=0, lt=1, description="transnetv2: transition probability above which a "
-                             "frame is a transition frame")
-    adaptive_threshold: float = Field(3.0, gt=0, description="adaptive: score / rolling-average ratio for a cut")
-    min_scene_len: int = Field(5, ge=1, description="adaptive: at least this many kept frames between cuts")
+    transnetv2: TransNetV2Backend.Options = Field(default_factory=TransNetV2Backend.Options)
+    adaptive: AdaptiveBackend.Options = Field(default_factory=AdaptiveBackend.Options)
     min_shot_s: float = Field(2.0, ge=0, description="shots shorter than this (seconds) are unusable")
     emit: Literal["longest", "all"] = Field("longest", description="choose the longest usable shot, or all")
 
@@ -71,33 +70,17 @@ class Config(BaseModel):
 
 def backend_status() -> dict[str, str]:
     """``{name: "installed" | "not installed: <how to install>"}`` for every registered backend."""
-    return _backend_status(BACKENDS)
+    return stage.backend_status(BACKENDS)
 
 
-def get_backend(name: str) -> type:
-    """The backend class registered as ``name``.
+def make_backend(config: Config) -> ShotBackend:
+    """An instance of the configured backend, built from its options section.
 
     Raises:
         InputError: no backend has that name.
         BackendNotInstalled: its dependency or weights are missing (the reason says how to install it).
     """
-    if name not in BACKENDS:
-        raise InputError(f"unknown shot backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    cls = BACKENDS[name]
-    ok, hint = cls.is_installed()
-    if not ok:
-        raise BackendNotInstalled(f"shots backend '{name}' {hint}")
-    return cls
-
-
-def make_backend(config: Config):
-    """An instance of the configured backend with its options from ``config``."""
-    cls = get_backend(config.backend)
-    if config.backend == "transnetv2":
-        return cls(threshold=config.threshold)
-    if config.backend == "adaptive":
-        return cls(adaptive_threshold=config.adaptive_threshold, min_scene_len=config.min_scene_len)
-    return cls()
+    return stage.make_backend(NAME, BACKENDS, config)
 
 
 def _kept_fps(frames: list[FrameRecord], video_fps: float) -> float:
@@ -114,7 +97,7 @@ def build_shots(spans: np.ndarray, frames: list[FrameRecord], video: dict, min_s
 
     Args:
         spans: ``n_shots×2`` int inclusive kept-frame spans.
-        frames: the kept frames (``Scene.load_frame_index()``).
+        frames: the kept frames (``Scene.frame_index()``).
         video: ``video.json`` (``fps``, ``n_frames``).
         min_shot_s: shots with ``duration_s`` below this are marked unusable, with the reason.
 
@@ -164,43 +147,51 @@ def run(scene: Scene, config: Config) -> StageResult:
     """Detect shots in the kept frames, write ``shots.json``, and choose the shot(s) to use.
 
     Raises:
+        InputError: unknown backend.
         BackendNotInstalled: the configured backend's package or weights are missing.
-        StageFailed: ``ingest`` has not produced its frame index.
+        StageFailed: ``ingest`` has not produced its frame index (or kept no frames).
         RejectedInput: no shot lasts ``min_shot_s`` (``shots.json`` is still written, with ``chosen: []``).
     """
     backend = make_backend(config)
-    index = scene.frames_all_dir / "index.json"
-    if not index.is_file() or not scene.video_json.is_file():
-        raise StageFailed(NAME, f"no ingested frames in {scene.root} (missing {index.name} or video.json); "
-                          "run ingest first")
-    frames = scene.load_frame_index()
-    video = scene.load_video_info()
-    if not frames:
-        raise StageFailed(NAME, "ingest kept no frames")
+    frames, video = _ingested(scene)
     fps = _kept_fps(frames, float(video.get("fps") or 0.0))
-    spans = backend.detect((scene.read_frame(f.source_frame) for f in frames), len(frames), fps)
+    spans = backend.detect((scene.frame_image(f.source_frame) for f in frames), len(frames), fps)
     shots = build_shots(spans, frames, video, config.min_shot_s)
     chosen = choose(shots, config.emit)
-    threshold = config.threshold if config.backend == "transnetv2" else (
-        config.adaptive_threshold if config.backend == "adaptive" else None)
-    write_json(scene.shots_json, {"detector": config.backend, "threshold": threshold, "shots": shots,
-                                  "emit": config.emit, "min_shot_s": config.min_shot_s, "chosen": chosen})
+    scene.write_shots({"detector": config.backend, "threshold": backend.threshold, "shots": shots,
+                       "emit": config.emit, "min_shot_s": config.min_shot_s, "chosen": chosen})
     if not chosen:
         longest = max((s["duration_s"] for s in shots), default=0.0)
         raise RejectedInput(f"no usable shot: the longest is {longest:.1f} s, below "
                             f"min_shot_s={config.min_shot_s:g}")
-    warnings = []
-    if config.backend == "transnetv2" and fps < 8.0:
-        warnings.append(f"TransNetV2 sees {fps:.1f} frames/s (ingest max_fps); below ~8 fast camera motion can "
-                        "read as a cut (it was trained on ~25 fps video)")
-    n_usable = sum(s["usable"] for s in shots)
+    return StageResult(qc=_qc(shots, chosen), summary=_summary(shots, chosen, config),
+                       warnings=backend.warnings(fps))
+
+
+def _ingested(scene: Scene) -> tuple[list[FrameRecord], dict]:
+    """The kept frames and ``video.json``. Raises StageFailed when ``ingest`` has not produced them."""
+    try:
+        frames, video = scene.frame_index(), scene.video_info()
+    except StageFailed as e:
+        raise StageFailed(NAME, f"no ingested frames in {scene.root} (missing frames_all/index.json or "
+                                "video.json); run ingest first") from e
+    if not frames:
+        raise StageFailed(NAME, "ingest kept no frames")
+    return frames, video
+
+
+def _qc(shots: list[dict], chosen: list[int]) -> dict:
     chosen_s = float(sum(shots[k]["duration_s"] for k in chosen))
-    qc = {"n_shots": len(shots), "n_usable": n_usable, "chosen": chosen, "chosen_duration_s": round(chosen_s, 3)}
+    return {"n_shots": len(shots), "n_usable": sum(s["usable"] for s in shots), "chosen": chosen,
+            "chosen_duration_s": round(chosen_s, 3)}
+
+
+def _summary(shots: list[dict], chosen: list[int], config: Config) -> str:
+    n_usable = sum(s["usable"] for s in shots)
     if config.emit == "longest":
         c = shots[chosen[0]]
         what = (f"chose shot {c['shot']} ({c['duration_s']:.1f} s, source frames "
                 f"{c['start_frame']}-{c['end_frame']})")
     else:
-        what = f"chose all {len(chosen)} usable ({chosen_s:.1f} s)"
-    summary = f"{len(shots)} shots ({n_usable} usable) by {config.backend}; {what}"
-    return StageResult(qc=qc, summary=summary, warnings=warnings)
+        what = f"chose all {len(chosen)} usable ({sum(shots[k]['duration_s'] for k in chosen):.1f} s)"
+    return f"{len(shots)} shots ({n_usable} usable) by {config.backend}; {what}"

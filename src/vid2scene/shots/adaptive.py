@@ -17,8 +17,9 @@ import importlib.util
 from typing import Iterable
 
 import numpy as np
+from pydantic import Field
 
-from .. import progress
+from .. import progress, stage
 from .base import cuts_to_spans
 
 INSTALL_HINT = "not installed: pip install scenedetect opencv-python"
@@ -30,12 +31,27 @@ class AdaptiveBackend:
 
     name = "adaptive"
 
-    def __init__(self, adaptive_threshold: float = 3.0, min_scene_len: int = 5, window_width: int = 2,
-                 min_content_val: float = 15.0):
-        self.adaptive_threshold = float(adaptive_threshold)
-        self.min_scene_len = int(min_scene_len)
-        self.window_width = int(window_width)
-        self.min_content_val = float(min_content_val)
+    class Options(stage.Options):
+        adaptive_threshold: float = Field(3.0, gt=0, description="score / rolling-average ratio for a cut")
+        min_scene_len: int = Field(5, ge=1, description="at least this many kept frames between cuts")
+        window_width: int = Field(2, ge=1, description="kept frames on either side in the rolling average")
+        min_content_val: float = Field(15.0, ge=0, description="a cut needs at least this content score")
+
+    def __init__(self, options: "AdaptiveBackend.Options | None" = None):
+        options = options or self.Options()
+        self.adaptive_threshold = float(options.adaptive_threshold)
+        self.min_scene_len = int(options.min_scene_len)
+        self.window_width = int(options.window_width)
+        self.min_content_val = float(options.min_content_val)
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold recorded in ``shots.json``."""
+        return self.adaptive_threshold
+
+    def warnings(self, fps: float) -> list[str]:
+        """Warnings about the input for this detector (none: it compares neighbouring frames only)."""
+        return []
 
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:

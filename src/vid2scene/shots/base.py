@@ -2,25 +2,34 @@
 per-frame transition flags and shot spans.
 
 All indices here are *kept-frame* indices: positions in the list of frames that ``ingest`` kept
-(``Scene.load_frame_index()``), not source frame numbers. The stage maps them to source frames.
+(``Scene.frame_index()``), not source frame numbers. The stage maps them to source frames.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import ClassVar, Iterable, Protocol
 
 import numpy as np
 
+from ..stage import Backend
 
-class ShotBackend(Protocol):
-    """A shot detector. Constructed with its own keyword options; stateless between ``detect`` calls."""
 
-    name: str
+class ShotBackend(Backend, Protocol):
+    """A shot detector (:class:`vid2scene.stage.Backend`): constructed as ``cls(options)`` with its own
+    ``Options`` model; stateless between ``detect`` calls. ``threshold`` is its decision threshold, recorded
+    in ``shots.json``."""
+
+    name: ClassVar[str]
+    threshold: float
 
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
         """``(True, "installed")`` or ``(False, "not installed: pip install …")``. Must be cheap: no model
         loading and no heavy imports."""
+        ...
+
+    def warnings(self, fps: float) -> list[str]:
+        """Warnings about the input for this detector (e.g. a kept-frame rate it was not trained for)."""
         ...
 
     def detect(self, frames_iter: Iterable[np.ndarray], n_frames: int, fps: float) -> np.ndarray:

