@@ -1,5 +1,5 @@
 """Spatial QA generator: every question type's ground truth against hand-computed answers on a synthetic scene
-with objects at known places (tests/tasks/synth_scene.py), ambiguous candidates rejected, determinism."""
+with objects at known places (tests/fixtures/task_scene.py), ambiguous candidates rejected, determinism."""
 
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def test_deterministic_given_seed(scene):
 def test_run_writes_files_and_refuses_missing_inputs(scene, tmp_path):
     res = run_tasks(scene, ["vqa"], seed=1)
     rows = read_jsonl(scene / "tasks" / "vqa.jsonl")
-    assert res["vqa"]["n_questions"] == len(rows) > 0
+    assert res["vqa"].qc["n_questions"] == len(rows) > 0
     assert json.loads((scene / "tasks" / "vqa_meta.json").read_text())["generation"]["seed"] == 1
     with pytest.raises(InputError, match="instances.json, layout.json"):
         run_tasks(tmp_path, ["vqa"])

@@ -42,6 +42,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..io import write_json
+from ..scene import CAMERAS_JSON, INSTANCES_JSON, LAYOUT_JSON
+from ..stage import StageResult
 from . import common, nav
 from .common import Instance
 from .nav import NavConfig
@@ -195,11 +197,11 @@ def generate(scene, config: Config | None = None) -> tuple[dict, nav.NavGraph]:
     """
     cfg = config or Config()
     scene = common.scene_of(scene)
-    common.require_inputs(scene, [common.INSTANCES_JSON, common.LAYOUT_JSON, "cameras.json"])
-    layout = common.load_layout(scene)
-    instances = common.load_instances(scene)
-    graph = common.load_scene_graph(scene, required=False)
-    cams = common.load_cameras(scene)
+    common.require_inputs(scene, [INSTANCES_JSON, LAYOUT_JSON, CAMERAS_JSON])
+    layout = common.room_layout(scene)
+    instances = common.instances(scene)
+    graph = common.scene_graph(scene, required=False)
+    cams = common.cameras(scene)
     cam_xy, cam_t, cam_yaw = nav.floor_trajectory(cams)
     traj = nav.refine_trajectory(cam_xy, cam_t, cfg.nav) if len(cam_xy) >= 2 else nav.RefinedTrajectory([], {})
     space = nav.build_free_space(common.room_polygon(layout), instances, traj.segments, cfg.nav)
@@ -274,14 +276,23 @@ def generate(scene, config: Config | None = None) -> tuple[dict, nav.NavGraph]:
     return out, navg
 
 
-def run(scene, config: Config | None = None) -> dict:
-    """Generate and write ``tasks/vln.json`` and ``tasks/nav_graph.json``; returns a summary dict."""
+def run(scene, config: Config | None = None) -> StageResult:
+    """Generate and write ``tasks/vln.json`` and ``tasks/nav_graph.json``.
+
+    Returns:
+        ``qc``: n_episodes, trajectory_m (refined walk length), rejected counts, seconds; a one-line summary.
+
+    Raises:
+        InputError: as :func:`generate`.
+    """
     import time
 
     t0 = time.perf_counter()
     scene = common.scene_of(scene)
     data, navg = generate(scene, config)
-    write_json(scene.root / "tasks" / "nav_graph.json", navg.to_json(), indent=None)
-    write_json(scene.root / "tasks" / "vln.json", data)
-    return {"n_episodes": len(data["episodes"]), "trajectory_m": data["trajectory"].get("refined_length_m"),
-            "rejected": data["rejected"], "seconds": round(time.perf_counter() - t0, 3)}
+    write_json(scene.task_path("nav_graph.json"), navg.to_json(), indent=None)
+    write_json(scene.task_path("vln.json"), data)
+    qc = {"n_episodes": len(data["episodes"]), "trajectory_m": data["trajectory"].get("refined_length_m"),
+          "rejected": data["rejected"], "seconds": round(time.perf_counter() - t0, 3)}
+    walk = f"{qc['trajectory_m']:.1f} m" if qc["trajectory_m"] is not None else "no"
+    return StageResult(qc=qc, summary=f"{qc['n_episodes']} episodes along {walk} of refined walk")

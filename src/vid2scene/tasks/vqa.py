@@ -57,6 +57,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
 from ..io import atomic_path, write_json
+from ..scene import INSTANCES_JSON, LAYOUT_JSON
+from ..stage import StageResult
 from . import common, nav
 from .common import Instance, PointCache
 from .nav import NavConfig
@@ -221,9 +223,9 @@ class _Context:
     def __init__(self, scene, config: Config):
         self.cfg = config
         self.name = common.scene_name(scene)
-        self.layout = common.load_layout(scene)
-        instances = common.load_instances(scene)
-        graph = common.load_scene_graph(scene, required=False)
+        self.layout = common.room_layout(scene)
+        instances = common.instances(scene)
+        graph = common.scene_graph(scene, required=False)
         outside = set()
         if graph:
             outside = {int(o["id"]) for o in graph.get("objects", []) if o.get("inside_room") is False}
@@ -233,14 +235,14 @@ class _Context:
         self.inside = {i.id for i in self.instances}
         self.labels = common.by_label(instances)  # counted over all instances: uniqueness is scene-wide
         self.unique = [g[0] for lab, g in self.labels.items() if len(g) == 1 and g[0].id not in outside]
-        self.points = PointCache(instances, common.load_mesh_vertices(scene))
+        self.points = PointCache(instances, common.mesh_vertices(scene))
         self.scene = scene
         self._nav = None
 
     def navgraph(self) -> nav.NavGraph | None:
         if self._nav is None:
             try:
-                cams = common.load_cameras(self.scene)
+                cams = common.cameras(self.scene)
             except InputError:  # no usable cameras: no trajectory nodes, free-space lattice only
                 cams = []
             ncfg = self.cfg.nav
@@ -384,7 +386,7 @@ def _gen_direction(level: str) -> Callable:
 
 def gen_obj_appearance_order(ctx: _Context, rng) -> _Tally:
     t = _Tally()
-    video = common.load_video_info(ctx.scene) or {}
+    video = common.video_info(ctx.scene) or {}
     fps = float(video.get("fps") or 0)
 
     def when(i: Instance) -> float | None:  # first_timestamp_s, else first_frame / fps (video.json)
@@ -569,7 +571,7 @@ def generate(scene, config: Config | None = None) -> tuple[list[dict], dict]:
 
     cfg = config or Config()
     scene = common.scene_of(scene)
-    common.require_inputs(scene, [common.INSTANCES_JSON, common.LAYOUT_JSON])
+    common.require_inputs(scene, [INSTANCES_JSON, LAYOUT_JSON])
     t0 = time.perf_counter()
     ctx = _Context(scene, cfg)
     rows: list[dict] = []
@@ -608,12 +610,20 @@ def write_jsonl(path, rows: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def run(scene, config: Config | None = None) -> dict:
-    """Generate and write ``tasks/vqa.jsonl`` and ``tasks/vqa_meta.json``; returns a summary dict
-    (n_questions, per-type counts, seconds)."""
+def run(scene, config: Config | None = None) -> StageResult:
+    """Generate and write ``tasks/vqa.jsonl`` and ``tasks/vqa_meta.json``.
+
+    Returns:
+        ``qc``: n_questions, per-type counts written, seconds; a one-line summary.
+
+    Raises:
+        InputError: the scene lacks instances.json or layout.json, or an input is unreadable or not in the
+            world frame.
+    """
     scene = common.scene_of(scene)
     rows, meta = generate(scene, config)
-    write_jsonl(scene.root / "tasks" / "vqa.jsonl", rows)
-    write_json(scene.root / "tasks" / "vqa_meta.json", meta)
-    return {"n_questions": len(rows), "per_type": {k: v["n_written"] for k, v in meta["generation"]["per_type"].items()},
-            "seconds": meta["generation"]["seconds"]}
+    write_jsonl(scene.task_path("vqa.jsonl"), rows)
+    write_json(scene.task_path("vqa_meta.json"), meta)
+    per_type = {k: v["n_written"] for k, v in meta["generation"]["per_type"].items()}
+    qc = {"n_questions": len(rows), "per_type": per_type, "seconds": meta["generation"]["seconds"]}
+    return StageResult(qc=qc, summary=f"{len(rows)} questions of {sum(1 for n in per_type.values() if n)} types")
