@@ -26,9 +26,10 @@ from pathlib import Path
 from .. import progress
 from ..config import PipelineConfig
 from ..errors import InputError, Vid2SceneError
-from ..io import read_json, write_json
-from ..scene import Scene, now_iso
+from ..io import write_json
+from ..scene import MANIFEST_JSON, Scene, now_iso
 from . import index as dsindex
+from .index import read_manifest
 from .sources import Source, read_sources
 
 
@@ -67,17 +68,10 @@ def run_task(task: dict) -> dict:
     except Vid2SceneError as e:
         stage = getattr(e, "stage", None)
         if stage is None:
-            m = _manifest(Path(task["scene_dir"]))
+            m = read_manifest(Path(task["scene_dir"]))
             stage = ((m or {}).get("failure") or {}).get("stage") or "ingest"
         out.update(status="failed", failure_stage=stage, reason=str(e), error_type=type(e).__name__)
     return out
-
-
-def _manifest(root: Path) -> dict | None:
-    try:
-        return read_json(root / "manifest.json")
-    except (OSError, ValueError):
-        return None
 
 
 # ---- resume decisions ----------------------------------------------------------------------------------------
@@ -90,7 +84,7 @@ def scene_done(root: str | Path, stages: list[str], config: PipelineConfig) -> b
     from ..pipeline import needs_run
 
     scene = Scene(root)
-    m = _manifest(scene.root)
+    m = read_manifest(scene.root)
     if m is None or m.get("failure"):
         return False
     subs = m.get("subscenes") or []
@@ -100,10 +94,15 @@ def scene_done(root: str | Path, stages: list[str], config: PipelineConfig) -> b
     return all(scene_done(scene.root / e["path"], stages, config) for e in subs)
 
 
+def _scene_and_subscenes(root: Path) -> list[Scene]:
+    """The scene at ``root`` and its shot sub-scenes (``subscenes/*/``, those with a manifest)."""
+    return [Scene(root), *(Scene(mp.parent) for mp in sorted(root.glob(f"subscenes/*/{MANIFEST_JSON}")))]
+
+
 def _running_stage(root: Path) -> str | None:
     """The stage left ``running`` in a scene or its sub-scenes (where a killed task was), if any."""
-    for mp in [root / "manifest.json", *sorted(root.glob("subscenes/*/manifest.json"))]:
-        m = _manifest(mp.parent) or {}
+    for scene in _scene_and_subscenes(root):
+        m = read_manifest(scene.root) or {}
         for name, st in m.get("stages", {}).items():
             if st.get("status") == "running":
                 return name
@@ -112,14 +111,14 @@ def _running_stage(root: Path) -> str | None:
 
 def _mark_killed(root: Path, stage: str, reason: str, error_type: str) -> None:
     """Record a time-out / crash / memory kill in the scene manifest (the stage stays re-runnable)."""
-    for mp in [root / "manifest.json", *sorted(root.glob("subscenes/*/manifest.json"))]:
-        m = _manifest(mp.parent)
+    for scene in _scene_and_subscenes(root):
+        m = read_manifest(scene.root)
         if not m or m.get("stages", {}).get(stage, {}).get("status") != "running":
             continue
         m["stages"][stage].update(status="failed", finished=now_iso(), reason=reason, error_type=error_type)
         m["status"] = "failed"
         m["failure"] = {"stage": stage, "reason": reason, "error_type": error_type, "exit_code": 4}
-        write_json(mp, m)
+        scene.write_manifest(m)
 
 
 # ---- the build ---------------------------------------------------------------------------------------------------
