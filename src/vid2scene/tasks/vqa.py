@@ -444,6 +444,52 @@ def route_legs(path_xy: np.ndarray, start_yaw: float, simplify_m: float, margin_
     return legs, simp, [round(math.degrees(a), 2) for a in angles]
 
 
+def route_landmarks(legs: list, named: list[Instance], used: set[int], radius_m: float) -> list[Instance] | None:
+    """The landmark ending each leg but the last: the named instance (distinct, not in ``used`` — the start and
+    the goal) whose footprint is nearest the leg's end within ``radius_m``; None when a leg has none."""
+    used = set(used)
+    marks: list[Instance] = []
+    for _, end in legs[:-1]:
+        best = None
+        for o in named:
+            if o.id in used:
+                continue
+            local = (end - o.center[:2]) @ o.axes[:2, :2].T
+            d = float(np.linalg.norm(np.maximum(np.abs(local) - o.size[:2] / 2, 0.0)))
+            if d <= radius_m and (best is None or d < best[0]):
+                best = (d, o)
+        if best is None:
+            return None
+        marks.append(best[1])
+        used.add(best[1].id)
+    return marks
+
+
+def route_question(s: Instance, f: Instance, e: Instance, legs: list, marks: list[Instance]) -> str:
+    """VSI-Bench's route-planning question from start ``s`` facing ``f`` to goal ``e``: one "[please fill in]"
+    per turn, one "Go forward until the <landmark>." per leg (``marks``: the legs' end objects, goal last)."""
+    steps, k = [], 1
+    for (name, _), m in zip(legs, marks):
+        if name:
+            steps.append(f"{k}. [please fill in]")
+            k += 1
+        steps.append(f"{k}. Go forward until the {m.label}.")
+        k += 1
+    return (f"You are a robot beginning at the {s.label} facing the {f.label}. You want to navigate to the "
+            f"{e.label}. You will perform the following actions (Note: for each [please fill in], choose either "
+            "'turn back,' 'turn left,' or 'turn right.'): " + " ".join(steps) +
+            " You have reached the final destination.")
+
+
+def _turn_options(correct: str, n_turns: int, rng: np.random.Generator) -> list[str]:
+    """The correct turn sequence and up to three other sequences of as many turns, in a seeded order."""
+    alts = [", ".join(p) for p in itertools.product(TURN_OPTIONS, repeat=n_turns)]
+    alts = [x for x in alts if x != correct]
+    pick = [alts[i] for i in rng.choice(len(alts), size=min(3, len(alts)), replace=False)]
+    options = [correct] + pick
+    return [options[i] for i in rng.permutation(len(options))]
+
+
 def gen_route_planning(ctx: _Context, rng) -> _Tally:
     t = _Tally()
     if len(ctx.unique) < 3:
@@ -481,43 +527,14 @@ def gen_route_planning(ctx: _Context, rng) -> _Tally:
         if len(legs) > ctx.cfg.route_max_legs:
             t.reject("too_many_legs")
             continue
-        marks: list[Instance] = []
-        used = {s.id, e.id}  # intermediate landmarks: distinct, neither the start nor the goal
-        for _, end in legs[:-1]:
-            best = None
-            for o in named:
-                if o.id in used:
-                    continue
-                local = (end - o.center[:2]) @ o.axes[:2, :2].T
-                d = float(np.linalg.norm(np.maximum(np.abs(local) - o.size[:2] / 2, 0.0)))
-                if d <= ctx.cfg.landmark_radius_m and (best is None or d < best[0]):
-                    best = (d, o)
-            if best is None:
-                break
-            marks.append(best[1])
-            used.add(best[1].id)
-        if len(marks) < len(legs) - 1:
+        marks = route_landmarks(legs, named, {s.id, e.id}, ctx.cfg.landmark_radius_m)
+        if marks is None:
             t.reject("no_landmark")
             continue
         marks.append(e)
-        steps, k = [], 1
-        for (name, _), m in zip(legs, marks):
-            if name:
-                steps.append(f"{k}. [please fill in]")
-                k += 1
-            steps.append(f"{k}. Go forward until the {m.label}.")
-            k += 1
-        q = (f"You are a robot beginning at the {s.label} facing the {f.label}. You want to navigate to the "
-             f"{e.label}. You will perform the following actions (Note: for each [please fill in], choose either "
-             "'turn back,' 'turn left,' or 'turn right.'): " + " ".join(steps) +
-             " You have reached the final destination.")
+        q = route_question(s, f, e, legs, marks)
         correct = ", ".join(turns)
-        alts = [", ".join(p) for p in itertools.product(TURN_OPTIONS, repeat=len(turns))]
-        alts = [x for x in alts if x != correct]
-        pick = [alts[i] for i in rng.choice(len(alts), size=min(3, len(alts)), replace=False)]
-        options = [correct] + pick
-        options = [options[i] for i in rng.permutation(len(options))]
-        opts, gt = _mc(options, correct)
+        opts, gt = _mc(_turn_options(correct, len(turns), rng), correct)
         t.accept({"question": q, "options": opts, "ground_truth": gt, "answer": correct,
                   "objects": [_obj(s, "start"), _obj(f, "facing"), _obj(e, "goal")] +
                              [_obj(m, "landmark") for m in marks[:-1]],
