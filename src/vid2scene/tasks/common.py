@@ -314,6 +314,13 @@ class PointCache:
         return self._dist[key]
 
 
+def footprint_distance(inst: Instance, xy: np.ndarray) -> np.ndarray:
+    """``N`` floor distances (metres) from points ``xy`` (``N×2``, world) to an instance's box footprint
+    (0 inside)."""
+    local = (np.asarray(xy, float).reshape(-1, 2) - inst.center[:2]) @ inst.axes[:2, :2].T
+    return np.linalg.norm(np.maximum(np.abs(local) - inst.size[:2] / 2, 0.0), axis=1)
+
+
 def by_label(instances: list[Instance]) -> dict[str, list[Instance]]:
     """Instances grouped by label (labels sorted, instances by id)."""
     out: dict[str, list[Instance]] = {}

@@ -45,7 +45,7 @@ from ..io import write_json
 from ..scene import CAMERAS_JSON, INSTANCES_JSON, LAYOUT_JSON
 from ..stage import StageResult
 from . import common, nav
-from .common import Instance
+from .common import Instance, footprint_distance
 from .nav import NavConfig
 
 NAME = "vln"
@@ -127,12 +127,6 @@ def landmark_names(instances: list[Instance], graph: dict | None) -> dict[int, s
         if len(subs) == 1 and subs[0] not in names:
             names[subs[0]] = f"the {lab} {PHRASES[p]} {names[o]}"
     return names
-
-
-def footprint_distance(inst: Instance, xy: np.ndarray) -> np.ndarray:
-    """Floor distance (metres) from points ``xy`` (``N×2``) to an instance's box footprint (0 inside)."""
-    local = (np.asarray(xy, float).reshape(-1, 2) - inst.center[:2]) @ inst.axes[:2, :2].T
-    return np.linalg.norm(np.maximum(np.abs(local) - inst.size[:2] / 2, 0.0), axis=1)
 
 
 def _turn_words(angles_rad: list[float], min_deg: float) -> list[str]:

@@ -454,8 +454,7 @@ def route_landmarks(legs: list, named: list[Instance], used: set[int], radius_m:
         for o in named:
             if o.id in used:
                 continue
-            local = (end - o.center[:2]) @ o.axes[:2, :2].T
-            d = float(np.linalg.norm(np.maximum(np.abs(local) - o.size[:2] / 2, 0.0)))
+            d = float(common.footprint_distance(o, end)[0])
             if d <= radius_m and (best is None or d < best[0]):
                 best = (d, o)
         if best is None:
