@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,11 +21,27 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="vid2scene: lift walkthrough videos into 3D scene data (poses, sparse points, ...).")
 console = progress.console  # stderr: progress, messages and errors
 out = Console()  # stdout: the results a command prints (tables, info), so they can be piped
+T = TypeVar("T")
 
 
-def _fail(err: Vid2SceneError) -> None:
+def _fail(err: Vid2SceneError) -> NoReturn:
     console.print(f"[bold red]error[/]: {err}", highlight=False, soft_wrap=True)
     raise typer.Exit(err.exit_code)
+
+
+def _checked(fn: Callable[[], T], as_json: bool = False, to_json: Callable[[T], Any] = lambda r: r,
+             indent: int | None = 1) -> T | None:
+    """``fn()``; a :class:`Vid2SceneError` is printed as one line on stderr and exits with its code. With
+    ``as_json`` the result (through ``to_json``) is printed as JSON on stdout and None is returned (nothing is
+    left for the caller to print)."""
+    try:
+        res = fn()
+    except Vid2SceneError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(to_json(res), indent=indent))
+        return None
+    return res
 
 
 def _parse_intrinsics(text: str) -> list[float]:
@@ -103,11 +119,7 @@ def info(scene_dir: Path = typer.Argument(..., help="scene folder"),
     """Show a scene's stage status, QC figures, and what failed and why."""
     from .scene import Scene
 
-    try:
-        m = Scene(scene_dir).read_manifest()
-    except Vid2SceneError as e:
-        _fail(e)
-        return
+    m = _checked(Scene(scene_dir).read_manifest)
     if as_json:
         typer.echo(json.dumps(m, indent=1))
     else:
@@ -125,7 +137,7 @@ def info(scene_dir: Path = typer.Argument(..., help="scene folder"),
 @app.command()
 def stages() -> None:
     """List stages and their backends (with 'not installed' hints)."""
-    from .stage import STAGES, stage_module
+    from .stage import STAGES, backend_status, stage_module
 
     t = Table(title="stages (in order)")
     t.add_column("stage")
@@ -133,7 +145,8 @@ def stages() -> None:
     t.add_column("backends")
     for name in STAGES:
         mod = stage_module(name)
-        status = mod.backend_status() if hasattr(mod, "backend_status") else {}
+        status = (mod.backend_status() if hasattr(mod, "backend_status")
+                  else backend_status(mod.BACKENDS) if hasattr(mod, "BACKENDS") else {})
         back = ", ".join(f"{k}: {'[green]installed[/]' if v == 'installed' else '[yellow]' + v + '[/]'}"
                          for k, v in status.items()) or "-"
         t.add_row(name, ", ".join(mod.OUTPUTS), back)
@@ -146,49 +159,36 @@ def version() -> None:
     typer.echo(__version__)
 
 
-# ---- export (issue 5 part B) ------------------------------------------------------------------------------
+# ---- exporters and task generators -----------------------------------------------------------------------
 @app.command()
 def export(scene_dir: Path = typer.Argument(..., help="scene folder (after layout and instances)"),
-           format: str = typer.Option(..., "--format", "-f", help="spatiallm | scannet | pointcept | sceneverse"),
+           format: str = typer.Option(..., "--format", "-f",
+                                      help="spatiallm | scannet | pointcept | sceneverse | nerfstudio"),
            output: Optional[Path] = typer.Option(None, "-o", "--output",
                                                  help="folder to write into (default SCENE/tasks/exports/FORMAT)"),
            ) -> None:
     """Export a scene to another tool's format; prints a JSON summary of what was written."""
-    from .export import EXPORTERS
-    from .scene import Scene
+    from .export import export as run_export
 
-    try:
-        if format not in EXPORTERS:
-            raise InputError(f"unknown export format {format!r}; choose one of {', '.join(EXPORTERS)}")
-        scene = Scene(scene_dir)
-        if not scene.root.is_dir():
-            raise InputError(f"not a folder: {scene_dir}")
-        summary = EXPORTERS[format](scene, output)
-    except Vid2SceneError as e:
-        _fail(e)
-        return
-    typer.echo(json.dumps(summary))
-# ---- task generators and the spatial-QA evaluator (issue 5, part A) -------------------------------------
+    _checked(lambda: run_export(scene_dir, format, output), as_json=True, to_json=lambda r: r.qc, indent=None)
+
+
 @app.command()
 def tasks(scene_dir: Path = typer.Argument(..., help="scene folder with instances.json and layout.json"),
           only: Optional[str] = typer.Option(None, "--only", help="comma-separated generators (default: all)"),
+          config: Optional[Path] = typer.Option(None, "--config",
+                                                help="YAML/JSON file with one section per generator (vqa, vln, bev)"),
           seed: Optional[int] = typer.Option(None, "--seed", help="random seed of every generator"),
           as_json: bool = typer.Option(False, "--json", help="print the summaries as JSON")) -> None:
-    """Generate task data (spatial QA, navigation episodes, ...) under SCENE/tasks/."""
-    from .tasks import GENERATORS, run_tasks
+    """Generate task data (spatial QA, navigation episodes, BEV prompts) under SCENE/tasks/."""
+    from .tasks import GENERATORS, load_tasks_config, run_tasks
 
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
-    try:
-        res = run_tasks(scene_dir, names, seed=seed)
-    except Vid2SceneError as e:
-        _fail(e)
-        return
-    if as_json:
-        typer.echo(json.dumps(res, indent=1))
-        return
-    for name, summary in res.items():
+    res = _checked(lambda: run_tasks(scene_dir, names, load_tasks_config(config), seed=seed), as_json,
+                   to_json=lambda r: {name: result.qc for name, result in r.items()})
+    for name, result in (res or {}).items():
         outs = ", ".join(GENERATORS[name].OUTPUTS)
-        out.print(f"[bold]{name}[/] -> {outs}: " + json.dumps(summary), highlight=False, soft_wrap=True)
+        out.print(f"[bold]{name}[/] -> {outs}: " + json.dumps(result.qc), highlight=False, soft_wrap=True)
 
 
 @app.command("eval-vqa")
@@ -200,13 +200,9 @@ def eval_vqa(predictions: Path = typer.Argument(..., help="JSON lines with id an
     """Score spatial-QA predictions as VSI-Bench does (accuracy for multiple choice, MRA for numbers)."""
     from .tasks import eval_vqa as ev
 
-    try:
-        res = ev.evaluate(ev.read_jsonl(predictions), ev.load_questions(questions) if questions else None)
-    except Vid2SceneError as e:
-        _fail(e)
-        return
-    if as_json:
-        typer.echo(json.dumps(res, indent=1))
+    res = _checked(lambda: ev.evaluate(ev.read_jsonl(predictions), ev.load_questions(questions) if questions
+                                       else None), as_json)
+    if res is None:
         return
     t = Table(title="spatial QA (VSI-Bench scoring)", title_justify="left")
     for col in ("question type", "n", "missing", "metric", "score"):
@@ -219,6 +215,8 @@ def eval_vqa(predictions: Path = typer.Argument(..., help="JSON lines with id an
         t.add_row("[bold]overall[/] (mean over types)", str(res["n"]), "", "", f"{100 * res['overall']:.1f}")
         t.add_row("overall (mean over questions)", "", "", "", f"{100 * res['overall_micro']:.1f}")
     out.print(t)
+
+
 # ---- datasets from many videos (vid2scene.dataset) ---------------------------------------------------------
 
 @app.command()
@@ -242,15 +240,9 @@ def build(
     from .dataset.build import BuildOptions, build_dataset
 
     progress.set_enabled(not quiet)
-    try:
-        cfg = load_config(config, preset)
-        opts = BuildOptions(engine=engine, address=address, workers=workers, until=until,
-                            retry_failed=retry_failed, timeout_s=timeout_s, memory_mb=memory_mb,
-                            cpus_per_task=cpus_per_task)
-        s = build_dataset(sources, output, cfg, opts)
-    except Vid2SceneError as e:
-        _fail(e)
-        return
+    opts = BuildOptions(engine=engine, address=address, workers=workers, until=until, retry_failed=retry_failed,
+                        timeout_s=timeout_s, memory_mb=memory_mb, cpus_per_task=cpus_per_task)
+    s = _checked(lambda: build_dataset(sources, output, load_config(config, preset), opts))
     out.print(f"ran {len(s.ran)} videos ({len(s.completed)} complete, {len(s.failed)} failed); skipped "
               f"{len(s.skipped_complete)} complete and {len(s.skipped_failed)} failed before "
               f"(--retry-failed re-runs them); {s.wall_s:.1f} s", highlight=False)
@@ -266,11 +258,7 @@ def dataset_info(dataset_dir: Path = typer.Argument(..., help="dataset folder ma
     """Summarise a dataset: scenes by status, failure reasons, QC medians."""
     from .dataset.index import read_index, summarize
 
-    try:
-        rows = read_index(dataset_dir)
-    except Vid2SceneError as e:
-        _fail(e)
-        return
+    rows = _checked(lambda: read_index(dataset_dir))
     s = summarize(rows)
     if report:
         from .dataset.report import write_dataset_report

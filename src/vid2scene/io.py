@@ -253,3 +253,43 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# ---- added on branch h4-tasks: PLY files with extra vertex fields (the ScanNet export's alpha / label) ------
+_PLY_TYPES = {"<f4": "float", "<f8": "double", "|u1": "uchar", "<u2": "ushort", "<i4": "int", "<u4": "uint"}
+
+
+def write_ply_records(path: str | os.PathLike, vertices: np.ndarray, triangles: np.ndarray,
+                      comments: list[str] | None = None) -> None:
+    """Atomically write a binary little-endian triangle-mesh PLY whose vertices are a structured array.
+
+    Args:
+        vertices: ``V`` records of a little-endian structured dtype (fields float32/float64/uint8/uint16/
+            int32/uint32, e.g. ``x y z red green blue alpha label``), written as they are.
+        triangles: ``F×3`` int vertex indices (written as int32 lists of length 3).
+        comments: header comments, e.g. ``["frame: gravity_z_up_metric"]``.
+    """
+    tri = np.asarray(triangles, dtype=np.int32).reshape(-1, 3)
+    faces = np.empty(len(tri), dtype=[("n", "u1"), ("v", "<i4", (3,))])
+    faces["n"] = 3
+    faces["v"] = tri
+    head = ["ply", "format binary_little_endian 1.0"] + [f"comment {c}" for c in (comments or [])]
+    head.append(f"element vertex {len(vertices)}")
+    head += [f"property {_PLY_TYPES[t]} {n}" for n, t in vertices.dtype.descr]
+    head += [f"element face {len(tri)}", "property list uchar int vertex_indices", "end_header"]
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(("\n".join(head) + "\n").encode("ascii"))
+            f.write(np.ascontiguousarray(vertices).tobytes())
+            f.write(faces.tobytes())
+
+
+def read_ply_records(path: str | os.PathLike) -> np.ndarray:
+    """The vertex element of a PLY file as a structured array (every field, as stored)."""
+    from plyfile import PlyData
+
+    try:
+        ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
+    except Exception:  # a face list of another length, or no face element: read it the slow way
+        ply = PlyData.read(str(path))
+    return np.asarray(ply["vertex"].data)

@@ -10,12 +10,13 @@ from typer.testing import CliRunner
 
 from tests.fixtures.five_objects import CAMERAS, K, OBJECTS, ROOM, build_scene
 from vid2scene.cli import app
-from vid2scene.export import EXPORTERS
-from vid2scene.export._common import label_table, map_label
+from vid2scene.export import EXPORTERS, export
+from vid2scene.export.common import label_table, map_label
 from vid2scene.export.pointcept import read_pointcept
 from vid2scene.export.scannet import read_scannet
 from vid2scene.export.sceneverse import read_camera_info
 from vid2scene.export.spatiallm import layout_lines, parse_layout
+from vid2scene.io import read_ply_comments, read_ply_mesh
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def s5(tmp_path_factory):
 
 
 def test_spatiallm_text_parses_back_to_walls_and_boxes(s5, tmp_path):
-    out = EXPORTERS["spatiallm"](s5.scene, tmp_path)
+    out = export(s5.scene, "spatiallm", tmp_path).qc
     text = (tmp_path / "room5.txt").read_text()
     lay = parse_layout(text)
     X, Y, Z = ROOM
@@ -67,7 +68,7 @@ def test_spatiallm_walls_from_a_staircase_polygon_are_simplified():
 
 
 def test_scannet_segments_and_aggregation_recover_instance_vertices(s5, tmp_path):
-    out = EXPORTERS["scannet"](s5.scene, tmp_path)
+    out = export(s5.scene, "scannet", tmp_path).qc
     r = read_scannet(tmp_path, "room5")
     assert np.allclose(r["vertices"], s5.verts, atol=1e-5) and np.array_equal(r["triangles"], s5.tris)
     assert np.array_equal(r["colors"], s5.colors)
@@ -103,7 +104,7 @@ def test_contested_vertices_go_to_the_higher_score(s5, tmp_path):
     (root / "instances.json").write_text(json.dumps(doc))
     from vid2scene.scene import Scene
 
-    out = EXPORTERS["scannet"](Scene(root), tmp_path / "x")
+    out = export(Scene(root), "scannet", tmp_path / "x").qc
     assert out["contested_vertices"] == 10
     r = read_scannet(tmp_path / "x", "c")
     g = {g["id"]: set(g["vertex_ids"].tolist()) for g in r["groups"]}
@@ -111,7 +112,7 @@ def test_contested_vertices_go_to_the_higher_score(s5, tmp_path):
 
 
 def test_pointcept_arrays(s5, tmp_path):
-    EXPORTERS["pointcept"](s5.scene, tmp_path)
+    export(s5.scene, "pointcept", tmp_path)
     a = read_pointcept(tmp_path / "room5")
     n = len(s5.verts)
     assert a["coord"].dtype == np.float32 and a["coord"].shape == (n, 3)
@@ -137,7 +138,7 @@ def test_pointcept_arrays(s5, tmp_path):
 
 
 def test_sceneverse_camera_info_inverts_to_camera_centres(s5, tmp_path):
-    out = EXPORTERS["sceneverse"](s5.scene, tmp_path)
+    out = export(s5.scene, "sceneverse", tmp_path).qc
     d = tmp_path / "room5"
     intr, ext = read_camera_info(d / "camera_info.json")
     assert intr == {"w": 320, "h": 240, "fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2]}
@@ -153,7 +154,10 @@ def test_sceneverse_camera_info_inverts_to_camera_centres(s5, tmp_path):
         assert m["point_ids"] == s5.instance_vertices[iid].tolist()
         assert m["pred_class_name"] == map_label(label)["scannet_raw_category"] and m["pred_class_id"] != -1
     assert meta["0"]["pred_class_id"] == 2 and meta["1"]["pred_class_id"] == 6  # ScanNet ids of chair, couch
-    assert (d / "mesh.ply").read_bytes() == (s5.scene.root / "mesh.ply").read_bytes()
+    # the scene's mesh in the world frame (the scene folder's mesh.ply is in the SfM frame), vertex order kept
+    v, t, c, _ = read_ply_mesh(d / "mesh.ply")
+    assert np.allclose(v, s5.verts, atol=1e-5) and np.array_equal(t, s5.tris) and np.array_equal(c, s5.colors)
+    assert "frame: gravity_z_up_metric" in read_ply_comments(d / "mesh.ply")
     assert json.loads((d / "data_info.json").read_text())["data_frames"] == [0, 10, 20, 30]
     assert out["shared_intrinsic"]
 
@@ -188,3 +192,29 @@ def test_cli_export_errors(s5, tmp_path):
     (tmp_path / "empty").mkdir()
     r = CliRunner().invoke(app, ["export", str(tmp_path / "empty"), "--format", "scannet"])
     assert r.exit_code == 3
+
+
+def test_nerfstudio_export_is_in_the_world_frame(s5, tmp_path):
+    from vid2scene.export.nerfstudio import cam_from_world_from_opengl
+
+    out = export(s5.scene, "nerfstudio", tmp_path).qc
+    doc = json.loads((tmp_path / "transforms.json").read_text())
+    assert out["n_frames"] == len(CAMERAS) and doc["vid2scene"]["world"] == "gravity_z_up_metric"
+    for f, (sf, eye, _) in zip(doc["frames"], CAMERAS):
+        assert f["source_frame"] == sf
+        assert np.allclose(cam_from_world_from_opengl(f["transform_matrix"]), s5.poses[sf], atol=1e-9)
+        assert np.allclose(np.asarray(f["transform_matrix"])[:3, 3], eye, atol=1e-9)
+    default = export(s5.scene, "nerfstudio").qc  # default folder: images relative to the file
+    rel = json.loads((s5.scene.root / "tasks/exports/nerfstudio/transforms.json").read_text())["frames"][0]
+    assert default["dir"] == str(s5.scene.root / "tasks/exports/nerfstudio")
+    assert rel["file_path"] == "../../../frames/000000.jpg"
+
+
+def test_export_options_are_validated(s5, tmp_path):
+    from vid2scene.errors import InputError
+
+    assert export(s5.scene, "scannet", tmp_path, segment_cell_m=0.25).qc["n_segments"] > 0
+    with pytest.raises(InputError, match="segment_cell_m"):
+        export(s5.scene, "scannet", tmp_path, segment_cell_m=-1)
+    with pytest.raises(InputError, match="unknown export format"):
+        export(s5.scene, "nope")

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from tests.fixtures.five_objects import CAMERAS, K, OBJECTS, ROOM, H, W, build_scene
 from vid2scene.errors import InputError
-from vid2scene.tasks.bev import BevConfig, generate, marker_color, rasterize
+from vid2scene.tasks.bev import Config as BevConfig, generate, marker_color, rasterize
 
 
 @pytest.fixture(scope="module")

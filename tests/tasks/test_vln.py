@@ -115,8 +115,8 @@ def test_habitat_conventions():
 
 
 def test_landmark_names(scene):
-    inst = common.load_instances(scene)
-    names = vln.landmark_names(inst, common.load_scene_graph(scene))
+    inst = common.instances(scene)
+    names = vln.landmark_names(inst, common.scene_graph(scene))
     assert names[0] == "the couch" and names[8] == "the laptop"
     assert names[6] == "the potted plant next to the tv"  # the scene graph singles it out
     assert 10 not in names  # the other plant has no distinguishing relation
@@ -124,9 +124,9 @@ def test_landmark_names(scene):
 
 
 def test_free_space_and_graph(scene):
-    inst = common.load_instances(scene)
-    lay = common.load_layout(scene)
-    xy, t, _ = nav.floor_trajectory(common.load_cameras(scene))
+    inst = common.instances(scene)
+    lay = common.room_layout(scene)
+    xy, t, _ = nav.floor_trajectory(common.cameras(scene))
     tr = nav.refine_trajectory(xy, t)
     space = nav.build_free_space(common.room_polygon(lay), inst, tr.segments)
     table = inst[2]
@@ -157,7 +157,7 @@ def test_episodes_replay_and_fields(scene):
     data, _ = vln.generate(scene, vln.Config(stride_m=0.5, seed=2))
     eps = data["episodes"]
     assert len(eps) >= 5 and data["quaternion_order"] == "xyzw" and data["frame"] == "habitat_y_up"
-    names = vln.landmark_names(common.load_instances(scene), common.load_scene_graph(scene))
+    names = vln.landmark_names(common.instances(scene), common.scene_graph(scene))
     for e in eps:
         for k in ("episode_id", "scene_id", "start_position", "start_rotation", "goals", "instruction",
                   "reference_path", "actions"):
@@ -178,7 +178,7 @@ def test_episodes_replay_and_fields(scene):
         goal_mark = [m for m in e["info"]["landmarks"] if m["role"] == "goal"][0]
         assert goal_mark["name"] == names[goal_mark["id"]] and goal_mark["name"] in e["instruction"]["instruction_text"]
         # the goal landmark is really by the goal
-        o = common.load_instances(scene)[goal_mark["id"]]
+        o = common.instances(scene)[goal_mark["id"]]
         assert vln.footprint_distance(o, goal)[0] <= 1.5
     assert len({e["instruction"]["template"] for e in eps}) >= 3
     a, _ = vln.generate(scene, vln.Config(stride_m=0.5, seed=2))

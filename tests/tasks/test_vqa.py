@@ -1,5 +1,5 @@
 """Spatial QA generator: every question type's ground truth against hand-computed answers on a synthetic scene
-with objects at known places (tests/tasks/synth_scene.py), ambiguous candidates rejected, determinism."""
+with objects at known places (tests/fixtures/task_scene.py), ambiguous candidates rejected, determinism."""
 
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def test_deterministic_given_seed(scene):
 def test_run_writes_files_and_refuses_missing_inputs(scene, tmp_path):
     res = run_tasks(scene, ["vqa"], seed=1)
     rows = read_jsonl(scene / "tasks" / "vqa.jsonl")
-    assert res["vqa"]["n_questions"] == len(rows) > 0
+    assert res["vqa"].qc["n_questions"] == len(rows) > 0
     assert json.loads((scene / "tasks" / "vqa_meta.json").read_text())["generation"]["seed"] == 1
     with pytest.raises(InputError, match="instances.json, layout.json"):
         run_tasks(tmp_path, ["vqa"])
@@ -271,3 +271,23 @@ def test_multiple_choice_letters_balanced_when_capped(scene):
         fair = 12 // n_opts
         for letter, k in accepted.items():
             assert c[letter] >= min(k, fair)
+
+
+def test_cli_tasks_config_file_sections(scene, tmp_path):
+    from typer.testing import CliRunner
+
+    from vid2scene.cli import app
+
+    cfg = tmp_path / "tasks.yaml"
+    cfg.write_text("vqa: {max_per_type: 2, seed: 3, types: [object_counting, room_size_estimation]}\n")
+    r = CliRunner().invoke(app, ["tasks", str(scene), "--only", "vqa", "--config", str(cfg), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["vqa"]["per_type"] == {"object_counting": 2, "room_size_estimation": 1}
+    meta = json.loads((scene / "tasks" / "vqa_meta.json").read_text())
+    assert meta["generation"]["seed"] == 3 and meta["generation"]["config"]["max_per_type"] == 2
+    for bad in ("nope: {}\n", "vqa: {max_per_type: 0}\n"):
+        cfg.write_text(bad)
+        r = CliRunner().invoke(app, ["tasks", str(scene), "--config", str(cfg)])
+        assert r.exit_code == 3 and "invalid tasks config" in r.output
+    r = CliRunner().invoke(app, ["tasks", str(scene), "--config", str(tmp_path / "missing.yaml")])
+    assert r.exit_code == 3 and "config file not found" in r.output

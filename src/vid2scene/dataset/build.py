@@ -26,9 +26,10 @@ from pathlib import Path
 from .. import progress
 from ..config import PipelineConfig
 from ..errors import InputError, Vid2SceneError
-from ..io import read_json, write_json
-from ..scene import Scene, now_iso
+from ..io import write_json
+from ..scene import MANIFEST_JSON, Scene, now_iso
 from . import index as dsindex
+from .index import read_manifest
 from .sources import Source, read_sources
 
 
@@ -67,17 +68,10 @@ def run_task(task: dict) -> dict:
     except Vid2SceneError as e:
         stage = getattr(e, "stage", None)
         if stage is None:
-            m = _manifest(Path(task["scene_dir"]))
+            m = read_manifest(Path(task["scene_dir"]))
             stage = ((m or {}).get("failure") or {}).get("stage") or "ingest"
         out.update(status="failed", failure_stage=stage, reason=str(e), error_type=type(e).__name__)
     return out
-
-
-def _manifest(root: Path) -> dict | None:
-    try:
-        return read_json(root / "manifest.json")
-    except (OSError, ValueError):
-        return None
 
 
 # ---- resume decisions ----------------------------------------------------------------------------------------
@@ -90,7 +84,7 @@ def scene_done(root: str | Path, stages: list[str], config: PipelineConfig) -> b
     from ..pipeline import needs_run
 
     scene = Scene(root)
-    m = _manifest(scene.root)
+    m = read_manifest(scene.root)
     if m is None or m.get("failure"):
         return False
     subs = m.get("subscenes") or []
@@ -100,10 +94,15 @@ def scene_done(root: str | Path, stages: list[str], config: PipelineConfig) -> b
     return all(scene_done(scene.root / e["path"], stages, config) for e in subs)
 
 
+def _scene_and_subscenes(root: Path) -> list[Scene]:
+    """The scene at ``root`` and its shot sub-scenes (``subscenes/*/``, those with a manifest)."""
+    return [Scene(root), *(Scene(mp.parent) for mp in sorted(root.glob(f"subscenes/*/{MANIFEST_JSON}")))]
+
+
 def _running_stage(root: Path) -> str | None:
     """The stage left ``running`` in a scene or its sub-scenes (where a killed task was), if any."""
-    for mp in [root / "manifest.json", *sorted(root.glob("subscenes/*/manifest.json"))]:
-        m = _manifest(mp.parent) or {}
+    for scene in _scene_and_subscenes(root):
+        m = read_manifest(scene.root) or {}
         for name, st in m.get("stages", {}).items():
             if st.get("status") == "running":
                 return name
@@ -112,14 +111,14 @@ def _running_stage(root: Path) -> str | None:
 
 def _mark_killed(root: Path, stage: str, reason: str, error_type: str) -> None:
     """Record a time-out / crash / memory kill in the scene manifest (the stage stays re-runnable)."""
-    for mp in [root / "manifest.json", *sorted(root.glob("subscenes/*/manifest.json"))]:
-        m = _manifest(mp.parent)
+    for scene in _scene_and_subscenes(root):
+        m = read_manifest(scene.root)
         if not m or m.get("stages", {}).get(stage, {}).get("status") != "running":
             continue
         m["stages"][stage].update(status="failed", finished=now_iso(), reason=reason, error_type=error_type)
         m["status"] = "failed"
         m["failure"] = {"stage": stage, "reason": reason, "error_type": error_type, "exit_code": 4}
-        write_json(mp, m)
+        scene.write_manifest(m)
 
 
 # ---- the build ---------------------------------------------------------------------------------------------------
@@ -162,25 +161,13 @@ def _task_for(src: Source, dataset_dir: Path, config: PipelineConfig, until: str
             "log_path": str(dataset_dir / "logs" / f"{src.scene_id}.log")}
 
 
-def build_dataset(sources: str | Path, dataset_dir: str | Path, config: PipelineConfig | None = None,
-                  options: BuildOptions | None = None, engine=None) -> BuildSummary:
-    """Build (or resume) the dataset in ``dataset_dir`` from the videos listed by ``sources``.
-
-    ``engine``: an engine object to use instead of the one ``options`` names (tests). Each finished task
-    writes ``tasks/<id>.json`` and rewrites ``index.parquet`` at once; ``report.html`` is written at the
-    end (also after an interruption).
+def open_dataset(dataset_dir: str | Path, sources: str | Path, config: PipelineConfig, engine: str,
+                 until: str | None, stages: list[str]) -> Path:
+    """Create (or reopen) the dataset folder and write its ``dataset.json``; returns the resolved path.
 
     Raises:
-        InputError: unreadable sources, an unknown ``until`` stage, or a bad engine choice.
-        BackendNotInstalled: ``--engine ray`` without Ray.
+        InputError: the path is a file, or a non-empty folder that is not a dataset.
     """
-    from ..stage import STAGES, stage_module
-
-    config = config or PipelineConfig()
-    opts = options or BuildOptions()
-    until = stage_module(opts.until).NAME if opts.until else None
-    stages = STAGES if until is None else STAGES[: STAGES.index(until) + 1]
-    srcs = read_sources(sources)
     ds = Path(dataset_dir)
     if ds.exists() and not ds.is_dir():
         raise InputError(f"dataset folder is a file: {ds}")
@@ -190,13 +177,16 @@ def build_dataset(sources: str | Path, dataset_dir: str | Path, config: Pipeline
         (ds / sub).mkdir(parents=True, exist_ok=True)
     ds = ds.resolve()
     write_json(ds / "dataset.json", {"created": now_iso(), "sources": str(Path(sources).resolve()),
-                                     "engine": opts.engine, "until": until, "stages": stages,
+                                     "engine": engine, "until": until, "stages": stages,
                                      "config": config.model_dump(mode="json")})
-    records = dsindex.read_task_records(ds)
-    idx = dsindex.DatasetIndex(ds)
-    for tid, rec in records.items():
-        idx.rows[tid] = dsindex.rows_for_task(ds, rec)
-    summary = BuildSummary(ds)
+    return ds
+
+
+def plan_tasks(ds: Path, srcs: list[Source], records: dict, idx: "dsindex.DatasetIndex", stages: list[str],
+               config: PipelineConfig, until: str | None, retry_failed: bool, summary: "BuildSummary") -> list[dict]:
+    """The tasks to run: every source whose scene is not done with ``config`` (failed ones only with
+    ``retry_failed``). Scenes found complete get a ``complete`` task record (written, indexed); skipped ones are
+    listed in ``summary``."""
     todo = []
     for src in srcs:
         rec = records.get(src.scene_id)
@@ -209,28 +199,22 @@ def build_dataset(sources: str | Path, dataset_dir: str | Path, config: Pipeline
                            attempts=(rec or {}).get("attempts", 0))
                 dsindex.write_task_record(ds, rec)
                 idx.update(rec)
-        elif rec and rec.get("status") == "failed" and not opts.retry_failed:
+        elif rec and rec.get("status") == "failed" and not retry_failed:
             summary.skipped_failed.append(src.scene_id)
         else:
             todo.append(_task_for(src, ds, config, until))
-    if not todo:
-        idx.write()
-        if opts.report:
-            _write_report(ds, idx)
-        return summary
+    return todo
 
-    if engine is None:
-        from .engines import make_engine
 
-        engine = make_engine(opts.engine, opts.workers, opts.address, opts.timeout_s, opts.memory_mb,
-                             opts.cpus_per_task)
+def run_planned(engine, todo: list[dict], ds: Path, records: dict, idx: "dsindex.DatasetIndex", n_total: int,
+                summary: "BuildSummary") -> None:
+    """Run ``todo`` on ``engine``: each finished task's record is written and the index rewritten at once;
+    ``summary`` collects the outcomes. The engine is closed on return, on an error and on Ctrl-C."""
     t0 = time.monotonic()
-    n_total = len(srcs)
     done0 = len(summary.skipped_complete) + len(summary.skipped_failed)
-    bar_ctx = _BuildBar(n_total, done0)
     runner = None
     try:
-        with bar_ctx as bar:
+        with _BuildBar(n_total, done0) as bar:
             bar.show(len(summary.completed), len(summary.failed), engine.running, summary)
             runner = engine.run(todo)
             for task, res in runner:
@@ -250,6 +234,43 @@ def build_dataset(sources: str | Path, dataset_dir: str | Path, config: Pipeline
         if runner is not None:
             runner.close()  # on Ctrl-C: kill the running task processes now
         engine.close()
+
+
+def build_dataset(sources: str | Path, dataset_dir: str | Path, config: PipelineConfig | None = None,
+                  options: BuildOptions | None = None, engine=None) -> BuildSummary:
+    """Build (or resume) the dataset in ``dataset_dir`` from the videos listed by ``sources``.
+
+    ``engine``: an engine object to use instead of the one ``options`` names (tests). Each finished task
+    writes ``tasks/<id>.json`` and rewrites ``index.parquet`` at once; ``report.html`` is written at the
+    end (also after an interruption).
+
+    Raises:
+        InputError: unreadable sources, an unknown ``until`` stage, or a bad engine choice.
+        BackendNotInstalled: ``--engine ray`` without Ray.
+    """
+    from ..stage import STAGES, stage_module
+
+    config = config or PipelineConfig()
+    opts = options or BuildOptions()
+    until = stage_module(opts.until).NAME if opts.until else None
+    stages = STAGES if until is None else STAGES[: STAGES.index(until) + 1]
+    srcs = read_sources(sources)
+    ds = open_dataset(dataset_dir, sources, config, opts.engine, until, stages)
+    records = dsindex.read_task_records(ds)
+    idx = dsindex.DatasetIndex(ds)
+    for tid, rec in records.items():
+        idx.rows[tid] = dsindex.rows_for_task(ds, rec)
+    summary = BuildSummary(ds)
+    todo = plan_tasks(ds, srcs, records, idx, stages, config, until, opts.retry_failed, summary)
+    if todo and engine is None:
+        from .engines import make_engine
+
+        engine = make_engine(opts.engine, opts.workers, opts.address, opts.timeout_s, opts.memory_mb,
+                             opts.cpus_per_task)
+    try:
+        if todo:
+            run_planned(engine, todo, ds, records, idx, len(srcs), summary)
+    finally:
         idx.write()
         if opts.report:
             _write_report(ds, idx)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import Vid2SceneError
 from ..io import atomic_path, finished_files, read_json, write_json
+from ..scene import Scene
 
 INDEX = "index.parquet"
 TASKS = "tasks"
@@ -82,10 +84,12 @@ def write_task_record(dataset_dir: Path, record: dict) -> None:
     write_json(task_record_path(dataset_dir, record["task_id"]), {k: record.get(k) for k in TASK_RECORD_KEYS})
 
 
-def _read_manifest(root: Path) -> dict | None:
+def read_manifest(root: str | Path) -> dict | None:
+    """The ``manifest.json`` of the scene folder ``root``, or None when it is absent or unreadable (a task
+    killed before ingest, a half-written folder)."""
     try:
-        return read_json(root / "manifest.json")
-    except (OSError, ValueError):
+        return Scene(root).read_manifest()
+    except Vid2SceneError:
         return None
 
 
@@ -97,19 +101,20 @@ def _count_jsonl(path: Path) -> int | None:
 
 
 def _n_instances(root: Path) -> int | None:
-    p = root / "instances.json"
-    if not p.is_file():
+    """Number of instances in the scene's ``instances.json`` (None when absent or unreadable)."""
+    scene = Scene(root)
+    if not scene.instances_json.is_file():
         return None
     try:
-        return len(read_json(p).get("instances", []))
-    except (OSError, ValueError):
+        return len(scene.instances().get("instances", []))
+    except Vid2SceneError:
         return None
 
 
 def thumbnail_path(root: Path) -> Path | None:
     """First keyframe of the scene (``frames/``), else its first decoded frame (``frames_all/``), or None."""
-    for d in ("frames", "frames_all"):
-        folder = root / d
+    scene = Scene(root)
+    for folder in (scene.frames_dir, scene.frames_all_dir):
         if folder.is_dir():
             first = min((p for p in folder.iterdir() if p.suffix == ".jpg"), default=None, key=lambda p: p.name)
             if first is not None:
@@ -126,7 +131,7 @@ def scene_row(dataset_dir: Path, root: Path, record: dict, scene_id: str, parent
               shot: int | None) -> dict:
     """One index row for the scene folder ``root`` of the task ``record``."""
     dataset_dir = Path(dataset_dir)
-    m = _read_manifest(root) or {}
+    m = read_manifest(root) or {}
     stages, qc = m.get("stages", {}), m.get("qc", {})
     wanted = requested_stages(record.get("until"))
     if all(stages.get(s, {}).get("status") == "complete" for s in wanted) and not m.get("failure"):
@@ -151,7 +156,7 @@ def scene_row(dataset_dir: Path, root: Path, record: dict, scene_id: str, parent
            "n_keyframes": kf.get("n_keyframes"), "n_registered": sfm.get("n_registered"),
            "registered_share": sfm.get("registered_share"),
            "reprojection_error_px": sfm.get("mean_reprojection_error_px"), "n_points": sfm.get("n_points"),
-           "n_instances": _n_instances(root), "n_qa": _count_jsonl(root / "tasks" / "vqa.jsonl"),
+           "n_instances": _n_instances(root), "n_qa": _count_jsonl(Scene(root).task_path("vqa.jsonl")),
            "fetch_s": record.get("fetch_s"), "wall_s": record.get("wall_s"),
            "peak_rss_mb": record.get("peak_rss_mb"), "finished": record.get("finished"),
            "worker": record.get("worker"), "attempts": record.get("attempts"),
@@ -167,7 +172,7 @@ def rows_for_task(dataset_dir: Path, record: dict) -> list[dict]:
     dataset_dir = Path(dataset_dir)
     tid = record["task_id"]
     root = dataset_dir / SCENES / tid
-    m = _read_manifest(root)
+    m = read_manifest(root)
     subs = (m or {}).get("subscenes") or []
     if not subs:
         return [scene_row(dataset_dir, root, record, tid, None, None)]
@@ -176,11 +181,11 @@ def rows_for_task(dataset_dir: Path, record: dict) -> list[dict]:
         r = scene_row(dataset_dir, root / e["path"], record, f"{tid}--shot_{int(e['shot']):03d}", tid, int(e["shot"]))
         for n in ("ingest", "shots"):  # the parent ran these once for all its shots
             r[f"seconds_{n}"] = (m["stages"].get(n) or {}).get("seconds")
+        sub = Scene(root / e["path"])
         try:  # the sub-scene's share of the video: its shot
-            shot = read_json(root / e["path"] / "shots.json")["shots"][0]
-            r["duration_s"], r["n_frames_kept"] = shot.get("duration_s"), r["n_frames_kept"] or len(
-                read_json(root / e["path"] / "frames_all" / "index.json")["frames"])
-        except (OSError, ValueError, KeyError, IndexError):
+            shot = sub.shots()["shots"][0]
+            r["duration_s"], r["n_frames_kept"] = shot.get("duration_s"), r["n_frames_kept"] or len(sub.frame_index())
+        except (Vid2SceneError, KeyError, IndexError):
             pass
         rows.append(r)
     return rows

@@ -3,12 +3,13 @@ scenes (inline SVG) and a thumbnail per scene (its first keyframe, inlined). Sel
 
 from __future__ import annotations
 
+import base64
 import html
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import atomic_path, read_image_rgb
 from .index import summarize
 
 #: (column, axis label) of the histograms.
@@ -20,6 +21,21 @@ HISTOGRAMS = [
 ]
 
 _STATUS_COLOUR = {"complete": "#2a7", "failed": "#c33", "incomplete": "#d90"}
+
+
+def jpg_data_uri(path: str | Path, width: int = 200) -> str:
+    """An image file as an inline ``data:image/jpeg;base64,…`` URI, resized to ``width`` pixels wide (aspect
+    kept, JPEG quality 80); "" when the file is missing or unreadable."""
+    import cv2
+
+    try:
+        rgb = read_image_rgb(path)
+    except OSError:
+        return ""
+    size = (int(width), max(1, round(rgb.shape[0] * width / rgb.shape[1])))
+    bgr = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), size, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
 
 
 def svg_histogram(values: list[float], label: str, bins: int = 12, width: int = 300, height: int = 150) -> str:
@@ -54,8 +70,6 @@ def svg_histogram(values: list[float], label: str, bins: int = 12, width: int = 
 
 def write_dataset_report(dataset_dir: str | Path, rows: list[dict]) -> Path:
     """Write ``dataset_dir/report.html`` for the index ``rows``; returns its path."""
-    from ..report import _jpg_data_uri
-
     ds = Path(dataset_dir)
     s = summarize(rows)
     e = html.escape
@@ -80,7 +94,7 @@ def write_dataset_report(dataset_dir: str | Path, rows: list[dict]) -> Path:
         out.append("<h2>QC of complete scenes</h2><div class='hist'>" + "".join(hists) + "</div>")
     out.append("<h2>Scenes</h2><div class='grid'>")
     for r in rows:
-        thumb = _jpg_data_uri(ds / r["thumbnail"], 160) if r.get("thumbnail") else ""
+        thumb = jpg_data_uri(ds / r["thumbnail"], 160) if r.get("thumbnail") else ""
         colour = _STATUS_COLOUR.get(r["status"], "#999")
         img = (f"<img src='{thumb}' style='border-color:{colour}'>" if thumb else
                f"<div style='width:160px;height:90px;background:#eee;border:3px solid {colour}'></div>")

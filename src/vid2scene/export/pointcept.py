@@ -25,13 +25,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
+from ..io import atomic_path
 from ..scene import Scene
-from ._common import STRUCTURE_NONE, export_dir, load_mesh, scene_id
+from ..stage import StageResult
+from ..tasks import common as scene_inputs
+from .common import STRUCTURE_NONE, ExportConfig, export_dir, exports_rel, scene_id
 from .scannet import vertex_labels
 
-FORMAT = "pointcept"
+NAME = FORMAT = "pointcept"
+OUTPUTS = [exports_rel(NAME)]
 ARRAYS = ("coord", "color", "normal", "segment20", "segment200", "segment", "instance")
+
+
+class Config(ExportConfig):
+    """Pointcept export options (metres)."""
+
+    structure_tol_m: float = Field(0.05, gt=0, description="distance to a layout plane that labels a vertex")
 
 
 def vertex_normals(verts: np.ndarray, tris: np.ndarray) -> np.ndarray:
@@ -45,12 +56,10 @@ def vertex_normals(verts: np.ndarray, tris: np.ndarray) -> np.ndarray:
     return (nv / (np.linalg.norm(nv, axis=1, keepdims=True) + 1e-8)).astype(np.float32)
 
 
-def export(scene: Scene, out: str | Path | None = None, scene_name: str | None = None,
-           structure_tol_m: float = 0.05) -> dict:
-    """Write the arrays into ``<out>/<scene_id>/`` (default ``out``: ``SCENE/tasks/exports/pointcept/``).
-    Returns a summary dict. Raises InputError on missing inputs."""
-    verts, cols, tris = load_mesh(scene)
-    owner, labels, contested = vertex_labels(scene, verts, structure_tol_m)
+def point_arrays(verts: np.ndarray, cols: np.ndarray | None, tris: np.ndarray, owner: np.ndarray,
+                 labels: dict) -> dict[str, np.ndarray]:
+    """The arrays of the module table from the world-frame mesh and the per-vertex owners of
+    :func:`.scannet.vertex_labels`."""
     n = len(verts)
     seg20 = np.full(n, -1, dtype=np.int64)
     seg200 = np.full(n, -1, dtype=np.int64)
@@ -59,20 +68,34 @@ def export(scene: Scene, out: str | Path | None = None, scene_name: str | None =
         seg20[m] = rec["scannet20_index"]
         seg200[m] = rec["scannet200_index"]
     inst = np.where(owner >= 0, owner, -1).astype(np.int64)
-    arrays = {"coord": verts.astype(np.float32),
-              "color": (cols if cols is not None else np.full((n, 3), 128)).astype(np.uint8),
-              "normal": vertex_normals(verts, tris), "segment20": seg20, "segment200": seg200,
-              "segment": seg20.copy(), "instance": inst}
-    d = export_dir(scene, FORMAT, out) / scene_id(scene, scene_name)
-    d.mkdir(parents=True, exist_ok=True)
-    from ..io import atomic_path
+    return {"coord": verts.astype(np.float32),
+            "color": (cols if cols is not None else np.full((n, 3), 128)).astype(np.uint8),
+            "normal": vertex_normals(verts, tris), "segment20": seg20, "segment200": seg200,
+            "segment": seg20.copy(), "instance": inst}
 
+
+def run(scene: Scene, config: Config | None = None) -> StageResult:
+    """Write the arrays into ``<out>/<scene_id>/`` (default ``out``: ``SCENE/tasks/exports/pointcept/``);
+    ``qc`` lists the files and counts.
+
+    Raises:
+        InputError: no mesh / instances.json / world frame, or a ``vertex_ids`` entry out of range.
+    """
+    cfg = config or Config()
+    scene = scene_inputs.scene_of(scene)
+    mesh = scene_inputs.mesh(scene)
+    owner, labels, contested = vertex_labels(scene, mesh.vertices, cfg.structure_tol_m)
+    arrays = point_arrays(mesh.vertices, mesh.colors, mesh.triangles, owner, labels)
+    d = export_dir(scene, FORMAT, cfg.out) / scene_id(scene, cfg.scene_name)
+    d.mkdir(parents=True, exist_ok=True)
     for k, a in arrays.items():
         with atomic_path(d / f"{k}.npy") as tmp:
             np.save(tmp, a)
-    return {"format": FORMAT, "dir": str(d), "files": [str(d / f"{k}.npy") for k in arrays], "n_points": n,
-            "labelled_share": round(float((owner != STRUCTURE_NONE).mean()) if n else 0.0, 4),
-            "n_instances": int(len(np.unique(inst[inst >= 0]))), "contested_vertices": contested}
+    n, inst = len(mesh.vertices), arrays["instance"]
+    qc = {"format": FORMAT, "dir": str(d), "files": [str(d / f"{k}.npy") for k in arrays], "n_points": n,
+          "labelled_share": round(float((owner != STRUCTURE_NONE).mean()) if n else 0.0, 4),
+          "n_instances": int(len(np.unique(inst[inst >= 0]))), "contested_vertices": contested}
+    return StageResult(qc=qc, summary=f"{n} points, {qc['n_instances']} instances in {d}")
 
 
 def read_pointcept(folder: str | Path) -> dict[str, np.ndarray]:

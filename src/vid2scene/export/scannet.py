@@ -4,7 +4,8 @@
 Convention converted to: ScanNet's scan files as read by ScanNet's own scripts and by Pointcept's
 ``preprocess_scannet.py`` (mesh vertices ↔ ``segIndices`` ↔ ``segGroups``):
 
-* Geometry: ``mesh.ply`` as is — our gravity-aligned metric world (metres, z up, floor z = 0). ScanNet's raw
+* Geometry: the scene's mesh in our world frame (:meth:`Scene.mesh` with ``frame="world"``: metres, z up,
+  floor z = 0). ScanNet's raw
   scans are not axis-aligned (the ``axisAlignment`` in ``<id>.txt`` aligns them); ours already are, so
   ``<id>.txt`` records the identity. Vertices carry ``x y z`` float and ``red green blue alpha`` uchar.
 * Segments: ScanNet over-segments its meshes with a graph-based segmentator. We write a deterministic
@@ -23,22 +24,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
-from ..io import atomic_path, read_json, write_json
-from ..scene import Scene
-from ._common import (STRUCTURE_NONE, export_dir, load_instances, load_layout, load_mesh, map_label, scene_id,
-                      structure_label, structure_owner, vertex_owner)
+from ..io import atomic_path, read_json, read_ply_mesh, read_ply_records, write_json, write_ply_records
+from ..scene import WORLD_NAME, Scene
+from ..stage import StageResult
+from ..tasks import common as scene_inputs
+from .common import (STRUCTURE_NONE, ExportConfig, export_dir, exports_rel, map_label, scene_id, structure_label,
+                     structure_owner, vertex_owner)
 
-FORMAT = "scannet"
+NAME = FORMAT = "scannet"
+OUTPUTS = [exports_rel(NAME)]
 SEGS_SUFFIX = "_vh_clean_2.0.010000.segs.json"
+PLY_COMMENTS = [f"frame: {WORLD_NAME}", "units: m", "source: vid2scene scannet export"]
+
+
+class Config(ExportConfig):
+    """ScanNet export options (metres)."""
+
+    segment_cell_m: float = Field(0.5, gt=0, description="voxel cell of the over-segmentation")
+    structure_tol_m: float = Field(0.05, gt=0, description="distance to a layout plane that labels a vertex")
 
 
 def vertex_labels(scene: Scene, verts: np.ndarray, structure_tol_m: float = 0.05) -> tuple[np.ndarray, dict, int]:
     """(per-vertex owner code — instance id ≥ 0, or a :func:`structure_owner` code < 0 —, ``{code: label
-    record}`` for every code present except −1, number of vertices claimed by two instances)."""
-    doc = load_instances(scene)
+    record}`` for every code present except −1, number of vertices claimed by two instances) for the world-frame
+    mesh vertices ``verts`` (``V×3``)."""
+    doc = scene_inputs.instances_doc(scene)
     owner, contested = vertex_owner(doc["instances"], len(verts))
-    struct = structure_owner(verts, load_layout(scene), structure_tol_m)
+    struct = structure_owner(verts, scene_inputs.layout(scene, required=False), structure_tol_m)
     free = owner < 0
     owner[free] = struct[free]
     labels = {int(d["id"]): dict(map_label(d["label"]), coco_label=d["label"]) for d in doc["instances"]}
@@ -56,63 +70,38 @@ def oversegment(verts: np.ndarray, owner: np.ndarray, cell_m: float) -> np.ndarr
     _, seg = np.unique(key, return_inverse=True)
     return seg.reshape(-1).astype(np.int64)
 
-def _write_ply(path: Path, vertices: np.ndarray, tris: np.ndarray) -> None:
-    """Binary little-endian PLY of a structured vertex array and triangles (vectorised; plyfile writes list
-    properties row by row, 15 s for 333k faces)."""
-    names = {"<f4": "float", "|u1": "uchar", "<u2": "ushort"}
-    head = ["ply", "format binary_little_endian 1.0", "comment frame: gravity_z_up_metric", "comment units: m",
-            "comment source: vid2scene scannet export", f"element vertex {len(vertices)}"]
-    head += [f"property {names[t]} {n}" for n, t in vertices.dtype.descr]
-    head += [f"element face {len(tris)}", "property list uchar int vertex_indices", "end_header"]
-    faces = np.empty(len(tris), dtype=[("n", "u1"), ("v", "<i4", (3,))])
-    faces["n"] = 3
-    faces["v"] = tris
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(("\n".join(head) + "\n").encode("ascii"))
-            f.write(vertices.tobytes())
-            f.write(faces.tobytes())
 
-def export(scene: Scene, out: str | Path | None = None, scene_name: str | None = None,
-           segment_cell_m: float = 0.5, structure_tol_m: float = 0.05) -> dict:
-    """Write the ScanNet files for ``scene`` into ``out`` (default ``SCENE/tasks/exports/scannet/``).
-
-    Returns a summary dict (files, counts). Raises InputError when mesh.ply or instances.json is missing or a
-    ``vertex_ids`` entry is out of range.
-    """
-    verts, cols, tris = load_mesh(scene)
-    owner, labels, contested = vertex_labels(scene, verts, structure_tol_m)
-    seg = oversegment(verts, owner, segment_cell_m)
-    d = export_dir(scene, FORMAT, out)
-    sid = scene_id(scene, scene_name)
+def vertex_records(verts: np.ndarray, cols: np.ndarray | None, nyu40: np.ndarray | None = None) -> np.ndarray:
+    """ScanNet PLY vertex records: ``x y z`` float32, ``red green blue alpha`` uint8 (grey 128 without colours)
+    and, when ``nyu40`` (``V`` ints) is given, ``label`` ushort."""
     n = len(verts)
-
-    v = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
-                           ("blue", "u1"), ("alpha", "u1")])
-    v["x"], v["y"], v["z"] = verts.T.astype(np.float32)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("alpha", "u1")]
+    v = np.zeros(n, dtype=fields + ([("label", "<u2")] if nyu40 is not None else []))
+    v["x"], v["y"], v["z"] = np.asarray(verts).T.astype(np.float32)
     c = cols if cols is not None else np.full((n, 3), 128, np.uint8)
     v["red"], v["green"], v["blue"], v["alpha"] = c[:, 0], c[:, 1], c[:, 2], 255
-    _write_ply(d / f"{sid}_vh_clean_2.ply", v, tris)
+    if nyu40 is not None:
+        v["label"] = nyu40
+    return v
 
-    lab = np.zeros(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
-                             ("blue", "u1"), ("alpha", "u1"), ("label", "<u2")])
-    for k in ("x", "y", "z", "red", "green", "blue", "alpha"):
-        lab[k] = v[k]
+
+def nyu40_per_vertex(owner: np.ndarray, labels: dict) -> np.ndarray:
+    """``V`` int64 NYU40 id of each vertex's owner (0 = unannotated, ScanNet's convention)."""
     codes = np.array(sorted(labels), dtype=np.int64)
     nyu = np.array([labels[int(k)]["nyu40_id"] for k in codes], dtype=np.int64)
+    out = np.zeros(len(owner), np.int64)
     has = owner != STRUCTURE_NONE
-    lab["label"][has] = nyu[np.searchsorted(codes, owner[has])]
-    _write_ply(d / f"{sid}_vh_clean_2.labels.ply", lab, tris)
+    out[has] = nyu[np.searchsorted(codes, owner[has])]
+    return out
 
-    write_json(d / f"{sid}{SEGS_SUFFIX}", {"params": {"kThresh": "0.01", "segMinVerts": "20", "minPoints": "0",
-                                                      "maxPoints": "0", "thinThresh": "0", "flatThresh": "0",
-                                                      "minLength": "0", "maxLength": "0",
-                                                      "vid2scene_method": f"owner x {segment_cell_m} m voxel cell"},
-                                           "sceneId": sid, "segIndices": seg.tolist()}, indent=None)
-    groups = []
+
+def seg_groups(owner: np.ndarray, seg: np.ndarray, labels: dict) -> list[dict]:
+    """ScanNet ``segGroups``: one per instance (id = instance id), then floor / ceiling / walls (ids after them)."""
+    codes = sorted(labels)
     inst_codes = [k for k in codes if k >= 0]
     struct_codes = sorted((k for k in codes if k < STRUCTURE_NONE), reverse=True)  # floor, ceiling, walls
     next_id = (max(inst_codes) + 1) if inst_codes else 0
+    groups = []
     for k in list(inst_codes) + struct_codes:
         segs = np.unique(seg[owner == k])
         if k >= 0:
@@ -123,33 +112,58 @@ def export(scene: Scene, out: str | Path | None = None, scene_name: str | None =
         groups.append({"id": gid, "objectId": gid, "segments": segs.tolist(), "label": rec["scannet_raw_category"],
                        "vid2scene": {"source": "instance" if k >= 0 else "layout", "coco_label": rec.get("coco_label"),
                                      "nyu40_id": rec["nyu40_id"]}})
-    write_json(d / f"{sid}.aggregation.json", {"sceneId": f"scannet.{sid}", "appId": "vid2scene.export.scannet",
-                                               "segGroups": groups, "segmentsFile": f"scannet.{sid}{SEGS_SUFFIX}"})
-    with atomic_path(d / f"{sid}.txt") as tmp:
+    return groups
+
+
+def run(scene: Scene, config: Config | None = None) -> StageResult:
+    """Write the ScanNet files of ``scene`` into ``config.out`` (default ``SCENE/tasks/exports/scannet/``);
+    ``qc`` lists the files and counts.
+
+    Raises:
+        InputError: no mesh / instances.json / world frame, or a ``vertex_ids`` entry out of range.
+    """
+    cfg = config or Config()
+    scene = scene_inputs.scene_of(scene)
+    mesh = scene_inputs.mesh(scene)
+    verts, tris = mesh.vertices, mesh.triangles
+    owner, labels, contested = vertex_labels(scene, verts, cfg.structure_tol_m)
+    seg = oversegment(verts, owner, cfg.segment_cell_m)
+    d = export_dir(scene, FORMAT, cfg.out)
+    sid = scene_id(scene, cfg.scene_name)
+    n = len(verts)
+    names = [f"{sid}_vh_clean_2.ply", f"{sid}{SEGS_SUFFIX}", f"{sid}.aggregation.json",
+             f"{sid}_vh_clean_2.labels.ply", f"{sid}.txt"]
+    write_ply_records(d / names[0], vertex_records(verts, mesh.colors), tris, PLY_COMMENTS)
+    write_ply_records(d / names[3], vertex_records(verts, mesh.colors, nyu40_per_vertex(owner, labels)), tris,
+                      PLY_COMMENTS)
+    write_json(d / names[1], {"params": {"kThresh": "0.01", "segMinVerts": "20", "minPoints": "0",
+                                         "maxPoints": "0", "thinThresh": "0", "flatThresh": "0",
+                                         "minLength": "0", "maxLength": "0",
+                                         "vid2scene_method": f"owner x {cfg.segment_cell_m} m voxel cell"},
+                              "sceneId": sid, "segIndices": seg.tolist()}, indent=None)
+    groups = seg_groups(owner, seg, labels)
+    write_json(d / names[2], {"sceneId": f"scannet.{sid}", "appId": "vid2scene.export.scannet",
+                              "segGroups": groups, "segmentsFile": f"scannet.{sid}{SEGS_SUFFIX}"})
+    with atomic_path(d / names[4]) as tmp:
         tmp.write_text("axisAlignment = " + " ".join(f"{x:g}" for x in np.eye(4).ravel()) + "\n"
                        f"numVertices = {n}\nnumFaces = {len(tris)}\nsceneType = unknown\n")
-    return {"format": FORMAT, "dir": str(d), "scene_id": sid,
-            "files": [str(d / x) for x in (f"{sid}_vh_clean_2.ply", f"{sid}{SEGS_SUFFIX}", f"{sid}.aggregation.json",
-                                           f"{sid}_vh_clean_2.labels.ply", f"{sid}.txt")],
-            "n_segments": int(seg.max() + 1) if n else 0, "n_groups": len(groups),
-            "n_instances": len(inst_codes), "contested_vertices": contested}
+    n_inst = sum(1 for k in labels if k >= 0)
+    qc = {"format": FORMAT, "dir": str(d), "scene_id": sid, "files": [str(d / x) for x in names],
+          "n_segments": int(seg.max() + 1) if n else 0, "n_groups": len(groups),
+          "n_instances": n_inst, "contested_vertices": contested}
+    return StageResult(qc=qc, summary=f"{qc['n_segments']} segments, {len(groups)} groups in {d}")
 
 
 def read_scannet(folder: str | Path, sid: str) -> dict:
     """Read an export back: ``{"vertices": N×3, "colors": N×3 uint8, "triangles": M×3, "seg_indices": N,
     "groups": [{"id", "label", "vertex_ids": sorted int64 array}], "nyu40": N uint16}``."""
-    from plyfile import PlyData
-
     folder = Path(folder)
-    ply = PlyData.read(str(folder / f"{sid}_vh_clean_2.ply"), known_list_len={"face": {"vertex_indices": 3}})
-    v = ply["vertex"].data
+    verts, tris, cols, _ = read_ply_mesh(folder / f"{sid}_vh_clean_2.ply")
     seg = np.asarray(read_json(folder / f"{sid}{SEGS_SUFFIX}")["segIndices"], dtype=np.int64)
     agg = read_json(folder / f"{sid}.aggregation.json")
     groups = [{"id": g["id"], "label": g["label"],
                "vertex_ids": np.flatnonzero(np.isin(seg, np.asarray(g["segments"], dtype=np.int64)))}
               for g in agg["segGroups"]]
-    lab = PlyData.read(str(folder / f"{sid}_vh_clean_2.labels.ply"), known_list_len={"face": {"vertex_indices": 3}})
-    return {"vertices": np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float64),
-            "colors": np.stack([v["red"], v["green"], v["blue"]], 1),
-            "triangles": np.asarray(ply["face"].data["vertex_indices"], dtype=np.int64),
-            "seg_indices": seg, "groups": groups, "nyu40": np.asarray(lab["vertex"].data["label"])}
+    labels = read_ply_records(folder / f"{sid}_vh_clean_2.labels.ply")["label"]
+    return {"vertices": verts, "colors": cols, "triangles": tris, "seg_indices": seg, "groups": groups,
+            "nyu40": np.asarray(labels)}

@@ -19,22 +19,37 @@ world (floor z = 0)::
   15 ScanNet20 object classes SceneVerse++ trains SpatialLM on and drops instances outside them.
 * Numbers are written with 4 decimals. Ids are 0-based per entity type.
 
-The point cloud ``<scene_id>.ply`` holds mesh.ply's vertices with colours (SpatialLM's input modality).
+The point cloud ``<scene_id>.ply`` holds the world-frame mesh's vertices with colours (SpatialLM's input
+modality).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ..io import atomic_path, write_ply_points
-from ..scene import Scene
-from ._common import export_dir, load_instances, load_layout, load_mesh, map_label, scene_id
+from pydantic import Field
 
-FORMAT = "spatiallm"
+from ..io import atomic_path, write_ply_points
+from ..scene import WORLD_NAME, Scene
+from ..stage import StageResult
+from ..tasks import common as scene_inputs
+from .common import ExportConfig, export_dir, exports_rel, map_label, scene_id
+
+NAME = FORMAT = "spatiallm"
+OUTPUTS = [exports_rel(NAME)]
+
+
+class Config(ExportConfig):
+    """SpatialLM export options (metres)."""
+
+    class_names: Literal["coco", "scannet20"] = Field("coco", description="COCO labels, or the ScanNet20 object "
+                                                                          "classes (others dropped)")
+    wall_thickness_m: float = Field(0.0, ge=0)
+    wall_simplify_m: float = Field(0.15, ge=0, description="Douglas-Peucker tolerance of the room polygon")
+    write_points: bool = Field(True, description="also write <scene_id>.ply (the mesh vertices, coloured)")
 
 # SceneVerse++ (Spatiallm/data_generation/svpp/generate_layout.py): NYU40 id -> ScanNet20 object class name
 SCANNET20_OBJECTS = {3: "cabinet", 4: "bed", 5: "chair", 6: "sofa", 7: "table", 10: "bookshelf", 11: "picture",
@@ -118,24 +133,28 @@ def parse_layout(text: str) -> dict:
     return {"walls": walls, "bboxes": boxes}
 
 
-def export(scene: Scene, out: str | Path | None = None, scene_name: str | None = None,
-           class_names: Literal["coco", "scannet20"] = "coco", wall_thickness_m: float = 0.0,
-           wall_simplify_m: float = 0.15, write_points: bool = True) -> dict:
-    """Write ``<out>/<scene_id>.txt`` (and ``<scene_id>.ply``); default ``out`` is
-    ``SCENE/tasks/exports/spatiallm/``. Returns a summary dict. Raises InputError on missing inputs."""
-    inst = load_instances(scene)["instances"]
-    layout = load_layout(scene)
-    d = export_dir(scene, FORMAT, out)
-    sid = scene_id(scene, scene_name)
-    lines = layout_lines(inst, layout, class_names, wall_thickness_m, wall_simplify_m)
+def run(scene: Scene, config: Config | None = None) -> StageResult:
+    """Write ``<out>/<scene_id>.txt`` (and ``<scene_id>.ply``); ``qc`` lists the files and wall / box counts.
+
+    Raises:
+        InputError: no instances.json, or (``write_points``) no mesh / no world frame.
+    """
+    cfg = config or Config()
+    scene = scene_inputs.scene_of(scene)
+    inst = scene_inputs.instances_doc(scene)["instances"]
+    layout = scene_inputs.layout(scene, required=False)
+    d = export_dir(scene, FORMAT, cfg.out)
+    sid = scene_id(scene, cfg.scene_name)
+    lines = layout_lines(inst, layout, cfg.class_names, cfg.wall_thickness_m, cfg.wall_simplify_m)
     txt = d / f"{sid}.txt"
     with atomic_path(txt) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     files = [str(txt)]
-    if write_points:
-        verts, cols, _ = load_mesh(scene)
-        write_ply_points(d / f"{sid}.ply", verts, cols, comments=["frame: gravity_z_up_metric", "units: m"])
+    if cfg.write_points:
+        mesh = scene_inputs.mesh(scene)
+        write_ply_points(d / f"{sid}.ply", mesh.vertices, mesh.colors, comments=[f"frame: {WORLD_NAME}", "units: m"])
         files.append(str(d / f"{sid}.ply"))
     n_walls = sum(1 for s in lines if s.startswith("wall_"))
-    return {"format": FORMAT, "dir": str(d), "files": files, "n_walls": n_walls, "n_bboxes": len(lines) - n_walls,
-            "walls_from": "room polygon edges" if n_walls else "none (no layout.json room polygon)"}
+    qc = {"format": FORMAT, "dir": str(d), "files": files, "n_walls": n_walls, "n_bboxes": len(lines) - n_walls,
+          "walls_from": "room polygon edges" if n_walls else "none (no layout.json room polygon)"}
+    return StageResult(qc=qc, summary=f"{n_walls} walls, {qc['n_bboxes']} boxes in {txt}")

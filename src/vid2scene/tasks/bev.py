@@ -7,8 +7,8 @@ which every object carries the same ID marker, and the text refers to the object
 What :func:`generate` writes (all under ``SCENE/tasks/``):
 
 ``bev.png``
-    Orthographic top-down render of ``mesh.ply``'s vertex colours in the gravity-aligned metric world
-    (z up, floor z = 0, metres), long side ``max_side_px`` (≤ 512 by default). Triangles above the ceiling cut
+    Orthographic top-down render of the mesh's vertex colours in the world frame (:meth:`Scene.mesh` with
+    ``frame="world"``: z up, floor z = 0, metres), long side ``max_side_px`` (≤ 512 by default). Triangles above the ceiling cut
     (room height − ``ceiling_margin_m`` from ``layout.json``) are dropped so the view looks into the room.
     Pixel ``(u, v)`` (x right, y down, pixel centres at +0.5) of world ``(x, y)``::
 
@@ -19,7 +19,8 @@ What :func:`generate` writes (all under ``SCENE/tasks/``):
     ``n_frames`` registered keyframes sampled evenly over the video; an instance is marked at the projection
     ``K · cam_from_world · center`` of its box centre when the centre falls in the image and at least
     ``min_visible_share`` of its (sampled) vertices pass the occlusion test against a z-buffer of the mesh
-    rendered from that camera (``occlusion="mesh"``) or against ``depth/NNNNNN.npz`` (``occlusion="depth"``).
+    rendered from that camera (``occlusion="mesh"``) or against the keyframe's depth map in metres
+    (:meth:`Scene.depth` with ``frame="world"``; ``occlusion="depth"``).
 ``gpt4scene.json``
     ``{"bev": {"image", "width", "height", "metres_per_pixel", "pixel_from_world" (3×3, homogeneous xy),
     "markers": [...]}, "frames": [{"image", "source_frame", "timestamp_s", "width", "height", "markers": [...]}],
@@ -39,16 +40,23 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InputError
-from ..export._common import load_instances, load_layout, load_mesh, obj_tag
-from ..io import atomic_path, write_json
-from ..scene import CameraFrame, Scene
+from .. import geometry
+from ..errors import InputError, StageFailed
+from ..io import write_image_rgb, write_json
+from ..scene import WORLD, WORLD_NAME, CameraFrame, Scene
+from ..stage import StageResult
+from . import common
 
 NAME = "bev"
 OUTPUTS = ["tasks/bev.png", "tasks/gpt4scene.json", "tasks/marked_frames/"]
 
 
-class BevConfig(BaseModel):
+def obj_tag(instance_id: int) -> str:
+    """GPT4Scene-style marker text: ``obj_tag(3) == "<OBJ003>"``."""
+    return f"<OBJ{int(instance_id):03d}>"
+
+
+class Config(BaseModel):
     """Configuration of the GPT4Scene BEV / marked-frame generator."""
 
     model_config = ConfigDict(extra="forbid")
@@ -172,16 +180,6 @@ def rasterize(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, height: 
     return zbuf.reshape(height, width), tbuf.reshape(height, width), rgb
 
 
-def project(points_in_world: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(``N×2`` pixel coordinates, x right / y down, pixel centres at +0.5 as in COLMAP; ``N`` camera z in
-    world units) of world points through an OpenCV pinhole camera. Points behind the camera get z ≤ 0."""
-    p = np.asarray(points_in_world, dtype=np.float64) @ cam_from_world[:3, :3].T + cam_from_world[:3, 3]
-    z = p[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (p[:, :2] / z[:, None]) @ K[:2, :2].T + K[:2, 2]
-    return uv, z
-
-
 # ---------------------------------------------------------------------------------------------------------
 # drawing
 # ---------------------------------------------------------------------------------------------------------
@@ -219,19 +217,10 @@ def draw_marker(img_rgb: np.ndarray, uv: tuple[float, float], text: str, color: 
     return u, v
 
 
-def _write_image(path, rgb: np.ndarray, jpeg_quality: int = 92) -> None:
-    import cv2
-
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if str(path).lower().endswith(".jpg") else []
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
-            raise OSError(f"could not write {path}")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # BEV
 # ---------------------------------------------------------------------------------------------------------
-def cut_height(layout: dict | None, verts: np.ndarray, config: BevConfig) -> float:
+def cut_height(layout: dict | None, verts: np.ndarray, config: Config) -> float:
     """Height (metres, world z) above which triangles are dropped from the BEV."""
     if config.max_height_m is not None:
         return float(config.max_height_m)
@@ -241,7 +230,7 @@ def cut_height(layout: dict | None, verts: np.ndarray, config: BevConfig) -> flo
     return float(np.percentile(verts[:, 2], 99.5)) - config.ceiling_margin_m
 
 
-def bev_frame(xy_points: np.ndarray, config: BevConfig) -> dict:
+def bev_frame(xy_points: np.ndarray, config: Config) -> dict:
     """The BEV's pixel grid for world xy points: ``{"x_min", "y_max", "metres_per_pixel", "width", "height",
     "pixel_from_world"}`` with the long side equal to ``max_side_px`` (the other ≤ it)."""
     p = config.extent_percentile
@@ -256,7 +245,7 @@ def bev_frame(xy_points: np.ndarray, config: BevConfig) -> dict:
             "pixel_from_world": A}
 
 
-def render_bev(verts: np.ndarray, colors: np.ndarray | None, tris: np.ndarray, config: BevConfig,
+def render_bev(verts: np.ndarray, colors: np.ndarray | None, tris: np.ndarray, config: Config,
                z_cut: float, extra_xy: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """(``H×W×3`` uint8 RGB top-down image, grid dict of :func:`bev_frame`) of the mesh below ``z_cut``."""
     keep_t = np.all(verts[tris, 2] <= z_cut, axis=1)
@@ -289,27 +278,28 @@ def sample_keyframes(cameras: list[CameraFrame], n: int) -> list[CameraFrame]:
 
 
 def _scaled_K(cam: CameraFrame, w: int, h: int) -> np.ndarray:
-    K = np.array(cam.K, dtype=np.float64)
-    K[0] *= w / cam.width
-    K[1] *= h / cam.height
-    return K
+    return geometry.intrinsics_for_size(cam.K, (cam.width, cam.height), (w, h))
 
 
 def visibility_buffer(scene: Scene, cam: CameraFrame, verts: np.ndarray, tris: np.ndarray,
-                      config: BevConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(``h×w`` depth buffer in world units — ``inf``/0 where unknown —, its ``K``) for one keyframe."""
+                      config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(``h×w`` depth buffer in metres — ``inf``/0 where unknown —, its ``K``) for one keyframe; ``cam`` and
+    ``verts`` in the world frame.
+
+    Raises:
+        InputError: ``occlusion="depth"`` and the keyframe has no readable depth map.
+    """
     if config.occlusion == "depth":
-        p = scene.root / "depth" / f"{cam.source_frame:06d}.npz"
-        if not p.is_file():
-            raise InputError(f"{p} is missing (occlusion='depth' needs the depth stage's maps)")
-        with np.load(p) as z:
-            d = np.asarray(z["depth_m"], dtype=np.float64)
-        d = np.where(np.isfinite(d) & (d > 0), d, 0.0)  # 0 = unknown: counts as not visible
+        try:
+            d = scene.depth(cam.source_frame, frame=WORLD).depth.astype(np.float64)  # 0 = unknown: not visible
+        except StageFailed as e:
+            raise InputError(f"{scene.depth_path(cam.source_frame)} is missing or unreadable (occlusion='depth' "
+                             f"needs the depth stage's maps): {e}") from e
         return d, _scaled_K(cam, d.shape[1], d.shape[0])
     s = min(1.0, config.occlusion_max_side_px / max(cam.width, cam.height))
     w, h = max(1, int(round(cam.width * s))), max(1, int(round(cam.height * s)))
     K = _scaled_K(cam, w, h)
-    uv, z = project(verts, K, cam.cam_from_world)
+    uv, z = geometry.project(verts, K, cam.cam_from_world)
     near = 1e-3
     tz = z[tris]
     t = tris[np.all(tz > near, axis=1)]
@@ -321,7 +311,7 @@ def visibility_buffer(scene: Scene, cam: CameraFrame, verts: np.ndarray, tris: n
 
 
 def frame_markers(instances: list[dict], samples: dict[int, np.ndarray], cam: CameraFrame, img_w: int, img_h: int,
-                  buf: np.ndarray, K_buf: np.ndarray, config: BevConfig) -> list[dict]:
+                  buf: np.ndarray, K_buf: np.ndarray, config: Config) -> list[dict]:
     """Markers for the instances visible in one keyframe (see the module docstring for the rule)."""
     K_img = _scaled_K(cam, img_w, img_h)
     bh, bw = buf.shape
@@ -329,14 +319,14 @@ def frame_markers(instances: list[dict], samples: dict[int, np.ndarray], cam: Ca
     for inst in instances:
         iid = int(inst["id"])
         c = np.asarray(inst["box"]["center"], dtype=np.float64)[None]
-        uv, z = project(c, K_img, cam.cam_from_world)
+        uv, z = geometry.project(c, K_img, cam.cam_from_world)
         u, v, zc = float(uv[0, 0]), float(uv[0, 1]), float(z[0])
         if not (zc > 0 and 0 <= u < img_w and 0 <= v < img_h):
             continue
         pts = samples[iid]
         if len(pts) == 0:
             continue
-        puv, pz = project(pts, K_buf, cam.cam_from_world)
+        puv, pz = geometry.project(pts, K_buf, cam.cam_from_world)
         col = np.floor(puv[:, 0]).astype(np.int64, copy=False) if len(pts) else np.zeros(0, np.int64)
         row = np.floor(puv[:, 1]).astype(np.int64, copy=False) if len(pts) else np.zeros(0, np.int64)
         ok = (pz > 0) & (col >= 0) & (col < bw) & (row >= 0) & (row < bh)
@@ -351,64 +341,32 @@ def frame_markers(instances: list[dict], samples: dict[int, np.ndarray], cam: Ca
     return out
 
 
-def _read_frame_rgb(scene: Scene, cam: CameraFrame) -> np.ndarray:
-    import cv2
-
-    p = scene.frames_dir / cam.name
-    bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError(f"missing or unreadable keyframe {p}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def _text(iid: int, config: BevConfig) -> str:
+def _text(iid: int, config: Config) -> str:
     return obj_tag(iid) if config.marker_text == "tag" else str(int(iid))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------------
-def generate(scene: Scene, config: BevConfig | None = None) -> dict:
-    """Write ``tasks/bev.png``, ``tasks/marked_frames/*.jpg`` and ``tasks/gpt4scene.json`` (module docstring).
-
-    Inputs: ``mesh.ply`` (vertex colours), ``instances.json`` (boxes, vertex_ids; docs/schemas.md),
-    ``cameras.json``, ``frames/``, optional ``layout.json`` (room height for the ceiling cut) and
-    ``depth/`` (``occlusion="depth"``). The world must be the gravity-aligned metric frame.
-
-    Returns: a summary ``{"bev": path, "frames": [paths], "n_instances", "n_markers_per_frame", "seconds"}``.
-
-    Raises:
-        InputError: a missing input, a scene still in the SfM frame, or no registered camera.
-    """
-    config = config or BevConfig()
-    t0 = time.perf_counter()
-    inst_doc = load_instances(scene)
-    if inst_doc.get("frame", "gravity_z_up_metric") != "gravity_z_up_metric":
-        raise InputError(f"instances.json is in frame '{inst_doc.get('frame')}': the BEV needs the gravity-aligned "
-                         "metric frame (run the layout stage first)")
-    instances = [d for d in inst_doc["instances"] if d.get("box")]
-    verts, colors, tris = load_mesh(scene)
-    layout = load_layout(scene)
-    cameras = scene.load_cameras() if scene.cameras_json.is_file() else []
-    if not cameras:
-        raise InputError(f"{scene.cameras_json} is missing or empty")
-    tasks = scene.root / "tasks"
-
-    # --- BEV ---
+def bev_image(instances: list[dict], verts: np.ndarray, colors: np.ndarray | None, tris: np.ndarray,
+              layout: dict | None, config: Config) -> tuple[np.ndarray, dict, list[dict], float]:
+    """(``H×W×3`` uint8 marked BEV, grid dict of :func:`bev_frame`, BEV markers, ceiling cut z in metres) of the
+    world-frame mesh and instance records (``instances.json`` entries with a ``box``)."""
     centres = np.array([d["box"]["center"] for d in instances], dtype=np.float64).reshape(-1, 3)
     z_cut = cut_height(layout, verts, config)
     bev, grid = render_bev(verts, colors, tris, config, z_cut, extra_xy=centres[:, :2])
     A = grid["pixel_from_world"]
-    bev_markers = []
+    markers = []
     for inst, c in zip(instances, centres):
         u, v = (A @ np.array([c[0], c[1], 1.0]))[:2]
-        bev_markers.append({"id": int(inst["id"]), "tag": obj_tag(inst["id"]), "label": inst.get("label"),
-                            "pixel_xy": [float(u), float(v)]})
+        markers.append({"id": int(inst["id"]), "tag": obj_tag(inst["id"]), "label": inst.get("label"),
+                        "pixel_xy": [float(u), float(v)]})
         draw_marker(bev, (u, v), _text(inst["id"], config), marker_color(inst["id"]), config.font_scale)
-    _write_image(tasks / "bev.png", bev)
-    t_bev = time.perf_counter() - t0
+    return bev, grid, markers, z_cut
 
-    # --- frames ---
+
+def instance_samples(instances: list[dict], verts: np.ndarray, config: Config) -> dict[int, np.ndarray]:
+    """Per instance id, at most ``max_instance_points`` of its mesh vertices (``M×3``, world; seeded sample)."""
     rng = np.random.default_rng(config.seed)
     samples: dict[int, np.ndarray] = {}
     for inst in instances:
@@ -416,40 +374,82 @@ def generate(scene: Scene, config: BevConfig | None = None) -> dict:
         if len(ids) > config.max_instance_points:
             ids = rng.choice(ids, config.max_instance_points, replace=False)
         samples[int(inst["id"])] = verts[ids] if len(ids) else np.zeros((0, 3))
+    return samples
+
+
+def marked_frame(scene: Scene, cam: CameraFrame, instances: list[dict], samples: dict[int, np.ndarray],
+                 verts: np.ndarray, tris: np.ndarray, config: Config) -> tuple[np.ndarray, list[dict]]:
+    """(the keyframe ``H×W×3`` uint8 RGB with the visible instances marked, their markers) for one world-frame
+    camera. Raises InputError when the keyframe image (or, for ``occlusion="depth"``, its depth map) is missing."""
+    img = common.load(scene.keyframe_image, cam.source_frame)
+    buf, K_buf = visibility_buffer(scene, cam, verts, tris, config)
+    marks = frame_markers(instances, samples, cam, img.shape[1], img.shape[0], buf, K_buf, config)
+    for m in sorted(marks, key=lambda m: -m["depth_m"]):  # far first, near markers on top
+        draw_marker(img, m["pixel_xy"], _text(m["id"], config), marker_color(m["id"]), config.font_scale)
+    return img, marks
+
+
+def generate(scene: Scene, config: Config | None = None) -> dict:
+    """Write ``tasks/bev.png``, ``tasks/marked_frames/*.jpg`` and ``tasks/gpt4scene.json`` (module docstring).
+
+    Inputs, in the world frame: the mesh (vertex colours), ``instances.json`` (boxes, vertex_ids;
+    docs/schemas.md), the cameras, the keyframes, ``layout.json`` (room height for the ceiling cut) and the depth
+    maps (``occlusion="depth"``).
+
+    Returns: a summary ``{"bev": path, "frames": [paths], "n_instances", "n_markers_per_frame", "seconds"}``.
+
+    Raises:
+        InputError: a missing input, a scene without the world frame (``layout`` not run), or no registered
+            camera.
+    """
+    config = config or Config()
+    scene = common.scene_of(scene)
+    t0 = time.perf_counter()
+    instances = [d for d in common.instances_doc(scene)["instances"] if d.get("box")]
+    mesh = common.mesh(scene)
+    verts, tris = mesh.vertices, mesh.triangles
+    layout = common.layout(scene, required=False)
+    cameras = common.cameras(scene, registered_only=False) if scene.cameras_json.is_file() else []
+    if not cameras:
+        raise InputError(f"{scene.cameras_json} is missing or empty")
+
+    bev, grid, bev_markers, z_cut = bev_image(instances, verts, mesh.colors, tris, layout, config)
+    write_image_rgb(scene.task_path("bev.png"), bev)
+    t_bev = time.perf_counter() - t0
+
+    samples = instance_samples(instances, verts, config)
     frames_out = []
     for cam in sample_keyframes(cameras, config.n_frames):
-        img = _read_frame_rgb(scene, cam)
-        buf, K_buf = visibility_buffer(scene, cam, verts, tris, config)
-        marks = frame_markers(instances, samples, cam, img.shape[1], img.shape[0], buf, K_buf, config)
-        for m in sorted(marks, key=lambda m: -m["depth_m"]):  # far first, near markers on top
-            draw_marker(img, m["pixel_xy"], _text(m["id"], config), marker_color(m["id"]), config.font_scale)
+        img, marks = marked_frame(scene, cam, instances, samples, verts, tris, config)
         rel = f"marked_frames/{cam.source_frame:06d}.jpg"
-        _write_image(tasks / rel, img, config.frame_jpeg_quality)
+        write_image_rgb(scene.task_path(rel), img, config.frame_jpeg_quality)
         frames_out.append({"image": rel, "source_frame": cam.source_frame, "timestamp_s": cam.timestamp_s,
                            "width": int(img.shape[1]), "height": int(img.shape[0]), "markers": marks})
 
     doc = {
-        "format": "gpt4scene", "frame": "gravity_z_up_metric", "units": "m",
+        "format": "gpt4scene", "frame": WORLD_NAME, "units": "m",
         "pixel_convention": "x right, y down, origin at the top-left corner of the top-left pixel "
                             "(pixel centres at +0.5)",
         "tag_format": "<OBJ###>",
         "bev": {"image": "bev.png", "width": grid["width"], "height": grid["height"],
-                "metres_per_pixel": grid["metres_per_pixel"], "pixel_from_world": A.tolist(),
+                "metres_per_pixel": grid["metres_per_pixel"], "pixel_from_world": grid["pixel_from_world"].tolist(),
                 "ceiling_cut_z_m": z_cut, "markers": bev_markers},
         "frames": frames_out,
         "objects": [{"id": int(d["id"]), "tag": obj_tag(d["id"]), "label": d.get("label")} for d in instances],
         "config": config.model_dump(),
     }
-    write_json(tasks / "gpt4scene.json", doc)
-    return {"bev": str(tasks / "bev.png"), "frames": [str(tasks / f["image"]) for f in frames_out],
-            "json": str(tasks / "gpt4scene.json"), "n_instances": len(instances),
+    write_json(scene.task_path("gpt4scene.json"), doc)
+    return {"bev": str(scene.task_path("bev.png")), "frames": [str(scene.task_path(f["image"])) for f in frames_out],
+            "json": str(scene.task_path("gpt4scene.json")), "n_instances": len(instances),
             "n_markers_per_frame": [len(f["markers"]) for f in frames_out],
             "seconds": round(time.perf_counter() - t0, 3), "bev_seconds": round(t_bev, 3)}
 
 
-Config = BevConfig  # the task-generator protocol (tasks/__init__.py): NAME, OUTPUTS, Config, run
+def run(scene, config: Config | None = None) -> StageResult:
+    """Task-generator entry point (``vid2scene tasks``): :func:`generate`; ``qc`` is its summary.
 
-
-def run(scene, config: BevConfig | None = None) -> dict:
-    """Task-generator entry point (``vid2scene tasks --only bev``): :func:`generate`."""
-    return generate(scene, config)
+    Raises:
+        InputError: as :func:`generate`.
+    """
+    out = generate(scene, config)
+    return StageResult(qc=out, summary=f"BEV and {len(out['frames'])} marked frames, {out['n_instances']} instances")

@@ -1,33 +1,29 @@
-"""Loaders and geometry shared by the task generators (VQA, VLN, BEV, exports).
+"""The scene as the task generators and exporters see it, and the geometry they share.
 
-Every generator reads the scene through these functions, never by parsing files ad hoc. Schemas:
-``instances.json`` / ``scene_graph.json`` in ``docs/schemas.md``; ``layout.json`` in :mod:`vid2scene.layout`;
-``cameras.json`` / ``video.json`` in DESIGN.md. Task generators need the metric z-up world frame
-(``gravity_z_up_metric``: z up, floor at z = 0, metres), so a scene that stopped before ``layout`` is refused.
+Every asset is read through :class:`~vid2scene.scene.Scene`'s loaders in the world frame (``frame="world"``:
+z up against gravity, floor at z = 0, metres; ``world_from_sfm`` from ``layout.json`` applied on load), never by
+parsing files here. Schemas: ``instances.json`` / ``scene_graph.json`` in ``docs/schemas.md``; ``layout.json``
+in :mod:`vid2scene.layout`; ``cameras.json`` / ``video.json`` in DESIGN.md.
 
-Errors: a missing or unreadable input raises :class:`~vid2scene.errors.InputError` naming the file; an input in
-the wrong frame raises :class:`~vid2scene.errors.InputError` too (the scene must be run through ``layout``).
+Errors: these commands run on a scene folder the user names, so a missing or unreadable input — including a
+scene that stopped before ``layout`` (no world frame) — raises :class:`~vid2scene.errors.InputError` naming the
+file and the stage that writes it (the :class:`~vid2scene.errors.StageFailed` of the loader, re-raised).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Callable, TypeVar
 
 import numpy as np
 
-from ..errors import InputError
-from ..fusion import WORLD_METRIC
-from ..io import read_json
-from ..scene import CameraFrame, Scene
+from .. import geometry
+from ..errors import InputError, StageFailed
+from ..scene import WORLD, WORLD_NAME, CameraFrame, Mesh, Scene
 
-INSTANCES_JSON = "instances.json"
-SCENE_GRAPH_JSON = "scene_graph.json"
-LAYOUT_JSON = "layout.json"
-MESH_PLY = "mesh.ply"
+T = TypeVar("T")
 
 
 def scene_of(scene: Scene | str | Path) -> Scene:
@@ -35,27 +31,31 @@ def scene_of(scene: Scene | str | Path) -> Scene:
     return scene if isinstance(scene, Scene) else Scene(scene)
 
 
-def _read(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise InputError(f"{path.parent} has no {path.name} ({what}); run the stage that writes it first")
+def load(loader: Callable[..., T], *args, **kwargs) -> T:
+    """``loader(*args, **kwargs)`` (a :class:`Scene` loader); its :class:`StageFailed` (asset missing, unreadable,
+    or no world frame yet) re-raised as :class:`InputError` with the same reason."""
     try:
-        return read_json(path)
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"unreadable {path}: {e}") from e
+        return loader(*args, **kwargs)
+    except StageFailed as e:
+        raise InputError(str(e)) from e
+    except (OSError, ValueError) as e:  # a corrupt PLY / NPZ file
+        raise InputError(f"unreadable scene asset: {e}") from e
 
 
-def _check_frame(d: dict, path: Path) -> None:
-    frame = d.get("frame", WORLD_METRIC)
-    if frame != WORLD_METRIC:
-        raise InputError(f"{path} is in frame '{frame}'; task generators need '{WORLD_METRIC}' "
+def check_world(doc: dict, what: str) -> dict:
+    """``doc`` unchanged when its ``frame`` (absent = world) is the world frame, else InputError."""
+    frame = doc.get("frame", WORLD_NAME)
+    if frame != WORLD_NAME:
+        raise InputError(f"{what} is in frame '{frame}'; task generators need '{WORLD_NAME}' "
                          "(metric, z up, floor at z = 0): run the layout stage before detect/instances")
+    return doc
 
 
 def require_inputs(scene: Scene | str | Path, names: list[str]) -> None:
-    """Raise InputError naming every file of ``names`` (e.g. ``["instances.json", "layout.json"]``) that the
-    scene folder lacks."""
+    """Raise InputError naming every asset of ``names`` (paths relative to the scene folder, the constants of
+    :mod:`vid2scene.scene`, e.g. ``[INSTANCES_JSON, LAYOUT_JSON]``) that the scene folder lacks."""
     scene = scene_of(scene)
-    missing = [n for n in names if not (scene.root / n).is_file()]
+    missing = [n for n in names if not scene.has(n)]
     if missing:
         raise InputError(f"{scene.root} lacks {', '.join(missing)} (needed by the task generators); "
                          "run the stages that write them first")
@@ -66,12 +66,12 @@ def require_inputs(scene: Scene | str | Path, names: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(eq=False)
 class Instance:
-    """One object instance of ``instances.json`` (world frame ``gravity_z_up_metric``, metres).
+    """One object instance of ``instances.json`` (world frame, metres).
 
     ``center`` (3,), ``size`` (3,) full side lengths along the box axes (local x, local y, z), ``yaw_rad`` rotation
     of local x about +z from world +x; ``aabb_min`` / ``aabb_max`` (3,); ``vertex_ids`` int64 indices into the
-    vertices of ``mesh.ply``; ``first_timestamp_s`` seconds from the start of the video where the instance is
-    first seen (None if unknown). ``raw`` is the full JSON record.
+    vertices of the scene's mesh (:meth:`Scene.mesh`); ``first_timestamp_s`` seconds from the start of the video
+    where the instance is first seen (None if unknown). ``raw`` is the full JSON record.
     """
 
     id: int
@@ -95,15 +95,12 @@ class Instance:
         return np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
 
     def corners(self) -> np.ndarray:
-        """8×3 box corners ``center + R_z(yaw)·(±sx/2, ±sy/2), z ± sz/2`` (world, metres)."""
-        signs = np.array([[i, j, k] for i in (-0.5, 0.5) for j in (-0.5, 0.5) for k in (-0.5, 0.5)])
-        return self.center + (signs * self.size) @ self.axes
+        """8×3 box corners (world, metres) in the order of :func:`vid2scene.geometry.box_corners`."""
+        return geometry.box_corners(self.center, self.size, self.yaw_rad)
 
     def footprint_xy(self) -> np.ndarray:
         """4×2 floor footprint of the box (counter-clockwise corners, world x/y, metres)."""
-        hx, hy = self.size[0] / 2, self.size[1] / 2
-        local = np.array([[-hx, -hy], [hx, -hy], [hx, hy], [-hx, hy]])
-        return self.center[:2] + local @ self.axes[:2, :2]
+        return self.corners()[:4, :2]
 
     def bbox_meta(self) -> dict:
         """VSI-Bench's per-object ``object_bbox`` record: centroid, axesLengths, normalizedAxes (row-major 3×3,
@@ -116,33 +113,42 @@ def _r(a, nd: int = 4) -> list[float]:
     return [round(float(v), nd) for v in np.asarray(a).ravel()]
 
 
-def load_instances(scene: Scene | str | Path) -> list[Instance]:
-    """Instances of ``SCENE/instances.json`` sorted by id.
+def instances_doc(scene: Scene | str | Path) -> dict:
+    """``instances.json`` as a dict (:meth:`Scene.instances`), checked to be in the world frame and to hold an
+    ``instances`` list.
 
     Raises:
-        InputError: the file is missing, unreadable, not in ``gravity_z_up_metric``, or a record lacks
-            ``id`` / ``label`` / ``box``.
+        InputError: missing, unreadable, not in the world frame, or without an ``instances`` list.
     """
     scene = scene_of(scene)
-    path = scene.root / INSTANCES_JSON
-    d = _read(path, "object instances")
-    _check_frame(d, path)
+    d = check_world(load(scene.instances), "instances.json")
+    if not isinstance(d.get("instances"), list):
+        raise InputError(f"{scene.instances_json} has no 'instances' list")
+    return d
+
+
+def instances(scene: Scene | str | Path) -> list[Instance]:
+    """The typed view of :func:`instances_doc`, sorted by id.
+
+    Raises:
+        InputError: as :func:`instances_doc`, or a record lacks ``id`` / ``label`` / ``box``.
+    """
+    scene = scene_of(scene)
     out = []
-    for rec in d.get("instances", []):
+    for rec in instances_doc(scene)["instances"]:
         try:
             box = rec["box"]
-            center = np.asarray(box["center"], dtype=np.float64)
-            size = np.asarray(box["size"], dtype=np.float64)
-            yaw = float(box.get("yaw_rad", 0.0))
-            inst = Instance(id=int(rec["id"]), label=str(rec["label"]).strip().lower(), center=center, size=size,
-                            yaw_rad=yaw, aabb_min=np.zeros(3), aabb_max=np.zeros(3),
+            inst = Instance(id=int(rec["id"]), label=str(rec["label"]).strip().lower(),
+                            center=np.asarray(box["center"], dtype=np.float64),
+                            size=np.asarray(box["size"], dtype=np.float64), yaw_rad=float(box.get("yaw_rad", 0.0)),
+                            aabb_min=np.zeros(3), aabb_max=np.zeros(3),
                             vertex_ids=np.asarray(rec.get("vertex_ids", []), dtype=np.int64),
                             score=float(rec.get("score", 1.0)),
                             first_frame=None if rec.get("first_frame") is None else int(rec["first_frame"]),
                             first_timestamp_s=(None if rec.get("first_timestamp_s") is None
                                                else float(rec["first_timestamp_s"])), raw=rec)
         except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{path}: malformed instance record {rec.get('id', '?')}: {e!r}") from e
+            raise InputError(f"{scene.instances_json}: malformed instance record {rec.get('id', '?')}: {e!r}") from e
         if "aabb" in rec:
             inst.aabb_min = np.asarray(rec["aabb"]["min"], dtype=np.float64)
             inst.aabb_max = np.asarray(rec["aabb"]["max"], dtype=np.float64)
@@ -153,62 +159,65 @@ def load_instances(scene: Scene | str | Path) -> list[Instance]:
     return sorted(out, key=lambda i: i.id)
 
 
-def load_scene_graph(scene: Scene | str | Path, required: bool = True) -> dict | None:
-    """``SCENE/scene_graph.json`` as a dict (schema in docs/schemas.md), or None when absent and not required.
+def scene_graph(scene: Scene | str | Path, required: bool = True) -> dict | None:
+    """``scene_graph.json`` (:meth:`Scene.scene_graph`), or None when absent and not ``required``.
 
     Raises:
-        InputError: missing (when ``required``), unreadable, or not in ``gravity_z_up_metric``.
+        InputError: missing (when ``required``), unreadable, or not in the world frame.
     """
     scene = scene_of(scene)
-    path = scene.root / SCENE_GRAPH_JSON
-    if not path.is_file() and not required:
+    if not required and not scene.scene_graph_json.is_file():
         return None
-    d = _read(path, "scene graph")
-    _check_frame(d, path)
-    return d
+    return check_world(load(scene.scene_graph), "scene_graph.json")
 
 
-def load_layout(scene: Scene | str | Path) -> dict:
-    """``SCENE/layout.json`` (schema in :mod:`vid2scene.layout`).
+def layout(scene: Scene | str | Path, required: bool = True) -> dict | None:
+    """``layout.json`` (:meth:`Scene.layout`), or None when absent and not ``required``.
 
     Raises:
-        InputError: missing, unreadable, not metric z-up, or without ``room.polygon_xy`` / ``floor_area_m2``.
+        InputError: missing (when ``required``), unreadable, or not in the world frame.
     """
     scene = scene_of(scene)
-    path = scene.root / LAYOUT_JSON
-    d = _read(path, "room layout")
-    _check_frame(d, path)
+    if not required and not scene.layout_json.is_file():
+        return None
+    return check_world(load(scene.layout), "layout.json")
+
+
+def room_layout(scene: Scene | str | Path) -> dict:
+    """:func:`layout`, checked to hold the room footprint ``room.polygon_xy`` and ``room.floor_area_m2``.
+
+    Raises:
+        InputError: as :func:`layout`, or without a room polygon / floor area.
+    """
+    d = layout(scene)
     room = d.get("room") or {}
     if not room.get("polygon_xy") or room.get("floor_area_m2") is None:
-        raise InputError(f"{path} has no room polygon / floor area")
+        raise InputError(f"{scene_of(scene).layout_json} has no room polygon / floor area")
     return d
 
 
-def room_polygon(layout: dict) -> np.ndarray:
+def room_polygon(layout_doc: dict) -> np.ndarray:
     """K×2 float64 room footprint polygon (world x/y, metres) of a layout dict."""
-    return np.asarray(layout["room"]["polygon_xy"], dtype=np.float64).reshape(-1, 2)
+    return np.asarray(layout_doc["room"]["polygon_xy"], dtype=np.float64).reshape(-1, 2)
 
 
-def load_cameras(scene: Scene | str | Path, registered_only: bool = True) -> list[CameraFrame]:
-    """Keyframe cameras of ``cameras.json`` sorted by timestamp (registered ones only by default).
+def cameras(scene: Scene | str | Path, registered_only: bool = True) -> list[CameraFrame]:
+    """Keyframe cameras in the world frame (:meth:`Scene.cameras` with ``frame="world"``), sorted by timestamp
+    (registered ones only by default).
 
     Raises:
-        InputError: missing / unreadable, or the cameras are not in ``gravity_z_up_metric``.
+        InputError: no ``cameras.json``, or no ``world_from_sfm`` yet (``layout`` has not run).
     """
-    scene = scene_of(scene)
-    d = _read(scene.cameras_json, "camera poses")
-    if d.get("world", WORLD_METRIC) != WORLD_METRIC:
-        raise InputError(f"{scene.cameras_json} is in world '{d.get('world')}'; run the layout stage first")
-    cams = [CameraFrame.from_json(f) for f in d["frames"]]
+    cams = load(scene_of(scene).cameras, frame=WORLD)
     if registered_only:
         cams = [c for c in cams if c.registered]
     return sorted(cams, key=lambda c: (c.timestamp_s, c.source_frame))
 
 
-def load_video_info(scene: Scene | str | Path) -> dict | None:
+def video_info(scene: Scene | str | Path) -> dict | None:
     """``video.json`` (fps, duration_s, ...) or None when absent."""
     scene = scene_of(scene)
-    return _read(scene.video_json, "video info") if scene.video_json.is_file() else None
+    return load(scene.video_info) if scene.video_json.is_file() else None
 
 
 def scene_name(scene: Scene | str | Path) -> str:
@@ -216,23 +225,33 @@ def scene_name(scene: Scene | str | Path) -> str:
     return scene_of(scene).root.resolve().name
 
 
+def mesh(scene: Scene | str | Path) -> Mesh:
+    """The scene's mesh in the world frame (:meth:`Scene.mesh`; vertex order kept, so ``instances.json``
+    ``vertex_ids`` index it).
+
+    Raises:
+        InputError: no mesh, no world frame yet, an unreadable file, or a mesh without faces.
+    """
+    scene = scene_of(scene)
+    m = load(scene.mesh, frame=WORLD)
+    if len(m.triangles) == 0:
+        raise InputError(f"{scene.mesh_ply} has no faces")
+    return m
+
+
+def mesh_vertices(scene: Scene | str | Path) -> np.ndarray | None:
+    """``V×3`` float64 mesh vertices in the world frame, or None when the scene has no mesh.
+
+    Raises:
+        InputError: unreadable mesh, or no world frame yet.
+    """
+    scene = scene_of(scene)
+    return load(scene.mesh, frame=WORLD).vertices if scene.mesh_ply.is_file() else None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # geometry
 # ---------------------------------------------------------------------------------------------------------
-def load_mesh_vertices(scene: Scene | str | Path) -> np.ndarray | None:
-    """N×3 float64 vertices of ``SCENE/mesh.ply`` (world frame), or None when there is no mesh."""
-    from plyfile import PlyData
-
-    path = scene_of(scene).root / MESH_PLY
-    if not path.is_file():
-        return None
-    try:
-        v = PlyData.read(str(path))["vertex"].data
-    except Exception as e:  # plyfile raises several types on a broken file
-        raise InputError(f"unreadable {path}: {e}") from e
-    return np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
-
-
 def box_samples(inst: Instance, per_side: int = 6) -> np.ndarray:
     """Points on the surface of an instance's box (``6·per_side²``-ish ×3, world, metres): a stand-in for the
     instance's points when it has no mesh vertices."""
@@ -293,6 +312,13 @@ class PointCache:
         if key not in self._dist:
             self._dist[key] = closest_distance(self.points(a), self.points(b))
         return self._dist[key]
+
+
+def footprint_distance(inst: Instance, xy: np.ndarray) -> np.ndarray:
+    """``N`` floor distances (metres) from points ``xy`` (``N×2``, world) to an instance's box footprint
+    (0 inside)."""
+    local = (np.asarray(xy, float).reshape(-1, 2) - inst.center[:2]) @ inst.axes[:2, :2].T
+    return np.linalg.norm(np.maximum(np.abs(local) - inst.size[:2] / 2, 0.0), axis=1)
 
 
 def by_label(instances: list[Instance]) -> dict[str, list[Instance]]:

@@ -168,9 +168,11 @@ def evaluate(predictions: list[dict], questions: list[dict] | None = None) -> di
 
 def load_questions(path_or_scene: str | Path) -> list[dict]:
     """Question rows from a ``vqa.jsonl`` file or a scene folder (``SCENE/tasks/vqa.jsonl``)."""
+    from ..scene import Scene
+
     p = Path(path_or_scene)
     if p.is_dir():
-        p = p / "tasks" / "vqa.jsonl"
+        p = Scene(p).task_path("vqa.jsonl")
     return read_jsonl(p)
 
 

@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .common import Instance, wrap_angle
+from .common import Instance, footprint_distance, wrap_angle
 
 STOP, FORWARD, TURN_LEFT, TURN_RIGHT = 0, 1, 2, 3
 ACTION_NAMES = {STOP: "STOP", FORWARD: "MOVE_FORWARD", TURN_LEFT: "TURN_LEFT", TURN_RIGHT: "TURN_RIGHT"}
@@ -327,9 +327,7 @@ class NavGraph:
     def approach_node(self, inst: Instance) -> tuple[int | None, float]:
         """The graph node nearest the instance's floor footprint (its box rectangle) within ``approach_max_m``,
         with that distance; (None, inf) when none is that close. Ties go to the lower node id."""
-        xy = self.xy
-        local = (xy - inst.center[:2]) @ inst.axes[:2, :2].T
-        d = np.linalg.norm(np.maximum(np.abs(local) - inst.size[:2] / 2, 0.0), axis=1)
+        d = footprint_distance(inst, self.xy)
         j = int(np.argmin(d))
         return (j, float(d[j])) if d[j] <= self.config.approach_max_m else (None, math.inf)
 

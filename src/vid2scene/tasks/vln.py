@@ -42,8 +42,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..io import write_json
+from ..scene import CAMERAS_JSON, INSTANCES_JSON, LAYOUT_JSON
+from ..stage import StageResult
 from . import common, nav
-from .common import Instance
+from .common import Instance, footprint_distance
 from .nav import NavConfig
 
 NAME = "vln"
@@ -127,12 +129,6 @@ def landmark_names(instances: list[Instance], graph: dict | None) -> dict[int, s
     return names
 
 
-def footprint_distance(inst: Instance, xy: np.ndarray) -> np.ndarray:
-    """Floor distance (metres) from points ``xy`` (``N×2``) to an instance's box footprint (0 inside)."""
-    local = (np.asarray(xy, float).reshape(-1, 2) - inst.center[:2]) @ inst.axes[:2, :2].T
-    return np.linalg.norm(np.maximum(np.abs(local) - inst.size[:2] / 2, 0.0), axis=1)
-
-
 def _turn_words(angles_rad: list[float], min_deg: float) -> list[str]:
     out = []
     for a in angles_rad:
@@ -186,80 +182,99 @@ def _yaw_at(t: float, cam_t: np.ndarray, cam_yaw: np.ndarray) -> float | None:
     return float(cam_yaw[k])
 
 
+def _nearest(objs: list[Instance], xy: np.ndarray, radius: float, exclude: tuple = ()) -> Instance | None:
+    """The instance of ``objs`` (not in ``exclude`` ids) whose footprint comes closest to any of the points
+    ``xy`` (``N×2``), when within ``radius`` metres; ties to the lower id."""
+    d = [(float(footprint_distance(o, xy).min()), o.id, o) for o in objs if o.id not in exclude]
+    d = [x for x in d if x[0] <= radius]
+    return min(d, key=lambda x: (x[0], x[1]))[2] if d else None
+
+
+def _windows(seg: np.ndarray, cfg: Config, rng: np.random.Generator):
+    """``(i0, i1, window)`` of one refined trajectory segment (``N×3`` x, y, t): a window of random length
+    ``episode_min_m..episode_max_m`` starting every ``stride_m`` of path (shorter ones skipped)."""
+    step = cfg.nav.resample_m
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(seg[:, :2], axis=0), axis=1))])
+    s0 = 0.0
+    while s0 + cfg.episode_min_m <= arc[-1] + 1e-9:
+        length = float(rng.uniform(cfg.episode_min_m, cfg.episode_max_m))
+        i0 = int(np.searchsorted(arc, s0 - 1e-9))
+        i1 = int(min(np.searchsorted(arc, s0 + length - 1e-9), len(seg) - 1))
+        s0 += cfg.stride_m
+        if arc[i1] - arc[i0] >= cfg.episode_min_m - step / 2:
+            yield float(arc[i1] - arc[i0]), seg[i0:i1 + 1]
+
+
+def _reference_path(win: np.ndarray, cfg: Config) -> np.ndarray:
+    """The window's floor points every ``reference_spacing_m`` (``K×2``), its last point included."""
+    k = max(1, int(round(cfg.reference_spacing_m / cfg.nav.resample_m)))
+    idx = list(range(0, len(win), k))
+    if idx[-1] != len(win) - 1:
+        idx.append(len(win) - 1)
+    return win[idx, :2]
+
+
+def _episode(win: np.ndarray, geodesic_m: float, nameable: list[Instance], names: dict[int, str],
+             cam_t: np.ndarray, cam_yaw: np.ndarray, sname: str, cfg: Config,
+             rng: np.random.Generator) -> dict | None:
+    """One episode over a trajectory window (module docstring), or None when no nameable object is by its goal.
+    ``episode_id`` / ``trajectory_id`` are left for the caller."""
+    ref = _reference_path(win, cfg)
+    goal = ref[-1]
+    goal_obj = _nearest(nameable, goal[None], cfg.landmark_radius_m)
+    if goal_obj is None:
+        return None
+    start_obj = _nearest(nameable, ref[0][None], cfg.landmark_radius_m, (goal_obj.id,))
+    mid = win[len(win) // 5: max(len(win) // 5 + 1, 4 * len(win) // 5), :2]
+    via_obj = _nearest(nameable, mid, cfg.landmark_radius_m, (goal_obj.id, getattr(start_obj, "id", None)))
+    yaw = _yaw_at(float(win[0, 2]), cam_t, cam_yaw)
+    if yaw is None:
+        yaw = nav.heading(ref[0], ref[1])
+    simp = nav.simplify_polyline(win[:, :2], 0.3)
+    turns = _turn_words(nav.turn_angles(simp, yaw), cfg.turn_word_deg)
+    text, tpl = make_instruction(rng, names[goal_obj.id], names.get(getattr(start_obj, "id", -1)),
+                                 names.get(getattr(via_obj, "id", -1)), turns)
+    actions = nav.encode_actions(ref[0], yaw, ref[1:], cfg.nav.forward_step_m, cfg.nav.turn_deg)
+    marks = [{"id": o.id, "label": o.label, "role": role, "name": names[o.id]}
+             for o, role in ((start_obj, "start"), (via_obj, "via"), (goal_obj, "goal")) if o is not None]
+    return {"scene_id": f"{sname}/mesh.ply",
+            "start_position": world_to_habitat(ref[0]), "start_rotation": quat_xyzw_from_yaw(yaw),
+            "goals": [{"position": world_to_habitat(goal), "radius": cfg.goal_radius_m}],
+            "instruction": {"instruction_text": text, "template": tpl},
+            "reference_path": [world_to_habitat(p) for p in ref], "actions": actions,
+            "info": {"geodesic_distance": round(geodesic_m, 4), "start_yaw_rad": round(yaw, 6),
+                     "landmarks": marks, "reference_path_world": [[round(float(v), 4) for v in p] for p in ref],
+                     "start_timestamp_s": round(float(win[0, 2]), 3)}}
+
+
 def generate(scene, config: Config | None = None) -> tuple[dict, nav.NavGraph]:
     """Episodes (the ``vln.json`` dict) and the navigation graph of a scene (nothing written).
 
     Raises:
         InputError: the scene lacks instances.json / layout.json / cameras.json, or they are unreadable or not
-            in the metric z-up frame.
+            in the world frame.
     """
     cfg = config or Config()
     scene = common.scene_of(scene)
-    common.require_inputs(scene, [common.INSTANCES_JSON, common.LAYOUT_JSON, "cameras.json"])
-    layout = common.load_layout(scene)
-    instances = common.load_instances(scene)
-    graph = common.load_scene_graph(scene, required=False)
-    cams = common.load_cameras(scene)
-    cam_xy, cam_t, cam_yaw = nav.floor_trajectory(cams)
+    common.require_inputs(scene, [INSTANCES_JSON, LAYOUT_JSON, CAMERAS_JSON])
+    layout = common.room_layout(scene)
+    instances = common.instances(scene)
+    cam_xy, cam_t, cam_yaw = nav.floor_trajectory(common.cameras(scene))
     traj = nav.refine_trajectory(cam_xy, cam_t, cfg.nav) if len(cam_xy) >= 2 else nav.RefinedTrajectory([], {})
     space = nav.build_free_space(common.room_polygon(layout), instances, traj.segments, cfg.nav)
     navg = nav.build_nav_graph(space, traj.segments, cfg.nav)
-    names = landmark_names(instances, graph)
+    names = landmark_names(instances, common.scene_graph(scene, required=False))
     nameable = [i for i in instances if i.id in names]
     rng = np.random.default_rng([cfg.seed, 7])
     sname = common.scene_name(scene)
     episodes, rejected = [], {"no_goal_landmark": 0}
-    step = cfg.nav.resample_m
     for seg in traj.segments:
-        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(seg[:, :2], axis=0), axis=1))])
-        s0 = 0.0
-        while s0 + cfg.episode_min_m <= arc[-1] + 1e-9:
-            length = float(rng.uniform(cfg.episode_min_m, cfg.episode_max_m))
-            i0 = int(np.searchsorted(arc, s0 - 1e-9))
-            i1 = int(min(np.searchsorted(arc, s0 + length - 1e-9), len(seg) - 1))
-            s0 += cfg.stride_m
-            if arc[i1] - arc[i0] < cfg.episode_min_m - step / 2:
-                continue
-            win = seg[i0:i1 + 1]
-            k = max(1, int(round(cfg.reference_spacing_m / step)))
-            idx = list(range(0, len(win), k))
-            if idx[-1] != len(win) - 1:
-                idx.append(len(win) - 1)
-            ref = win[idx, :2]
-            goal = ref[-1]
-            dg = [(float(footprint_distance(o, goal)[0]), o.id, o) for o in nameable]
-            dg = [x for x in dg if x[0] <= cfg.landmark_radius_m]
-            if not dg:
+        for geodesic_m, win in _windows(seg, cfg, rng):
+            ep = _episode(win, geodesic_m, nameable, names, cam_t, cam_yaw, sname, cfg, rng)
+            if ep is None:
                 rejected["no_goal_landmark"] += 1
                 continue
-            goal_obj = min(dg, key=lambda x: (x[0], x[1]))[2]
-            ds = [(float(footprint_distance(o, ref[0])[0]), o.id, o) for o in nameable if o.id != goal_obj.id]
-            ds = [x for x in ds if x[0] <= cfg.landmark_radius_m]
-            start_obj = min(ds, key=lambda x: (x[0], x[1]))[2] if ds else None
-            mid = win[len(win) // 5: max(len(win) // 5 + 1, 4 * len(win) // 5), :2]
-            dv = [(float(footprint_distance(o, mid).min()), o.id, o) for o in nameable
-                  if o.id not in (goal_obj.id, getattr(start_obj, "id", None))]
-            dv = [x for x in dv if x[0] <= cfg.landmark_radius_m]
-            via_obj = min(dv, key=lambda x: (x[0], x[1]))[2] if dv else None
-            yaw = _yaw_at(float(win[0, 2]), cam_t, cam_yaw)
-            if yaw is None:
-                yaw = nav.heading(ref[0], ref[1])
-            simp = nav.simplify_polyline(win[:, :2], 0.3)
-            turns = _turn_words(nav.turn_angles(simp, yaw), cfg.turn_word_deg)
-            text, tpl = make_instruction(rng, names[goal_obj.id], names.get(getattr(start_obj, "id", -1)),
-                                         names.get(getattr(via_obj, "id", -1)), turns)
-            actions = nav.encode_actions(ref[0], yaw, ref[1:], cfg.nav.forward_step_m, cfg.nav.turn_deg)
-            marks = [{"id": o.id, "label": o.label, "role": role, "name": names[o.id]}
-                     for o, role in ((start_obj, "start"), (via_obj, "via"), (goal_obj, "goal")) if o is not None]
-            episodes.append({
-                "episode_id": len(episodes), "trajectory_id": len(episodes), "scene_id": f"{sname}/mesh.ply",
-                "start_position": world_to_habitat(ref[0]), "start_rotation": quat_xyzw_from_yaw(yaw),
-                "goals": [{"position": world_to_habitat(goal), "radius": cfg.goal_radius_m}],
-                "instruction": {"instruction_text": text, "template": tpl},
-                "reference_path": [world_to_habitat(p) for p in ref], "actions": actions,
-                "info": {"geodesic_distance": round(float(arc[i1] - arc[i0]), 4), "start_yaw_rad": round(yaw, 6),
-                         "landmarks": marks, "reference_path_world": [[round(float(v), 4) for v in p] for p in ref],
-                         "start_timestamp_s": round(float(win[0, 2]), 3)}})
+            episodes.append({"episode_id": len(episodes), "trajectory_id": len(episodes), **ep})
     if len(episodes) > cfg.max_episodes:
         keep = np.sort(rng.choice(len(episodes), size=cfg.max_episodes, replace=False))
         episodes = [episodes[k] for k in keep]
@@ -274,14 +289,23 @@ def generate(scene, config: Config | None = None) -> tuple[dict, nav.NavGraph]:
     return out, navg
 
 
-def run(scene, config: Config | None = None) -> dict:
-    """Generate and write ``tasks/vln.json`` and ``tasks/nav_graph.json``; returns a summary dict."""
+def run(scene, config: Config | None = None) -> StageResult:
+    """Generate and write ``tasks/vln.json`` and ``tasks/nav_graph.json``.
+
+    Returns:
+        ``qc``: n_episodes, trajectory_m (refined walk length), rejected counts, seconds; a one-line summary.
+
+    Raises:
+        InputError: as :func:`generate`.
+    """
     import time
 
     t0 = time.perf_counter()
     scene = common.scene_of(scene)
     data, navg = generate(scene, config)
-    write_json(scene.root / "tasks" / "nav_graph.json", navg.to_json(), indent=None)
-    write_json(scene.root / "tasks" / "vln.json", data)
-    return {"n_episodes": len(data["episodes"]), "trajectory_m": data["trajectory"].get("refined_length_m"),
-            "rejected": data["rejected"], "seconds": round(time.perf_counter() - t0, 3)}
+    write_json(scene.task_path("nav_graph.json"), navg.to_json(), indent=None)
+    write_json(scene.task_path("vln.json"), data)
+    qc = {"n_episodes": len(data["episodes"]), "trajectory_m": data["trajectory"].get("refined_length_m"),
+          "rejected": data["rejected"], "seconds": round(time.perf_counter() - t0, 3)}
+    walk = f"{qc['trajectory_m']:.1f} m" if qc["trajectory_m"] is not None else "no"
+    return StageResult(qc=qc, summary=f"{qc['n_episodes']} episodes along {walk} of refined walk")

@@ -57,6 +57,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
 from ..io import atomic_path, write_json
+from ..scene import INSTANCES_JSON, LAYOUT_JSON
+from ..stage import StageResult
 from . import common, nav
 from .common import Instance, PointCache
 from .nav import NavConfig
@@ -221,9 +223,9 @@ class _Context:
     def __init__(self, scene, config: Config):
         self.cfg = config
         self.name = common.scene_name(scene)
-        self.layout = common.load_layout(scene)
-        instances = common.load_instances(scene)
-        graph = common.load_scene_graph(scene, required=False)
+        self.layout = common.room_layout(scene)
+        instances = common.instances(scene)
+        graph = common.scene_graph(scene, required=False)
         outside = set()
         if graph:
             outside = {int(o["id"]) for o in graph.get("objects", []) if o.get("inside_room") is False}
@@ -233,14 +235,14 @@ class _Context:
         self.inside = {i.id for i in self.instances}
         self.labels = common.by_label(instances)  # counted over all instances: uniqueness is scene-wide
         self.unique = [g[0] for lab, g in self.labels.items() if len(g) == 1 and g[0].id not in outside]
-        self.points = PointCache(instances, common.load_mesh_vertices(scene))
+        self.points = PointCache(instances, common.mesh_vertices(scene))
         self.scene = scene
         self._nav = None
 
     def navgraph(self) -> nav.NavGraph | None:
         if self._nav is None:
             try:
-                cams = common.load_cameras(self.scene)
+                cams = common.cameras(self.scene)
             except InputError:  # no usable cameras: no trajectory nodes, free-space lattice only
                 cams = []
             ncfg = self.cfg.nav
@@ -384,7 +386,7 @@ def _gen_direction(level: str) -> Callable:
 
 def gen_obj_appearance_order(ctx: _Context, rng) -> _Tally:
     t = _Tally()
-    video = common.load_video_info(ctx.scene) or {}
+    video = common.video_info(ctx.scene) or {}
     fps = float(video.get("fps") or 0)
 
     def when(i: Instance) -> float | None:  # first_timestamp_s, else first_frame / fps (video.json)
@@ -442,6 +444,51 @@ def route_legs(path_xy: np.ndarray, start_yaw: float, simplify_m: float, margin_
     return legs, simp, [round(math.degrees(a), 2) for a in angles]
 
 
+def route_landmarks(legs: list, named: list[Instance], used: set[int], radius_m: float) -> list[Instance] | None:
+    """The landmark ending each leg but the last: the named instance (distinct, not in ``used`` — the start and
+    the goal) whose footprint is nearest the leg's end within ``radius_m``; None when a leg has none."""
+    used = set(used)
+    marks: list[Instance] = []
+    for _, end in legs[:-1]:
+        best = None
+        for o in named:
+            if o.id in used:
+                continue
+            d = float(common.footprint_distance(o, end)[0])
+            if d <= radius_m and (best is None or d < best[0]):
+                best = (d, o)
+        if best is None:
+            return None
+        marks.append(best[1])
+        used.add(best[1].id)
+    return marks
+
+
+def route_question(s: Instance, f: Instance, e: Instance, legs: list, marks: list[Instance]) -> str:
+    """VSI-Bench's route-planning question from start ``s`` facing ``f`` to goal ``e``: one "[please fill in]"
+    per turn, one "Go forward until the <landmark>." per leg (``marks``: the legs' end objects, goal last)."""
+    steps, k = [], 1
+    for (name, _), m in zip(legs, marks):
+        if name:
+            steps.append(f"{k}. [please fill in]")
+            k += 1
+        steps.append(f"{k}. Go forward until the {m.label}.")
+        k += 1
+    return (f"You are a robot beginning at the {s.label} facing the {f.label}. You want to navigate to the "
+            f"{e.label}. You will perform the following actions (Note: for each [please fill in], choose either "
+            "'turn back,' 'turn left,' or 'turn right.'): " + " ".join(steps) +
+            " You have reached the final destination.")
+
+
+def _turn_options(correct: str, n_turns: int, rng: np.random.Generator) -> list[str]:
+    """The correct turn sequence and up to three other sequences of as many turns, in a seeded order."""
+    alts = [", ".join(p) for p in itertools.product(TURN_OPTIONS, repeat=n_turns)]
+    alts = [x for x in alts if x != correct]
+    pick = [alts[i] for i in rng.choice(len(alts), size=min(3, len(alts)), replace=False)]
+    options = [correct] + pick
+    return [options[i] for i in rng.permutation(len(options))]
+
+
 def gen_route_planning(ctx: _Context, rng) -> _Tally:
     t = _Tally()
     if len(ctx.unique) < 3:
@@ -479,43 +526,14 @@ def gen_route_planning(ctx: _Context, rng) -> _Tally:
         if len(legs) > ctx.cfg.route_max_legs:
             t.reject("too_many_legs")
             continue
-        marks: list[Instance] = []
-        used = {s.id, e.id}  # intermediate landmarks: distinct, neither the start nor the goal
-        for _, end in legs[:-1]:
-            best = None
-            for o in named:
-                if o.id in used:
-                    continue
-                local = (end - o.center[:2]) @ o.axes[:2, :2].T
-                d = float(np.linalg.norm(np.maximum(np.abs(local) - o.size[:2] / 2, 0.0)))
-                if d <= ctx.cfg.landmark_radius_m and (best is None or d < best[0]):
-                    best = (d, o)
-            if best is None:
-                break
-            marks.append(best[1])
-            used.add(best[1].id)
-        if len(marks) < len(legs) - 1:
+        marks = route_landmarks(legs, named, {s.id, e.id}, ctx.cfg.landmark_radius_m)
+        if marks is None:
             t.reject("no_landmark")
             continue
         marks.append(e)
-        steps, k = [], 1
-        for (name, _), m in zip(legs, marks):
-            if name:
-                steps.append(f"{k}. [please fill in]")
-                k += 1
-            steps.append(f"{k}. Go forward until the {m.label}.")
-            k += 1
-        q = (f"You are a robot beginning at the {s.label} facing the {f.label}. You want to navigate to the "
-             f"{e.label}. You will perform the following actions (Note: for each [please fill in], choose either "
-             "'turn back,' 'turn left,' or 'turn right.'): " + " ".join(steps) +
-             " You have reached the final destination.")
+        q = route_question(s, f, e, legs, marks)
         correct = ", ".join(turns)
-        alts = [", ".join(p) for p in itertools.product(TURN_OPTIONS, repeat=len(turns))]
-        alts = [x for x in alts if x != correct]
-        pick = [alts[i] for i in rng.choice(len(alts), size=min(3, len(alts)), replace=False)]
-        options = [correct] + pick
-        options = [options[i] for i in rng.permutation(len(options))]
-        opts, gt = _mc(options, correct)
+        opts, gt = _mc(_turn_options(correct, len(turns), rng), correct)
         t.accept({"question": q, "options": opts, "ground_truth": gt, "answer": correct,
                   "objects": [_obj(s, "start"), _obj(f, "facing"), _obj(e, "goal")] +
                              [_obj(m, "landmark") for m in marks[:-1]],
@@ -569,7 +587,7 @@ def generate(scene, config: Config | None = None) -> tuple[list[dict], dict]:
 
     cfg = config or Config()
     scene = common.scene_of(scene)
-    common.require_inputs(scene, [common.INSTANCES_JSON, common.LAYOUT_JSON])
+    common.require_inputs(scene, [INSTANCES_JSON, LAYOUT_JSON])
     t0 = time.perf_counter()
     ctx = _Context(scene, cfg)
     rows: list[dict] = []
@@ -608,12 +626,20 @@ def write_jsonl(path, rows: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def run(scene, config: Config | None = None) -> dict:
-    """Generate and write ``tasks/vqa.jsonl`` and ``tasks/vqa_meta.json``; returns a summary dict
-    (n_questions, per-type counts, seconds)."""
+def run(scene, config: Config | None = None) -> StageResult:
+    """Generate and write ``tasks/vqa.jsonl`` and ``tasks/vqa_meta.json``.
+
+    Returns:
+        ``qc``: n_questions, per-type counts written, seconds; a one-line summary.
+
+    Raises:
+        InputError: the scene lacks instances.json or layout.json, or an input is unreadable or not in the
+            world frame.
+    """
     scene = common.scene_of(scene)
     rows, meta = generate(scene, config)
-    write_jsonl(scene.root / "tasks" / "vqa.jsonl", rows)
-    write_json(scene.root / "tasks" / "vqa_meta.json", meta)
-    return {"n_questions": len(rows), "per_type": {k: v["n_written"] for k, v in meta["generation"]["per_type"].items()},
-            "seconds": meta["generation"]["seconds"]}
+    write_jsonl(scene.task_path("vqa.jsonl"), rows)
+    write_json(scene.task_path("vqa_meta.json"), meta)
+    per_type = {k: v["n_written"] for k, v in meta["generation"]["per_type"].items()}
+    qc = {"n_questions": len(rows), "per_type": per_type, "seconds": meta["generation"]["seconds"]}
+    return StageResult(qc=qc, summary=f"{len(rows)} questions of {sum(1 for n in per_type.values() if n)} types")

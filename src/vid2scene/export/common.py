@@ -1,70 +1,38 @@
-"""Small private readers shared by the exporters and the BEV task (docs/schemas.md is the contract).
+"""What the exporters share: the scene's world-frame inputs, the packaged label table (COCO → ScanNet → NYU40),
+per-vertex ownership (instances, then floor / walls / ceiling), the output folder and the base of every
+exporter's ``Config``.
 
-Kept tiny on purpose: the lead merges them with ``vid2scene.tasks.common`` (issue 5 part A).
+Every input is read through :class:`~vid2scene.scene.Scene` in the world frame (z up, floor z = 0, metres) by
+:mod:`vid2scene.tasks.common`; a missing one raises :class:`~vid2scene.errors.InputError` naming it.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
-from ..io import read_json
-from ..scene import Scene
+from ..scene import Scene, TASKS
 
 
-def load_json_asset(scene: Scene, name: str, why: str) -> dict:
-    """``scene.root / name`` parsed, or :class:`InputError` saying which stage writes it (one reader for the task
-    generators and the exporters: :func:`vid2scene.tasks.common._read`)."""
-    from ..tasks.common import _read
+class ExportConfig(BaseModel):
+    """Options every exporter has: ``out`` (folder to write into; default ``SCENE/tasks/exports/<format>/``)
+    and ``scene_name`` (file-name-safe id of the scene in the output; default the scene folder's name)."""
 
-    return _read(scene.root / name, why)
-
-
-def load_instances(scene: Scene) -> dict:
-    """``instances.json`` (docs/schemas.md); raises InputError when absent or without an ``instances`` list."""
-    d = load_json_asset(scene, "instances.json", "run the instances stage first")
-    if not isinstance(d.get("instances"), list):
-        raise InputError(f"{scene.root / 'instances.json'} has no 'instances' list")
-    return d
+    model_config = ConfigDict(extra="forbid")
+    out: Path | None = Field(None, description="output folder (default SCENE/tasks/exports/<format>/)")
+    scene_name: str | None = Field(None, description="scene id in the output (default: the folder name)")
 
 
-def load_layout(scene: Scene) -> dict | None:
-    """``layout.json`` or None when the scene has none."""
-    p = scene.root / "layout.json"
-    return read_json(p) if p.is_file() else None
-
-
-def load_mesh(scene: Scene) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """``mesh.ply`` as (``N×3`` float64 vertices, ``N×3`` uint8 RGB or None, ``M×3`` int64 triangles).
-
-    Vertex order is the file's, so ``instances.json`` ``vertex_ids`` index these arrays. Read with plyfile
-    (no Open3D needed). Raises InputError when the file is missing or has no faces.
-    """
-    from plyfile import PlyData
-
-    path = scene.root / "mesh.ply"
-    if not path.is_file():
-        raise InputError(f"{path} is missing (run the fusion stage first)")
-    try:  # fixed-length triangle lists read without a Python loop
-        ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
-    except Exception:  # noqa: BLE001 - not triangles, or another list name: the generic reader
-        ply = PlyData.read(str(path))
-    v = ply["vertex"].data
-    names = v.dtype.names or ()
-    verts = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
-    cols = np.stack([v["red"], v["green"], v["blue"]], axis=1).astype(np.uint8) if "red" in names else None
-    if "face" not in ply:
-        raise InputError(f"{path} has no faces")
-    f = ply["face"].data
-    key = "vertex_indices" if "vertex_indices" in (f.dtype.names or ()) else f.dtype.names[0]
-    faces = f[key]
-    tris = (np.asarray(faces.tolist(), dtype=np.int64) if faces.dtype == object else np.asarray(faces, dtype=np.int64))
-    return verts, cols, tris.reshape(-1, 3)
+def exports_rel(fmt: str) -> str:
+    """``tasks/exports/<fmt>/``, an exporter's default output folder relative to the scene (its OUTPUTS)."""
+    return f"{TASKS}/exports/{fmt}/"
 
 
 def vertex_owner(instances: list[dict], n_vertices: int) -> tuple[np.ndarray, int]:
@@ -83,11 +51,6 @@ def vertex_owner(instances: list[dict], n_vertices: int) -> tuple[np.ndarray, in
         owner[take] = int(inst["id"])
         best[take] = s
     return owner, int((claims > 1).sum())
-
-
-def obj_tag(instance_id: int) -> str:
-    """GPT4Scene-style marker text: ``obj_tag(3) == "<OBJ003>"``."""
-    return f"<OBJ{int(instance_id):03d}>"
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,8 +74,8 @@ def map_label(coco_label: str) -> dict:
 
 
 def export_dir(scene: Scene, fmt: str, out: str | Path | None) -> Path:
-    """Where an exporter writes: ``out`` or ``SCENE/tasks/exports/<fmt>/``."""
-    d = Path(out) if out is not None else scene.root / "tasks" / "exports" / fmt
+    """Where an exporter writes (created): ``out`` or ``SCENE/tasks/exports/<fmt>/``."""
+    d = Path(out) if out is not None else scene.path(exports_rel(fmt))
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -160,7 +123,5 @@ def structure_label(code: int) -> dict:
 
 def scene_id(scene: Scene, given: str | None = None) -> str:
     """A file-name-safe scene id: ``given`` or the scene folder's name."""
-    import re
-
     s = given or scene.root.resolve().name or "scene"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
