@@ -29,10 +29,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from vid2scene.export import EXPORTERS  # noqa: E402
-from vid2scene.export._common import load_mesh  # noqa: E402
+from vid2scene.export import EXPORTERS, export  # noqa: E402
 from vid2scene.scene import Scene  # noqa: E402
-from vid2scene.tasks.bev import BevConfig, generate  # noqa: E402
+from vid2scene.tasks.bev import Config as BevConfig, generate  # noqa: E402
 
 LINKED = ["manifest.json", "mesh.ply", "instances.json", "layout.json", "cameras.json", "scene_graph.json", "frames",
           "depth", "points.ply"]
@@ -51,7 +50,7 @@ def size_mib(paths) -> float:
 
 
 def dummy_instances(work: Path, k: int, seed: int = 0) -> None:
-    verts, _, _ = load_mesh(Scene(work))
+    verts = Scene(work).mesh(frame="world").vertices
     rng = np.random.default_rng(seed)
     lo, hi = np.percentile(verts, 2, axis=0), np.percentile(verts, 98, axis=0)
     out = []
@@ -89,10 +88,11 @@ def main() -> None:
         dummy = True
     dummy = dummy or bool(json.loads((work / "instances.json").read_text()).get("dummy"))
     scene = Scene(work)
-    verts, _, tris = load_mesh(scene)
+    mesh = scene.mesh(frame="world")
+    verts, tris = mesh.vertices, mesh.triangles
     print(json.dumps({"step": "scene", "scene": str(src), "work": str(work), "n_vertices": int(len(verts)),
                       "n_triangles": int(len(tris)), "dummy_instances": dummy}), flush=True)
-    del verts, tris
+    del verts, tris, mesh
 
     t = time.perf_counter()
     r = generate(scene, BevConfig(n_frames=args.frames, occlusion=args.occlusion))
@@ -103,9 +103,9 @@ def main() -> None:
                       "n_instances": r["n_instances"], "n_frames": len(r["frames"]),
                       "markers_per_frame": r["n_markers_per_frame"], "occlusion": args.occlusion,
                       "peak_rss_mib": round(rss_mib(), 1), "dummy_instances": dummy}), flush=True)
-    for fmt, fn in EXPORTERS.items():
+    for fmt in EXPORTERS:
         t = time.perf_counter()
-        s = fn(scene)
+        s = dict(export(scene, fmt).qc)
         files = s.pop("files")
         print(json.dumps({"step": f"export_{fmt}", "seconds": round(time.perf_counter() - t, 3),
                           "mib_written": size_mib(files), "peak_rss_mib": round(rss_mib(), 1),

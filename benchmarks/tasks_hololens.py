@@ -13,7 +13,7 @@ Figures:
   (always "A" / 0) and ``oracle`` (the ground truth: must give 100).
 
     python benchmarks/tasks_hololens.py --scene /work/scenes/hololens [--seed 0]
-    python benchmarks/tasks_hololens.py --synthetic      # the synthetic test scene (tests/tasks/synth_scene.py)
+    python benchmarks/tasks_hololens.py --synthetic      # the synthetic test scene (tests/fixtures/task_scene.py)
 
 The scene folder is never modified: its task inputs are copied into a temporary folder first.
 """
@@ -54,7 +54,7 @@ def main() -> int:
     work.mkdir(parents=True)
     if args.synthetic:
         sys.path.insert(0, str(HERE.parent))
-        from tests.tasks.synth_scene import write_scene
+        from tests.fixtures.task_scene import write_scene
 
         write_scene(work)
         name = "synthetic"
@@ -67,7 +67,7 @@ def main() -> int:
     emit({"scene": name, "inputs": present})
 
     if present["cameras.json"] and present["layout.json"]:
-        cams = common.load_cameras(work)
+        cams = common.cameras(work)
         xy, t, _ = nav.floor_trajectory(cams)
         t0 = time.perf_counter()
         tr = nav.refine_trajectory(xy, t)

@@ -14,12 +14,12 @@ from vid2scene.scene import Scene
 
 def main(scene_dir: str, out: str) -> None:
     scene = Scene(scene_dir)
-    cams = [c for c in scene.load_cameras() if c.registered]
-    pts, _ = scene.load_sparse_points()
+    cams = [c for c in scene.cameras(frame="world") if c.registered]
+    pts = scene.sparse_points(frame="world").points
     centers = np.array([c.center_in_world for c in cams])
     top = top_down_view(pts, centers, size=480)
     pick = np.linspace(0, len(cams) - 1, 6).astype(int)
-    tiles = [cv2.resize(scene.read_frame(cams[i].source_frame), (240, 160), interpolation=cv2.INTER_AREA)
+    tiles = [cv2.resize(scene.frame_image(cams[i].source_frame), (240, 160), interpolation=cv2.INTER_AREA)
              for i in pick]
     grid = np.vstack([np.hstack(tiles[r * 2:(r + 1) * 2]) for r in range(3)])
     canvas = np.full((480, 480 + 480 + 10, 3), 255, np.uint8)

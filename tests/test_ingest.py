@@ -114,7 +114,7 @@ def kept_frames(scene: Scene) -> list[tuple[int, float]]:
 def assert_ramp(scene: Scene, tol: float = 8.0) -> None:
     """Every kept frame's brightness says it is the source frame its name says."""
     for f in scene.frame_index():
-        mean = float(scene.read_frame(f.source_frame).mean())
+        mean = float(scene.frame_image(f.source_frame).mean())
         assert abs(mean - ramp_level(f.source_frame)) < tol, (f.source_frame, mean)
 
 
@@ -148,7 +148,7 @@ def test_decodes_codec_in_container(tmp_path, encoder, ext, codec):
     assert [f for f, _ in frames] == list(range(20))
     assert np.allclose([t for _, t in frames], np.arange(20) / 30, atol=2e-3)
     assert sorted(p.name for p in scene.frames_all_dir.glob("*.jpg")) == [f"{i:06d}.jpg" for i in range(20)]
-    assert scene.read_frame(0).shape == (96, 160, 3)
+    assert scene.frame_image(0).shape == (96, 160, 3)
     assert_ramp(scene)
     assert result.warnings == []
     assert result.qc["n_frames_decoded"] == 20 and result.qc["n_frames_kept"] == 20
@@ -202,7 +202,7 @@ def test_long_side_downscale(tmp_path, size, long_side, working):
     assert (video["width"], video["height"]) == size
     assert (video["working_width"], video["working_height"]) == working
     assert video["scale_working_from_source"] == pytest.approx(working[0] / size[0])
-    img = scene.read_frame(0)
+    img = scene.frame_image(0)
     assert img.shape == (working[1], working[0], 3) and img.dtype == np.uint8
 
 
@@ -292,7 +292,7 @@ def test_rotation_metadata_gives_upright_frames(tmp_path, ext, deg):
     assert video["rotation_deg"] % 360 == deg % 360
     assert (video["width"], video["height"]) == (expected.shape[1], expected.shape[0])
     assert (video["working_width"], video["working_height"]) == (expected.shape[1], expected.shape[0])
-    img = scene.read_frame(0)
+    img = scene.frame_image(0)
     assert img.shape == expected.shape
     assert np.abs(quadrant_means(img) - quadrant_means(expected)).max() < 25
     cap = cv2.VideoCapture(str(clip))
@@ -308,7 +308,7 @@ def test_rotation_with_downscale(tmp_path):
     scene, _, video = ingest_into(tmp_path / "s", clip, max_fps=0, long_side=640)
     assert (video["width"], video["height"]) == (480, 800)
     assert (video["working_width"], video["working_height"]) == (384, 640)
-    img = scene.read_frame(0)
+    img = scene.frame_image(0)
     expected = cv2.resize(np.rot90(coded, k=-1), (384, 640), interpolation=cv2.INTER_AREA)
     assert img.shape == (640, 384, 3)
     assert np.abs(quadrant_means(img) - quadrant_means(expected)).max() < 25

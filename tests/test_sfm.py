@@ -14,7 +14,7 @@ import pycolmap
 import pytest
 
 from vid2scene.errors import StageFailed
-from vid2scene.export.nerfstudio import cam_from_world_from_opengl
+from vid2scene.io import cam_from_world_from_opengl
 from vid2scene.sfm import Config as SfmConfig
 from vid2scene.sfm import bow_vectors, check_qc, loop_pairs, sequential_pairs
 from vid2scene.geometry import camera_center

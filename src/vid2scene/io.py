@@ -153,21 +153,7 @@ def write_ply_mesh(path: str | os.PathLike, vertices: np.ndarray, triangles: np.
     c = None if colors is None else np.asarray(colors)
     if c is not None and c.dtype != np.uint8:
         c = np.clip(np.round(c * 255.0), 0, 255).astype(np.uint8)
-    arr = ply_vertex_array(vertices, c, normals)
-    tri = np.asarray(triangles, dtype=np.int32).reshape(-1, 3)
-    faces = np.empty(len(tri), dtype=[("n", "u1"), ("v", "<i4", (3,))])
-    faces["n"] = 3
-    faces["v"] = tri
-    head = ["ply", "format binary_little_endian 1.0"] + [f"comment {c}" for c in (comments or [])]
-    head.append(f"element vertex {len(arr)}")
-    names = {"<f4": "float", "|u1": "uchar"}
-    head += [f"property {names[t]} {n}" for n, t in arr.dtype.descr]
-    head += [f"element face {len(tri)}", "property list uchar int vertex_indices", "end_header"]
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(("\n".join(head) + "\n").encode("ascii"))
-            f.write(arr.tobytes())
-            f.write(faces.tobytes())
+    write_ply_records(path, ply_vertex_array(vertices, c, normals), triangles, comments)
 
 
 def read_ply_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -255,7 +241,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-# ---- added on branch h4-tasks: PLY files with extra vertex fields (the ScanNet export's alpha / label) ------
+# ---- PLY meshes with arbitrary vertex fields (the ScanNet export's alpha / label) --------------------------
 _PLY_TYPES = {"<f4": "float", "<f8": "double", "|u1": "uchar", "<u2": "ushort", "<i4": "int", "<u4": "uint"}
 
 
@@ -293,3 +279,52 @@ def read_ply_records(path: str | os.PathLike) -> np.ndarray:
     except Exception:  # a face list of another length, or no face element: read it the slow way
         ply = PlyData.read(str(path))
     return np.asarray(ply["vertex"].data)
+
+
+# ---- nerfstudio transforms.json (written by sfm at the scene root, and by the nerfstudio exporter) --------
+OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def c2w_opengl(cam_from_world: np.ndarray) -> np.ndarray:
+    """4×4 OpenGL-axes camera-to-world matrix from a 4×4 OpenCV ``cam_from_world``."""
+    return np.linalg.inv(np.asarray(cam_from_world, dtype=np.float64)) @ OPENCV_TO_OPENGL
+
+
+def cam_from_world_from_opengl(c2w_gl: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`c2w_opengl` (used to read a transforms.json back)."""
+    return np.linalg.inv(np.asarray(c2w_gl, dtype=np.float64) @ OPENCV_TO_OPENGL)
+
+
+def write_transforms(path: str | Path, frames: list, image_dir: str = "frames",
+                     distortion: dict | None = None, world: str = "sfm") -> dict:
+    """Write registered ``frames`` as a nerfstudio ``transforms.json`` (camera-to-world, OpenGL camera axes:
+    ``transform_matrix = inverse(cam_from_world) @ diag(1, -1, -1, 1)``); returns the written dict.
+
+    Args:
+        frames: keyframe cameras (:class:`vid2scene.scene.CameraFrame`: ``name``, ``source_frame``, ``width``,
+            ``height``, ``K``, ``cam_from_world``, ``registered``); unregistered ones are skipped; one shared
+            intrinsics is assumed.
+        image_dir: folder of the images, relative to the file.
+        distortion: ``{"model": COLMAP model name, "params": [...]}`` as in ``cameras.json``.
+        world: name of the world frame of the poses ("sfm" or "gravity_z_up_metric").
+    """
+    reg = [f for f in frames if f.registered]
+    if not reg:
+        raise ValueError("no registered frames to export")
+    K = reg[0].K
+    k1 = k2 = 0.0
+    if distortion and distortion.get("model") in ("SIMPLE_RADIAL", "RADIAL"):
+        params = distortion["params"]
+        k1 = float(params[3])
+        k2 = float(params[4]) if distortion["model"] == "RADIAL" else 0.0
+    out = {
+        "camera_model": "OPENCV",
+        "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+        "w": int(reg[0].width), "h": int(reg[0].height), "k1": k1, "k2": k2, "p1": 0.0, "p2": 0.0,
+        "vid2scene": {"camera_axes": "opengl (x right, y up, z back)", "matrices": "camera-to-world",
+                      "world": world, "converted_from": "opencv cam_from_world"},
+        "frames": [{"file_path": f"{image_dir}/{f.name}", "transform_matrix": c2w_opengl(f.cam_from_world).tolist(),
+                    "source_frame": f.source_frame} for f in reg],
+    }
+    write_json(path, out)
+    return out

@@ -42,8 +42,6 @@ def jpg_data_uri(path, width: int = 200) -> str:
     return "" if img is None else rgb_jpg_data_uri(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), width)
 
 
-_jpg_data_uri = jpg_data_uri  # the name vid2scene.dataset.report imports
-
 
 def _keyframe_uri(scene: Scene, source_frame: int) -> str:
     try:

@@ -36,7 +36,6 @@ WORLD: Frame = "world"
 #: The world frame's name as written in files and the manifest's conventions.
 WORLD_NAME = "gravity_z_up_metric"
 
-MANIFEST = "manifest.json"  # kept for callers of the old name
 
 CONVENTIONS = {
     "camera_axes": "opencv (x right, y down, z forward)",
@@ -368,7 +367,6 @@ class Scene:
         except OSError as e:
             raise StageFailed("ingest", str(e)) from e
 
-    read_frame = frame_image
 
     # ---- shots, quality, keyframes ----------------------------------------------------------------------
     def shots(self) -> dict:
@@ -502,6 +500,11 @@ class Scene:
         doc["frames"] = [f.to_json() for f in frames]
         io.write_json(self.cameras_json, doc)
 
+    def write_transforms(self, frames: list[CameraFrame], distortion: dict | None = None) -> dict:
+        """``transforms.json``: the registered SfM-frame cameras for nerfstudio (OpenGL axes, camera-to-world;
+        :func:`vid2scene.io.write_transforms`), images in ``frames/``. Written by ``sfm``; never rewritten."""
+        return io.write_transforms(self.transforms_json, frames, image_dir=FRAMES, distortion=distortion, world=SFM)
+
     def reconstruction(self):
         """The COLMAP model in ``sfm/`` as a ``pycolmap.Reconstruction`` (SfM frame)."""
         import pycolmap
@@ -510,7 +513,6 @@ class Scene:
             raise StageFailed("sfm", f"no COLMAP model in {self.sfm_dir}; run 'sfm' first")
         return pycolmap.Reconstruction(str(self.sfm_dir))
 
-    load_reconstruction = reconstruction
 
     def sparse_points(self, frame: Frame = SFM) -> PointCloud:
         """``sparse_points.ply``: the SfM points (``N×3``) and colours, in ``frame``."""
@@ -627,22 +629,3 @@ class Scene:
     def task_path(self, rel: str) -> Path:
         """Path of a task asset under ``tasks/`` (folders created on write by :mod:`vid2scene.io`)."""
         return self.tasks_dir / rel
-
-    # ---- old names (kept until every caller uses the typed ones) ---------------------------------------
-    def load_video_info(self) -> dict:
-        return self.video_info()
-
-    def load_frame_index(self) -> list[FrameRecord]:
-        return self.frame_index()
-
-    def load_shots(self) -> dict:
-        return self.shots()
-
-    def load_quality(self) -> dict:
-        return self.quality()
-
-    def load_keyframes(self) -> dict:
-        return self.keyframes()
-
-    def load_cameras(self) -> list[CameraFrame]:
-        return self.cameras(SFM)

@@ -31,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import geometry, progress
 from .errors import StageFailed
-from .export.nerfstudio import write_transforms
 from .scene import CameraFrame, Scene, frame_name
 from .stage import StageResult
 
@@ -505,4 +504,4 @@ def _write_outputs(scene: Scene, rec, keyframes: list[dict], names: list[str]) -
     pts = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
     cols = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
     scene.write_sparse_points(pts, cols)
-    write_transforms(scene.transforms_json, frames, image_dir="frames", distortion=distortion)
+    scene.write_transforms(frames, distortion)

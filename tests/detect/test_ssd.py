@@ -74,6 +74,6 @@ def test_detector_finds_a_person_composited_into_a_real_frame():
 
     depth = np.full((h, w), 5.0, np.float32)
     depth[r0:r0 + ph, c0:c0 + pw] = 2.0
-    m = person_mask(img, depth, boxes)
+    m = person_mask(boxes, depth)
     assert m[r0 + 3:r0 + ph - 3, c0 + 3:c0 + pw - 3].mean() > 0.9
     assert m.sum() < 1.2 * ph * pw

@@ -195,7 +195,7 @@ def test_cli_export_errors(s5, tmp_path):
 
 
 def test_nerfstudio_export_is_in_the_world_frame(s5, tmp_path):
-    from vid2scene.export.nerfstudio import cam_from_world_from_opengl
+    from vid2scene.io import cam_from_world_from_opengl
 
     out = export(s5.scene, "nerfstudio", tmp_path).qc
     doc = json.loads((tmp_path / "transforms.json").read_text())

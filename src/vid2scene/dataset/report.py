@@ -3,13 +3,13 @@ scenes (inline SVG) and a thumbnail per scene (its first keyframe, inlined). Sel
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, read_image_rgb
+from ..io import atomic_path
+from ..report import jpg_data_uri
 from .index import summarize
 
 #: (column, axis label) of the histograms.
@@ -21,21 +21,6 @@ HISTOGRAMS = [
 ]
 
 _STATUS_COLOUR = {"complete": "#2a7", "failed": "#c33", "incomplete": "#d90"}
-
-
-def jpg_data_uri(path: str | Path, width: int = 200) -> str:
-    """An image file as an inline ``data:image/jpeg;base64,…`` URI, resized to ``width`` pixels wide (aspect
-    kept, JPEG quality 80); "" when the file is missing or unreadable."""
-    import cv2
-
-    try:
-        rgb = read_image_rgb(path)
-    except OSError:
-        return ""
-    size = (int(width), max(1, round(rgb.shape[0] * width / rgb.shape[1])))
-    bgr = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), size, interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
 
 
 def svg_histogram(values: list[float], label: str, bins: int = 12, width: int = 300, height: int = 150) -> str:
