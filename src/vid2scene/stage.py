@@ -65,7 +65,8 @@ class Backend(Protocol):
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
         """``(True, "installed")`` or ``(False, "not installed: <how to install / which path to give>")``.
-        Cheap: no model loading, no heavy imports."""
+        Cheap: no model loading, no heavy imports. A backend may also define ``is_usable(options)`` with the
+        same result, when its availability depends on its options; :func:`make_backend` prefers it."""
         ...
 
 
@@ -106,7 +107,10 @@ def make_backend(stage: str, backends: dict[str, type], config: BaseModel, name:
     if name not in backends:
         raise InputError(f"unknown {stage} backend {name!r}; choose one of {', '.join(backends)}")
     cls = backends[name]
-    ok, hint = cls.is_installed()
+    options = backend_options(config, name, cls)
+    # a backend whose availability depends on its options (a server URL, a model path) says so by is_usable
+    usable = getattr(cls, "is_usable", None)
+    ok, hint = usable(options) if usable is not None else cls.is_installed()
     if not ok:
         raise BackendNotInstalled(f"{stage} backend '{name}' {hint}")
-    return cls(backend_options(config, name, cls))
+    return cls(options)

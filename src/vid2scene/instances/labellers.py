@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import BackendNotInstalled, StageFailed
-from ..stage import Options, backend_options
+from ..stage import Options, make_backend
 
 ENV_BASE_URL, ENV_MODEL, ENV_API_KEY = "VID2SCENE_VLM_BASE_URL", "VID2SCENE_VLM_MODEL", "VID2SCENE_VLM_API_KEY"
 PROMPT = ("This image is a crop around one object in an indoor scene; a detector called it '{hint}'. "
@@ -86,6 +86,13 @@ class OpenAICompatLabeller:
         """Whether the environment names a server (a base URL in the config section also suffices)."""
         return (True, "installed") if os.environ.get(ENV_BASE_URL) else \
             (False, f"not installed: set {ENV_BASE_URL} (or instances.openai.base_url)")
+
+    @classmethod
+    def is_usable(cls, options: "OpenAICompatLabeller.Options") -> tuple[bool, str]:
+        """Whether a server is named by ``options.base_url`` or the environment."""
+        return (True, "installed") if options.base_url or os.environ.get(ENV_BASE_URL) else \
+            (False, f"not installed: set instances.openai.base_url or {ENV_BASE_URL} to an OpenAI-compatible "
+                    "server URL")
 
     def _post(self, body: dict) -> dict:
         data = json.dumps(body).encode()
@@ -167,16 +174,12 @@ def make_labeller(config):
     """The labeller named by ``config.captioner`` (an ``instances`` Config), built from its nested section, or
     None for ``"none"``.
 
-    The constructor is the installed-check here: ``OpenAICompatLabeller.is_installed`` looks only at the
-    environment, and a base URL in ``instances.openai`` is enough too.
-
     Raises:
         BackendNotInstalled: the labeller cannot be used as configured (the reason says what to set).
     """
     if config.captioner == "none":
         return None
-    cls = BACKENDS[config.captioner]
-    return cls(backend_options(config, config.captioner, cls))
+    return make_backend("instances", BACKENDS, config, name=config.captioner)
 
 
 def best_view(inst: dict) -> dict | None:
