@@ -85,9 +85,15 @@ def load_config(config_file: str | Path | None = None, preset: str | None = None
     if preset not in PRESETS:
         raise InputError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     merged = deep_merge(deep_merge(PRESETS[preset], data), overrides or {})
+    return validate_config(PipelineConfig, merged)
+
+
+def validate_config(model: type[BaseModel], data: dict, what: str = "config") -> BaseModel:
+    """``model.model_validate(data)``, with the first validation error as a one-line :class:`InputError`
+    (``invalid <what> value <section.field>: <message>``)."""
     try:
-        return PipelineConfig.model_validate(merged)
+        return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
-        raise InputError(f"invalid config value {where}: {first['msg']}") from e
+        raise InputError(f"invalid {what} value {where}: {first['msg']}") from e

@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..errors import InputError
 from ..scene import INSTANCES_JSON, LAYOUT_JSON, Scene
@@ -54,15 +54,9 @@ def load_tasks_config(path: str | Path | None = None) -> BaseModel:
     Raises:
         InputError: unreadable file, an unknown section or value that fails validation (one-line reason).
     """
-    from ..config import read_config_file
+    from ..config import read_config_file, validate_config
 
-    data = read_config_file(path) if path is not None else {}
-    try:
-        return TasksConfig.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise InputError(f"invalid tasks config value {where}: {first['msg']}") from e
+    return validate_config(TasksConfig, read_config_file(path) if path is not None else {}, "tasks config")
 
 
 def run_tasks(scene: Scene | str | Path, names: list[str] | None = None, config: BaseModel | None = None,
