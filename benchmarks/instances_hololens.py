@@ -48,6 +48,7 @@ def main() -> None:
     from vid2scene.pipeline import peak_rss_mb, run_stage
     from vid2scene.report import instances_top_down, write_report
     from vid2scene.scene import Scene
+    from vid2scene.stage import stage_module
 
     progress.set_enabled(False)
     src = Scene(args.scene)
@@ -65,7 +66,8 @@ def main() -> None:
     secs = {}
     for name in ("detect", "instances", "scene_graph"):
         t0 = time.perf_counter()
-        res = run_stage(scene, name, cfg)
+        # detect runs before sfm: through run_stage it would mark sfm..layout stale, so call it directly
+        res = stage_module(name).run(scene, cfg.detect) if name == "detect" else run_stage(scene, name, cfg)
         secs[name] = time.perf_counter() - t0
         emit(figure="stage", stage=name, summary=res.summary, warnings=res.warnings, qc=res.qc)
     inst = scene.instances()
