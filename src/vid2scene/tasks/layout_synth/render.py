@@ -17,7 +17,6 @@ solved plan) from the entrance to the farthest reachable node, at camera height,
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 import math
 from dataclasses import dataclass
@@ -63,10 +62,15 @@ class Rendered:
     depth: np.ndarray
 
 
+PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+                    [140, 86, 75], [227, 119, 194], [188, 189, 34], [23, 190, 207], [174, 199, 232],
+                    [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213], [219, 219, 141],
+                    [158, 218, 229]], np.float32)
+
+
 def class_colour(label: str) -> np.ndarray:
-    """A fixed, saturated RGB colour (3 float 0..255) for a class label."""
-    h = int(hashlib.md5(label.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return np.array(colorsys.hsv_to_rgb(h, 0.65, 0.95)) * 255.0
+    """A fixed RGB colour (3 float 0..255) for a class label: a 16-colour palette indexed by the label's hash."""
+    return PALETTE[int(hashlib.md5(label.encode()).hexdigest()[:8], 16) % len(PALETTE)].copy()
 
 
 class Raster:
@@ -317,7 +321,7 @@ def walk_path(plan: Plan, step_m: float = 0.2) -> np.ndarray:
 def walk_views(plan: Plan, K: np.ndarray, size: tuple[int, int], eye_height_m: float = 1.5,
                pitch_deg: float = 10.0, step_m: float = 0.2, max_views: int = 64, width: int = 320) -> list[View]:
     """Views along :func:`walk_path` at ``eye_height_m``, looking 0.6 m ahead along the path, ``K`` for an
-    image of ``size = (w, h)`` resized to ``width``; ends with a turn on the spot at the far end."""
+    image of ``size = (w, h)`` resized to ``width``; ends with a turn on the spot towards the room's centroid."""
     path = walk_path(plan, step_m)
     if len(path) < 2:
         return []
@@ -325,9 +329,16 @@ def walk_views(plan: Plan, K: np.ndarray, size: tuple[int, int], eye_height_m: f
         path = path[np.linspace(0, len(path) - 1, max_views).round().astype(int)]
     views = []
     look = max(1, int(round(0.6 / step_m)))
+    poses = []
     for i, p in enumerate(path):
         q = path[min(i + look, len(path) - 1)] if i < len(path) - 1 else p + (p - path[i - 1])
-        yaw = math.atan2(q[1] - p[1], q[0] - p[0])
+        poses.append((p, math.atan2(q[1] - p[1], q[0] - p[0])))
+    c = np.mean(np.asarray(plan.room.polygon_xy, np.float64), 0)
+    end, yaw0 = poses[-1]
+    turn = (math.atan2(c[1] - end[1], c[0] - end[0]) - yaw0 + math.pi) % (2 * math.pi) - math.pi
+    n_turn = int(math.ceil(abs(turn) / math.radians(20)))
+    poses += [(end, yaw0 + turn * k / n_turn) for k in range(1, n_turn + 1)]
+    for i, (p, yaw) in enumerate(poses):
         T = look_along([p[0], p[1], eye_height_m], yaw, math.radians(pitch_deg))
         views.append(View(f"walk_{i:04d}", K, T, size[0], size[1]).resized(width))
     return views

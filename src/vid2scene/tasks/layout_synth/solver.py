@@ -4,7 +4,7 @@ Steps, in order (world frame, metres):
 
 1. **Class-aware NMS** — objects in descending score; an object whose 3D IoU with a kept one exceeds
    ``nms_iou_same`` (same label, 0.1) or ``nms_iou_cross`` (different labels, 0.2) is removed (listed in
-   ``plan.removed``); its objects on top fall back to the floor.
+   ``plan.removed``); its objects on top go to another support by the stacking rule, else to the floor.
 2. **Support** — a floor object's bottom goes to z = 0; an object on top of another rests on its support's top
    with its centre inside the support's footprint; wall objects keep their height.
 3. **Wall snapping** — a floor or wall object whose footprint's nearest corner is within ``snap_distance_m``
@@ -16,7 +16,9 @@ Steps, in order (world frame, metres):
    that lowers the cost; it stops after ``max_iterations`` (1000) or when no group improves. Cost =
    Σ displacement² (m², from the position after snapping) + ``overlap_weight`` (10) × Σ pairwise overlap area of
    the footprints grown by ``padding_m`` (0.05 m; pairs whose height ranges overlap, in different groups) +
-   ``outside_weight`` (10) × Σ footprint area outside the room polygon (m²). Polygons with shapely.
+   ``outside_weight`` (10) × Σ footprint area outside the room polygon (m²; a footprint whose centre is outside
+   adds its area × that centre's distance to the room, so that an object wholly outside is pulled back).
+   Polygons with shapely.
 
 :func:`vary` samples an alternative arrangement that keeps the plan's relations (what stands on what, what
 stands against which wall): groups are shifted (against a wall: along it) and free-standing ones turned by a
@@ -33,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...geometry import box_iou_3d, rot_z
-from .plan import Plan, PlanObject, wall_distance, yaw_to_wall
+from .plan import Plan, PlanConfig, PlanObject, describe, stacks_on, wall_distance, yaw_to_wall
 
 COMPASS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1], [1, 1], [1, -1], [-1, 1], [-1, -1]], np.float64)
 
@@ -71,20 +73,24 @@ class SolveReport:
     def to_json(self) -> dict:
         d = list(self.displacement_xy_m.values())
         d3 = list(self.displacement_m.values())
+        moved = [v for v in d if v > 1e-6]
         return {"removed": self.removed, "snapped": self.snapped, "iterations": self.iterations,
                 "cost_before": round(self.cost_before, 6), "cost_after": round(self.cost_after, 6),
                 "seconds": round(self.seconds, 4),
                 "mean_displacement_xy_m": round(float(np.mean(d)), 4) if d else 0.0,
                 "max_displacement_xy_m": round(float(np.max(d)), 4) if d else 0.0,
                 "mean_displacement_m": round(float(np.mean(d3)), 4) if d3 else 0.0,
+                "n_moved": len(moved),
+                "mean_displacement_moved_xy_m": round(float(np.mean(moved)), 4) if moved else 0.0,
                 "displacement_xy_m": {k: round(v, 4) for k, v in self.displacement_xy_m.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------------
 # steps
 # ---------------------------------------------------------------------------------------------------------
-def nms(plan: Plan, config: SolverConfig | None = None) -> list[dict]:
-    """Class-aware NMS in place (step 1); returns the removed ``[{"object_name", "reason"}]``."""
+def nms(plan: Plan, config: SolverConfig | None = None, plan_config: PlanConfig | None = None) -> list[dict]:
+    """Class-aware NMS in place (step 1); returns the removed ``[{"object_name", "reason"}]``. An object whose
+    support is removed is given the highest kept support by the stacking rule (``plan_config``), else the floor."""
     cfg = config or SolverConfig()
     order = sorted(plan.objects, key=lambda o: -o.score)
     kept: list[PlanObject] = []
@@ -106,8 +112,14 @@ def nms(plan: Plan, config: SolverConfig | None = None) -> list[dict]:
     plan.objects = [o for o in plan.objects if o.object_name not in gone]
     for o in plan.objects:
         o.objects_on_top = [n for n in o.objects_on_top if n not in gone]
-        if o.on in gone:
-            o.location, o.on = "floor", None
+    for o in plan.objects:
+        if o.on in gone:  # its support was a duplicate: the stacking rule again, among the kept objects
+            supports = [s for s in plan.objects if stacks_on(o, s, plan_config)]
+            s = max(supports, key=lambda s: s.z_range[1], default=None)
+            o.location, o.on = ("top", s.object_name) if s else ("floor", None)
+            if s:
+                s.objects_on_top.append(o.object_name)
+            o.description = describe(o)
     plan.removed = list(plan.removed) + removed
     return removed
 
@@ -237,10 +249,14 @@ class _Problem:
         return tot
 
     def outside(self, gi: int, p: np.ndarray) -> float:
+        """Footprint area outside the room, plus area × centre distance for a centre outside (m²)."""
         tot = 0.0
         for poly in self._polys(gi, p, False):
             if not self._room_prep.contains(poly):
                 tot += poly.difference(self.room).area
+                c = poly.centroid
+                if not self._room_prep.contains(c):
+                    tot += poly.area * self.room.distance(c)
         return tot
 
     def local(self, gi: int, p: np.ndarray) -> tuple[float, float]:
@@ -332,8 +348,11 @@ def vary(plan: Plan, seed: int, shift_sigma_m: float = 0.5, config: SolverConfig
                     and 0 <= wall_distance(o, w)[1] <= 1]
         if touching:
             w = touching[0]
-            d = np.asarray(w.b, np.float64) - np.asarray(w.a, np.float64)
-            move_group(out, g, rng.normal(0, shift_sigma_m) * d / max(np.linalg.norm(d), 1e-9))
+            a, d = np.asarray(w.a, np.float64), np.asarray(w.b, np.float64) - np.asarray(w.a, np.float64)
+            L = max(float(np.linalg.norm(d)), 1e-9)
+            u = (o.footprint() - a) @ (d / L)  # keep the footprint along the wall segment
+            shift = float(np.clip(rng.normal(0, shift_sigma_m), -u.min(), L - u.max()))
+            move_group(out, g, shift * d / L)
         elif o.location == "floor":
             move_group(out, g, (0.0, 0.0), int(rng.integers(0, 4)) * math.pi / 2)
             move_group(out, g, rng.normal(0, shift_sigma_m, 2))
