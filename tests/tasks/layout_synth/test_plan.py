@@ -97,3 +97,22 @@ def test_room_walls_are_ccw_with_inward_normals():
         assert 0 < mid[0] < 6 and 0 < mid[1] < 5
     with pytest.raises(ValueError):
         room_walls({"room": {"polygon_xy": [[0, 0], [1, 0]], "height_m": 2.5}})
+
+
+def test_unsupported_objects_and_objects_of_another_room():
+    from vid2scene.tasks.layout_synth.scores import score_plan
+    from vid2scene.tasks.layout_synth.solver import solve
+
+    recs = ls.instance_records() + [
+        {"id": 8, "label": "microwave", "box": {"center": [0.3, 3.0, 1.05], "size": [0.5, 0.35, 0.3], "yaw_rad": 0}},
+        {"id": 9, "label": "chair", "box": {"center": [8.0, 2.0, 0.45], "size": [0.45, 0.45, 0.9], "yaw_rad": 0}}]
+    plan = build_plan(recs, ls.layout_doc())
+    by = plan.by_name()
+    assert by["microwave-8"].location == "top" and by["microwave-8"].on is None   # on an unreconstructed counter
+    assert "on a surface" in by["microwave-8"].description
+    assert "chair-9" not in by and plan.removed[0]["object_name"] == "chair-9" and "outside the room" in \
+        plan.removed[0]["reason"]
+    out, _ = solve(plan)
+    assert out.by_name()["microwave-8"].position[2] == pytest.approx(1.05)       # keeps its height
+    assert score_plan(out)["support_violation_rate"] == 0
+    assert [r["object_name"] for r in out.removed] == ["chair-9"]

@@ -18,8 +18,12 @@ rotation of local x about +z from world +x (the ``instances.json`` box, docs/sch
 
 The room polygon is the layout footprint simplified as the SpatialLM exporter simplifies it, so its edges are the
 walls of ``layout.txt``. ``location``: ``top`` — the object rests on another (``on``) by the stacking rule below;
-``floor`` — everything else that must stand on the floor (a floating object is a support violation the solver
-drops to the floor); ``wall`` — wall-mounted classes (``wall_labels``) near a wall and above the floor.
+``floor`` — objects on the floor, and floating furniture (``floor_labels``: a support violation the solver drops
+to the floor); ``wall`` — wall-mounted classes (``wall_labels``) near a wall and above the floor; ``top`` with
+``on: null`` — any other object above the floor with no support in the plan: it rests on a surface the
+reconstruction did not produce as an object (a counter top, a shelf), and keeps its height. Objects whose centre
+lies more than ``drop_outside_m`` outside the room polygon belong to another room: they are left out of the plan
+(listed in ``removed``).
 
 Stacking rule (VIPScene): object A is on B when B is a support class (counters, tables, islands, sinks, desks),
 B's footprint area is at least ``min_support_area_m2`` (0.2 m²), the footprints overlap by more than
@@ -42,6 +46,8 @@ WORLD = "gravity_z_up_metric"
 
 SUPPORT_LABELS = ("counter", "table", "island", "sink", "desk")
 WALL_LABELS = ("tv", "clock", "picture", "painting", "mirror", "whiteboard", "poster", "window", "shelf")
+FLOOR_LABELS = ("chair", "couch", "sofa", "bed", "table", "desk", "refrigerator", "plant", "toilet", "bench",
+                "cabinet", "bookshelf", "oven", "dishwasher", "dresser", "wardrobe")
 
 
 class PlanConfig(BaseModel):
@@ -51,6 +57,9 @@ class PlanConfig(BaseModel):
     support_labels: list[str] = Field(list(SUPPORT_LABELS), description="a label containing one of these words "
                                                                          "can carry objects")
     wall_labels: list[str] = Field(list(WALL_LABELS), description="wall-mountable classes (words)")
+    floor_labels: list[str] = Field(list(FLOOR_LABELS), description="furniture that stands on the floor (words)")
+    drop_outside_m: float = Field(0.5, ge=0, description="objects whose centre is farther than this outside the "
+                                                         "room polygon are left out (another room)")
     min_support_area_m2: float = Field(0.2, ge=0)
     min_overlap_share: float = Field(0.1, ge=0, le=1, description="footprint overlap / smaller footprint")
     stack_tol_m: float = Field(0.1, ge=0, description="the top's bottom may sink this far into the support")
@@ -262,7 +271,8 @@ def entrance(layout: dict, cameras, polygon: np.ndarray) -> tuple[list[float], s
 
 def describe(obj: PlanObject, caption: str | None = None) -> str:
     sx, sy, sz = obj.size
-    where = {"floor": "on the floor", "top": f"on top of {obj.on}", "wall": "on a wall"}[obj.location]
+    where = {"floor": "on the floor", "top": f"on top of {obj.on}" if obj.on else "on a surface",
+             "wall": "on a wall"}[obj.location]
     base = f"{obj.label}, {sx:.2f} x {sy:.2f} x {sz:.2f} m, {where}"
     return f"{base}; {caption}" if caption else base
 
@@ -291,6 +301,7 @@ def build_plan(instances: list[dict], layout: dict, cameras=None, config: PlanCo
                                size=[abs(float(v)) for v in box["size"]], position=list(map(float, box["center"])),
                                rotation=Rotation(yaw_rad=float(box.get("yaw_rad", 0.0))),
                                score=float(rec.get("score", 1.0))))
+    objs, removed = split_outside(objs, P, cfg.drop_outside_m)
     assign_locations(objs, walls, cfg)
     captions = {int(r["id"]): r.get("caption") for r in instances}
     for o in objs:
@@ -298,7 +309,24 @@ def build_plan(instances: list[dict], layout: dict, cameras=None, config: PlanCo
     xy, src = entrance(layout, cameras, P)
     room = Room(polygon_xy=[_r(p) for p in P], height_m=round(h, 4), floor_area_m2=round(polygon_area(P), 3),
                 walls=walls, doors=list((layout or {}).get("doors") or []), entrance_xy=xy, entrance_source=src)
-    return Plan(room=room, objects=objs)
+    return Plan(room=room, objects=objs, removed=removed)
+
+
+def split_outside(objs: list[PlanObject], polygon: np.ndarray, max_m: float) -> tuple[list[PlanObject], list[dict]]:
+    """(objects kept, ``[{"object_name", "reason"}]`` of those whose centre is more than ``max_m`` outside the
+    room polygon)."""
+    from shapely.geometry import Point, Polygon
+
+    room = Polygon(polygon).buffer(0)
+    kept, removed = [], []
+    for o in objs:
+        d = room.distance(Point(o.position[:2]))
+        if d > max_m:
+            removed.append({"object_name": o.object_name, "reason": f"outside the room: centre {d:.2f} m beyond "
+                                                                    "its polygon"})
+        else:
+            kept.append(o)
+    return kept, removed
 
 
 def assign_locations(objs: list[PlanObject], walls: list[Wall], config: PlanConfig | None = None) -> None:
@@ -317,8 +345,10 @@ def assign_locations(objs: list[PlanObject], walls: list[Wall], config: PlanConf
         elif has_word(o.label, cfg.wall_labels) and walls and \
                 min(abs(wall_distance(o, w)[0]) for w in walls) <= cfg.wall_distance_m:
             o.location = "wall"
-        else:
+        elif has_word(o.label, cfg.floor_labels):
             o.location = "floor"
+        else:
+            o.location = "top"
     # a support that is itself on top of something keeps its own objects; cycles cannot form (strictly higher)
 
 

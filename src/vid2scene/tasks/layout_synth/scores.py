@@ -6,7 +6,8 @@
 * ``out_of_room_rate`` — share of objects with more than ``outside_tol_m2`` of footprint outside the room polygon.
 * ``support_violation_rate`` — share of objects not supported: a floor object whose bottom is off z = 0, an
   object on top whose bottom is off its support's top or whose centre is outside the support's footprint (by
-  more than ``support_tol_m``); wall objects are exempt.
+  more than ``support_tol_m``); wall objects and objects on an unreconstructed surface (``top``, ``on: null``)
+  are exempt.
 * ``reachable_floor_share`` — free floor (room grid of ``cell_m`` minus the footprints of objects in the body
   band 0.1–1.8 m, eroded by ``agent_radius_m``) reachable from the entrance (grid BFS, 4-connected) over all
   free floor; the entrance snaps to the nearest free cell.
@@ -97,7 +98,7 @@ def support_violations(plan: Plan, config: ScoreConfig | None = None) -> list[in
         z0 = o.z_range[0]
         if o.location == "floor":
             ok = abs(z0) <= cfg.support_tol_m
-        elif o.location == "top":
+        elif o.location == "top" and o.on is not None:
             s = names.get(o.on)
             ok = s is not None and abs(z0 - s.z_range[1]) <= cfg.support_tol_m and \
                 _poly(s).buffer(cfg.support_tol_m).contains(Point(o.position[:2]))
