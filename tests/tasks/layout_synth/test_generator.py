@@ -101,3 +101,17 @@ def test_missing_inputs(tmp_path):
     scene.write_layout(lay)
     with pytest.raises(InputError, match="room polygon"):
         L.run(scene, fast())
+
+
+def test_config_file_forms(tmp_path):
+    j = tmp_path / "c.json"
+    j.write_text('{"solver": {"padding_m": 0.02}, "n_variations": 1}')
+    cfg = L.load_config(j)
+    assert cfg.solver.padding_m == 0.02 and cfg.n_variations == 1
+    assert L.load_config(None) == L.Config()
+    broken = tmp_path / "x.yaml"
+    broken.write_text("layout_synth: [unclosed\n")
+    with pytest.raises(InputError, match="cannot parse"):
+        L.load_config(broken)
+    with pytest.raises(InputError, match="not found"):
+        L.load_config(tmp_path / "missing.yaml")

@@ -256,9 +256,21 @@ def load_config(config_file: str | Path | None) -> Config:
     """
     if config_file is None:
         return Config()
-    from ...config import read_config_file
+    import json
 
-    data = read_config_file(config_file) or {}
+    p = Path(config_file)
+    if not p.is_file():
+        raise InputError(f"config file not found: {p}")
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(p.read_text())
+        else:
+            import yaml
+
+            data = yaml.safe_load(p.read_text())
+    except Exception as e:  # json / yaml parse errors of several types
+        raise InputError(f"cannot parse config file {p}: {e}") from e
+    data = data or {}
     if isinstance(data, dict) and isinstance(data.get(NAME), dict):
         data = data[NAME]
     try:
