@@ -15,9 +15,10 @@ error grows (non-strictly; collision / out-of-room / support rates up, reachable
 generator run (render included) gives the render seconds.
 
 Scene (``--scene DIR``): the generator on a real scene; its inputs are copied into a temporary folder (the scene
-is never modified); ``--out DIR`` keeps the outputs (plans, layout.txt, scores.json, fpv/).
+is never modified); ``--out DIR`` keeps the outputs (plans, layout.txt, scores.json, fpv/) and an overview
+render before / after solving (``overview_before_after.png``).
 
-    python benchmarks/layout_synth.py --synthetic
+    python benchmarks/layout_synth.py --synthetic [--out DIR]    # DIR/synthetic_before_after.png
     python benchmarks/layout_synth.py --scene /work/scenes/hololens --out /tmp/hololens_layout
 """
 
@@ -63,11 +64,18 @@ def planted(kind: str, size: float, count: int):
     return recs
 
 
+def planted_more(recs):
+    """Add an overlap (chair into the table) and a floating chair to ``recs``."""
+    from tests.fixtures import layout_scene as ls
+
+    return ls.plant_floating(ls.plant_overlap(recs, 2, 1, 0.25), 3, 0.5)
+
+
 SIZES = {"overlap": [0.0, 0.05, 0.1, 0.2, 0.3], "wall": [0.0, 0.1, 0.2, 0.4, 0.6],
          "floating": [0.0, 0.1, 0.3, 0.5, 0.8]}
 
 
-def synthetic() -> None:
+def synthetic(out_dir: Path | None) -> None:
     from tests.fixtures import layout_scene as ls
     from vid2scene.tasks.layout_synth.plan import build_plan
     from vid2scene.tasks.layout_synth.scores import score_plan
@@ -93,6 +101,7 @@ def synthetic() -> None:
                       "mean_displacement_xy_m": r["mean_displacement_xy_m"],
                       "mean_displacement_moved_xy_m": r["mean_displacement_moved_xy_m"],
                       "max_displacement_xy_m": r["max_displacement_xy_m"], "n_moved": r["n_moved"],
+                      "mean_displacement_m": r["mean_displacement_m"],
                       "n_removed": len(r["removed"]), "iterations": r["iterations"], "solver_s": round(secs, 4)})
             mono = {k: all(WORSE[k] * (series[i + 1][k] - series[i][k]) >= -1e-9 for i in range(len(series) - 1))
                     for k in WORSE}
@@ -111,6 +120,36 @@ def synthetic() -> None:
         s = json.loads(scene.task_path("layout_synth/scores.json").read_text())
         emit({"case": "synthetic_run", "seconds": round(time.perf_counter() - t0, 3), "render": s["render"],
               "solver_s": s["solver"]["seconds"], "summary": res.summary})
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            raw = build_plan(planted_more(planted("wall", 0.4, 1)), lay, cams)
+            overview(raw, solve(raw)[0], out_dir / "synthetic_before_after.png")
+
+
+def overview(raw, solved, path: Path, width: int = 480) -> None:
+    """Side-by-side render of the plan before / after solving from a high corner of the room (a PNG)."""
+    import numpy as np
+
+    from vid2scene.io import write_image_rgb
+    from vid2scene.tasks.layout_synth.render import View, render_view
+
+    P = np.asarray(solved.room.polygon_xy, np.float64)
+    c = P.mean(0)
+    lo = P.min(0)
+    eye = np.array([*(lo + 0.1 * (P.max(0) - lo)), min(solved.room.height_m - 0.1, 2.4)])
+    target = np.array([*c, 0.3])
+    fwd = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(fwd, [0, 0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([right, down, fwd])
+    T[:3, 3] = -T[:3, :3] @ eye
+    h = int(width * 0.75)
+    f = 0.5 * width / np.tan(np.radians(50))
+    K = np.array([[f, 0, width / 2], [0, f, h / 2], [0, 0, 1]])
+    imgs = [render_view(p, View("overview", K, T, width, h)).rgb for p in (raw, solved)]
+    write_image_rgb(path, np.hstack([imgs[0], np.full((h, 4, 3), 255, np.uint8), imgs[1]]))
 
 
 def real(scene_dir: Path, out: Path | None, seed: int) -> None:
@@ -138,9 +177,14 @@ def real(scene_dir: Path, out: Path | None, seed: int) -> None:
                                                                                "f1_iou25")} for v in s["variations"]],
               "warnings": res.warnings})
         if out is not None:
+            from vid2scene.tasks.layout_synth.plan import Plan
+
             if out.exists():
                 shutil.rmtree(out)
             shutil.copytree(tmp / "tasks/layout_synth", out)
+            raw = Plan.from_json(json.loads((out / "plan_raw.json").read_text()))
+            solved = Plan.from_json(json.loads((out / "plan.json").read_text()))
+            overview(raw, solved, out / "overview_before_after.png")
 
 
 def main() -> None:
@@ -153,7 +197,7 @@ def main() -> None:
     if not a.synthetic and a.scene is None:
         ap.error("give --synthetic and/or --scene DIR")
     if a.synthetic:
-        synthetic()
+        synthetic(a.out)
     if a.scene is not None:
         real(a.scene, a.out, a.seed)
 

@@ -10,7 +10,7 @@ from tests.fixtures import layout_scene as ls
 from tests.fixtures.room import intrinsics, look_at
 from vid2scene.geometry import box_corners, project, project_box
 from vid2scene.tasks.layout_synth.plan import build_plan
-from vid2scene.tasks.layout_synth.render import (CEILING, FACES, FLOOR, WALL, View, class_colour, render_view,
+from vid2scene.tasks.layout_synth.render import (CEILING, FACES, FLOOR, WALL, View, plan_colours, render_view,
                                                  visible_objects, walk_path, walk_views, write_video)
 
 ROOM4 = {"room": {"polygon_xy": [[0, 0], [4, 0], [4, 4], [0, 4]], "height_m": 2.5}}
@@ -42,7 +42,7 @@ def test_box_lands_on_its_projected_pixels():
     top = box_corners(o.position, o.size, o.yaw)[4:].mean(0)
     (u, v), zc = project(top[None], K, T)[0][0], project(top[None], K, T)[1][0]
     assert r.ids[int(v), int(u)] == 0
-    assert np.allclose(r.rgb[int(v), int(u)], np.clip(class_colour("chair") * FACES[1][1], 0, 255), atol=1)
+    assert np.allclose(r.rgb[int(v), int(u)], np.clip(plan_colours(plan)["chair"] * FACES[1][1], 0, 255), atol=1)
     assert r.depth[int(v), int(u)] == pytest.approx(zc, rel=0.02)
 
 

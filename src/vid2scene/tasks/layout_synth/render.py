@@ -4,7 +4,7 @@ What is drawn (world frame, metres; OpenCV camera axes, K with pixel centres at 
 
 * the room shell — floor (0.5 m checker) and ceiling as ray–plane hits inside the room polygon, walls as quads
   from z = 0 to the room height;
-* every object as its box, one colour per class (a fixed hash of the label), faces shaded by orientation,
+* every object as its box, one colour per class (:func:`plan_colours`), faces shaded by orientation,
   object outlines darkened, and each visible object labelled at the centroid of its visible pixels.
 
 :func:`render_view` also returns the object-id buffer (``-1`` nothing, ``-2`` wall, ``-3`` floor, ``-4``
@@ -71,6 +71,13 @@ PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]
 def class_colour(label: str) -> np.ndarray:
     """A fixed RGB colour (3 float 0..255) for a class label: a 16-colour palette indexed by the label's hash."""
     return PALETTE[int(hashlib.md5(label.encode()).hexdigest()[:8], 16) % len(PALETTE)].copy()
+
+
+def plan_colours(plan: Plan) -> dict[str, np.ndarray]:
+    """One colour per class of the plan: the palette in the order of the sorted class names (distinct for up to
+    16 classes; beyond that :func:`class_colour`)."""
+    labels = sorted({o.label for o in plan.objects})
+    return {lab: PALETTE[i].copy() if i < len(PALETTE) else class_colour(lab) for i, lab in enumerate(labels)}
 
 
 class Raster:
@@ -202,9 +209,10 @@ def render_view(plan: Plan, view: View, labels: bool = True, room_mask: RoomMask
         col = np.array([205, 195, 180], np.float32) * shade
         ras.triangle(q[[0, 1, 2]], col, WALL)
         ras.triangle(q[[0, 2, 3]], col, WALL)
+    colours = plan_colours(plan)
     for k, o in enumerate(plan.objects):
         corners = o.corners()
-        base = class_colour(o.label)
+        base = colours[o.label]
         for face, shade in FACES:
             q = corners[list(face)]
             ras.triangle(q[[0, 1, 2]], base * shade, k)
