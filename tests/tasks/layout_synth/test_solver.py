@@ -122,3 +122,17 @@ def test_variations_keep_relations_and_are_seeded():
     assert by["refrigerator-4"].footprint()[:, 0].min() == pytest.approx(0.0, abs=0.02)   # still at its wall
     moved = [np.linalg.norm(np.subtract(by[o.object_name].position[:2], o.position[:2])) for o in plan.objects]
     assert max(moved) > 0.1
+
+
+def test_a_turned_object_with_a_corner_through_the_wall_is_pulled_in():
+    recs = ls.instance_records()
+    yaw = 0.6  # 34 degrees: too far from the wall's direction to be snapped
+    from vid2scene.geometry import box_corners
+
+    xmin = box_corners([0, 0, 0], recs[4]["box"]["size"], yaw)[:, 0].min()
+    recs[4]["box"] = dict(recs[4]["box"], center=[-xmin - 0.08, 2.5, 0.9], yaw_rad=yaw)  # a corner 8 cm out
+    plan = plan_of(recs)
+    assert score_plan(plan)["out_of_room_rate"] > 0
+    out, rep = solve(plan)
+    assert "refrigerator-4" not in rep.snapped
+    assert score_plan(out)["outside_area_m2"] < 1e-4 and rep.displacement_xy_m["refrigerator-4"] < 0.15

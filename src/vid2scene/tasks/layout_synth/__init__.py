@@ -223,12 +223,12 @@ def run(scene: Scene | str | Path, config: Config | None = None) -> StageResult:
         tmp.write_text(spatiallm_text(solved, layout, cfg.plan.wall_simplify_m))
     write_json(base / "scores.json", scores)
     b, a = scores["before"], scores["after"]
-    qc = {"n_objects": len(solved.objects), "n_removed": len(rep.removed), **{
+    qc = {"n_objects": len(solved.objects), "n_removed": len(solved.removed), **{
         f"{k}_{w}": s[k] for k in ("collision_rate", "out_of_room_rate", "support_violation_rate",
                                    "reachable_floor_share", "f1_iou25") for w, s in (("before", b), ("after", a))},
         "mean_displacement_xy_m": scores["solver"]["mean_displacement_xy_m"], "solver_s": scores["solver"]["seconds"],
         "render_s": (scores.get("render") or {}).get("seconds")}
-    summary = (f"{len(solved.objects)} objects ({len(rep.removed)} removed); collisions {b['collision_rate']:.2f} → "
+    summary = (f"{len(solved.objects)} objects ({len(solved.removed)} left out); collisions {b['collision_rate']:.2f} → "
                f"{a['collision_rate']:.2f}, out of room {b['out_of_room_rate']:.2f} → {a['out_of_room_rate']:.2f}, "
                f"mean shift {qc['mean_displacement_xy_m']:.2f} m")
     return StageResult(qc=qc, summary=summary, warnings=warnings)

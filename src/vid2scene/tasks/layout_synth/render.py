@@ -258,7 +258,7 @@ def draw_labels(r: Rendered, labels: list[str], min_pixels: int = 150) -> None:
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         x = int(np.clip(cc.mean() - tw / 2, 0, max(w - tw, 0)))
         y = int(np.clip(rr.mean() + th / 2, th, h - 1))
-        cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
         cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     r.rgb[:] = img
 

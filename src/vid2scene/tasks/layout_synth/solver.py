@@ -17,7 +17,10 @@ Steps, in order (world frame, metres):
    Σ displacement² (m², from the position after snapping) + ``overlap_weight`` (10) × Σ pairwise overlap area of
    the footprints grown by ``padding_m`` (0.05 m; pairs whose height ranges overlap, in different groups) +
    ``outside_weight`` (10) × Σ footprint area outside the room polygon (m²; a footprint whose centre is outside
-   adds its area × that centre's distance to the room, so that an object wholly outside is pulled back).
+   adds its area × that centre's distance to the room, so that an object wholly outside is pulled back; with
+   ``corner_depth``, the default, it also adds the distance in metres of every footprint corner outside the
+   room: a corner poking through a wall adds area only with the square of its depth, which the displacement
+   term can outweigh). Between objects the padding plays that part.
    Polygons with shapely.
 
 :func:`vary` samples an alternative arrangement that keeps the plan's relations (what stands on what, what
@@ -54,6 +57,8 @@ class SolverConfig(BaseModel):
     outside_weight: float = Field(10.0, ge=0)
     padding_m: float = Field(0.05, ge=0)
     min_z_overlap_m: float = Field(0.02, ge=0, description="height ranges overlapping less than this never collide")
+    corner_depth: bool = Field(True, description="add the distance of footprint corners outside the room to the "
+                                                 "outside term (False: VIPScene's area-only objective)")
 
 
 @dataclass
@@ -221,8 +226,8 @@ class _Problem:
         self.groups = groups(plan)
         self.room = Polygon(plan.room.polygon_xy).buffer(0)
         self._room_prep = prepared.prep(self.room)
-        self.anchor = np.array([plan.objects[g[0]].position[:2] for g in self.groups], np.float64).reshape(-1, 2)
-        self.pos = self.anchor.copy()
+        self.pos = np.array([plan.objects[g[0]].position[:2] for g in self.groups], np.float64).reshape(-1, 2)
+        self.anchor = self.pos.copy()
         # members: footprint offsets from the root's position (padded and not), height ranges
         self.members = []
         for g in self.groups:
@@ -249,14 +254,22 @@ class _Problem:
         return tot
 
     def outside(self, gi: int, p: np.ndarray) -> float:
-        """Footprint area outside the room, plus area × centre distance for a centre outside (m²)."""
+        """Footprint area outside the room, plus area × centre distance for a centre outside (m²), plus the
+        corners' distances outside (m, with ``corner_depth``)."""
+        import shapely
+
         tot = 0.0
-        for poly in self._polys(gi, p, False):
+        for m, poly in zip(self.members[gi], self._polys(gi, p, False)):
             if not self._room_prep.contains(poly):
                 tot += poly.difference(self.room).area
                 c = poly.centroid
                 if not self._room_prep.contains(c):
                     tot += poly.area * self.room.distance(c)
+                if self.cfg.corner_depth:
+                    xy = m[1] + p
+                    out = ~shapely.contains_xy(self.room, xy[:, 0], xy[:, 1])
+                    if out.any():
+                        tot += float(shapely.distance(self.room, shapely.points(xy[out])).sum())
         return tot
 
     def local(self, gi: int, p: np.ndarray) -> tuple[float, float]:
