@@ -62,6 +62,16 @@ def test_shell_and_occlusion():
     assert (r.ids == WALL).mean() > 0.3 and np.isfinite(r.depth[r.ids != -1]).all()  # beyond the clipped wall: nothing
 
 
+def test_walls_are_seen_from_inside_only():
+    plan = one_box_plan(center=(2.0, 0.8, 0.3))
+    K = intrinsics(160, 120, 70.0)
+    outside = View("v", K, look_at((2.0, -1.5, 1.0), (2.0, 2.0, 0.3)), 160, 120)   # behind the south wall
+    assert 0 in visible_objects(render_view(plan, outside, labels=False).ids)
+    inside = View("v", K, look_at((2.0, 3.8, 1.0), (2.0, -2.0, 0.6)), 160, 120)    # facing the south wall
+    ids = render_view(plan, inside, labels=False).ids
+    assert (ids == WALL).any() and 0 in visible_objects(ids)
+
+
 def test_walk_goes_through_free_space():
     plan = build_plan(ls.instance_records(), ls.layout_doc(), ls.cameras())
     path = walk_path(plan)

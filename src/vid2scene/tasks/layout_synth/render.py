@@ -3,7 +3,8 @@
 What is drawn (world frame, metres; OpenCV camera axes, K with pixel centres at +0.5 as everywhere):
 
 * the room shell — floor (0.5 m checker) and ceiling as ray–plane hits inside the room polygon, walls as quads
-  from z = 0 to the room height;
+  from z = 0 to the room height, drawn only from their inner side (a camera outside the room polygon, as where
+  the walk starts in a corridor, sees into the room through the walls' backs);
 * every object as its box, one colour per class (:func:`plan_colours`), faces shaded by orientation,
   object outlines darkened, and each visible object labelled at the centroid of its visible pixels.
 
@@ -203,6 +204,8 @@ def render_view(plan: Plan, view: View, labels: bool = True, room_mask: RoomMask
     C = -ras.R.T @ ras.t
     for w in plan.room.walls:
         a, b = np.asarray(w.a, np.float64), np.asarray(w.b, np.float64)
+        if float(np.dot(w.inward_normal_xy, C[:2] - a)) < 0:
+            continue  # seen from outside: culled (exact from inside the room; see-through from outside)
         q = np.array([[*a, 0.0], [*b, 0.0], [*b, h_room], [*a, h_room]])
         n = np.array([*w.inward_normal_xy, 0.0])
         shade = 0.75 + 0.25 * abs(float(n @ (C - q.mean(0)) / max(np.linalg.norm(C - q.mean(0)), 1e-9)))
