@@ -177,7 +177,8 @@ def export(scene_dir: Path = typer.Argument(..., help="scene folder (after layou
 def tasks(scene_dir: Path = typer.Argument(..., help="scene folder with instances.json and layout.json"),
           only: Optional[str] = typer.Option(None, "--only", help="comma-separated generators (default: all)"),
           config: Optional[Path] = typer.Option(None, "--config",
-                                                help="YAML/JSON file with one section per generator (vqa, vln, bev)"),
+                                                help="YAML/JSON file with one section per generator "
+                                                     "(vqa, vln, bev, layout_synth)"),
           seed: Optional[int] = typer.Option(None, "--seed", help="random seed of every generator"),
           as_json: bool = typer.Option(False, "--json", help="print the summaries as JSON")) -> None:
     """Generate task data (spatial QA, navigation episodes, BEV prompts) under SCENE/tasks/."""
@@ -189,6 +190,22 @@ def tasks(scene_dir: Path = typer.Argument(..., help="scene folder with instance
     for name, result in (res or {}).items():
         outs = ", ".join(GENERATORS[name].OUTPUTS)
         out.print(f"[bold]{name}[/] -> {outs}: " + json.dumps(result.qc), highlight=False, soft_wrap=True)
+
+
+@app.command("synth-layout")
+def synth_layout(scene_dir: Path = typer.Argument(..., help="scene folder with instances.json and layout.json"),
+                 config: Optional[Path] = typer.Option(None, "--config",
+                                                       help="YAML/JSON: a layout_synth section, or the section itself"),
+                 as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
+    """Synthesise a plausible, editable layout of the room (VIPScene) under SCENE/tasks/layout_synth/."""
+    from .tasks.layout_synth import synth_layout as run_synth
+
+    res = _checked(lambda: run_synth(scene_dir, config), as_json,
+                   to_json=lambda r: {"summary": r.summary, "qc": r.qc, "warnings": r.warnings})
+    if res is not None:
+        out.print(res.summary, highlight=False, soft_wrap=True)
+        for w in res.warnings:
+            out.print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
 @app.command("eval-vqa")

@@ -14,6 +14,9 @@ a pydantic ``Config`` and ``run(scene, config) -> StageResult`` (``qc`` holds th
 - ``vln`` (:mod:`.vln`): R2R / VLN-CE episodes, ``tasks/vln.json`` + ``tasks/nav_graph.json``.
 - ``bev`` (:mod:`.bev`): GPT4Scene bird's-eye view and marked keyframes, ``tasks/bev.png``,
   ``tasks/marked_frames/``, ``tasks/gpt4scene.json``.
+- ``layout_synth`` (:mod:`.layout_synth`): VIPScene-style layout synthesis from the room and its instances
+  (object plan, solver, first-person renders, plausibility scores), ``tasks/layout_synth/``; also
+  ``vid2scene synth-layout``.
 
 A tasks config file (YAML or JSON) holds one section per generator, e.g.::
 
@@ -31,10 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ..errors import InputError
 from ..scene import INSTANCES_JSON, LAYOUT_JSON, Scene
 from ..stage import StageResult
-from . import bev, vln, vqa
+from . import bev, layout_synth, vln, vqa
 from .common import require_inputs, scene_of
 
-GENERATORS: dict[str, ModuleType] = {m.NAME: m for m in (vqa, vln, bev)}
+GENERATORS: dict[str, ModuleType] = {m.NAME: m for m in (vqa, vln, bev, layout_synth)}
 
 
 def _tasks_config() -> type[BaseModel]:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import InputError, StageFailed
 from ...io import write_image_rgb, write_json
@@ -249,34 +249,20 @@ def write_variations(scene: Scene, solved: Plan, ref: list[dict], config: Config
 
 
 def load_config(config_file: str | Path | None) -> Config:
-    """A :class:`Config` from a YAML / JSON file (its ``layout_synth`` section when it has one); defaults for None.
+    """A :class:`Config` from a YAML / JSON file (its ``layout_synth`` section when it has one, as in a
+    ``vid2scene tasks --config`` file); defaults for None.
 
     Raises:
-        InputError: unreadable file or invalid settings.
+        InputError: unreadable file or invalid settings (one line).
     """
+    from ...config import read_config_file, validate_config
+
     if config_file is None:
         return Config()
-    import json
-
-    p = Path(config_file)
-    if not p.is_file():
-        raise InputError(f"config file not found: {p}")
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(p.read_text())
-        else:
-            import yaml
-
-            data = yaml.safe_load(p.read_text())
-    except Exception as e:  # json / yaml parse errors of several types
-        raise InputError(f"cannot parse config file {p}: {e}") from e
-    data = data or {}
-    if isinstance(data, dict) and isinstance(data.get(NAME), dict):
+    data = read_config_file(config_file)
+    if isinstance(data.get(NAME), dict):
         data = data[NAME]
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        raise InputError(f"invalid layout_synth config in {config_file}: {e}") from e
+    return validate_config(Config, data, "layout_synth config")
 
 
 def synth_layout(scene_dir: str | Path, config_file: str | Path | None = None) -> StageResult:
