@@ -123,15 +123,21 @@ def kernel_map(grid: torch.Tensor, batch: torch.Tensor, kernel: int) -> list[tup
     skey, sidx = torch.sort(key(g))
     n = len(g)
     allidx = torch.arange(n, device=g.device)
-    maps = []
-    for off in itertools.product(range(-r, r + 1), repeat=3):
-        if off == (0, 0, 0):
+    offs = [o for o in itertools.product(range(-r, r + 1), repeat=3)]
+    others = [o for o in offs if o != (0, 0, 0)]
+    if not others:
+        return [(allidx, allidx)]
+    nk = torch.cat([key(g + torch.tensor(o, device=g.device)) for o in others])  # one search for all offsets
+    pos = torch.searchsorted(skey, nk).clamp_(max=max(n - 1, 0))
+    hit = (skey[pos] == nk).reshape(len(others), n)
+    src = sidx[pos].reshape(len(others), n)
+    maps, k = [], 0
+    for o in offs:
+        if o == (0, 0, 0):
             maps.append((allidx, allidx))
             continue
-        nk = key(g + torch.tensor(off, device=g.device))
-        pos = torch.searchsorted(skey, nk).clamp_(max=max(n - 1, 0))
-        hit = skey[pos] == nk
-        maps.append((allidx[hit], sidx[pos[hit]]))
+        maps.append((allidx[hit[k]], src[k][hit[k]]))
+        k += 1
     return maps
 
 
@@ -146,14 +152,31 @@ class SubMConv3d(nn.Module):
         nn.init.normal_(self.weight, std=math.sqrt(2.0 / (c_in * kernel ** 3)))
         self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
 
+    #: largest gathered ``N × kernel³ × C_in`` tensor (elements) for the one-matmul path; above it, one
+    #: ``index_add`` per kernel offset (less memory, more kernel launches)
+    dense_limit: int = 1 << 26
+
     def forward(self, x: torch.Tensor, point: Point) -> torch.Tensor:
         key = f"kmap{self.kernel}"
         if key not in point.cache:
             point.cache[key] = kernel_map(point.grid, point.batch, self.kernel)
-        out = x.new_zeros(len(x), self.weight.shape[2])
-        for k, (o, i) in enumerate(point.cache[key]):
-            if len(o):
-                out = out.index_add(0, o, x[i] @ self.weight[k])
+        kmap = point.cache[key]
+        k3, c_in, c_out = self.weight.shape
+        if len(x) * k3 * c_in <= self.dense_limit:
+            nkey = f"nbr{self.kernel}"
+            if nkey not in point.cache:  # N×k³ neighbour table, N (a zero row) where the voxel is empty
+                nbr = torch.full((len(x), k3), len(x), dtype=torch.long, device=x.device)
+                for k, (o, i) in enumerate(kmap):
+                    nbr[o, k] = i
+                point.cache[nkey] = nbr.reshape(-1)
+            xp = torch.cat([x, x.new_zeros(1, c_in)])
+            g = xp.index_select(0, point.cache[nkey]).reshape(len(x), k3 * c_in)
+            out = g @ self.weight.reshape(k3 * c_in, c_out)
+        else:
+            out = x.new_zeros(len(x), c_out)
+            for k, (o, i) in enumerate(kmap):
+                if len(o):
+                    out = out.index_add(0, o, torch.index_select(x, 0, i) @ self.weight[k])
         return out if self.bias is None else out + self.bias
 
 
@@ -205,9 +228,12 @@ class SerializedAttention(nn.Module):
         order, inverse = point.order[s], point.inverse[s]
         n, c = x.shape
         h = self.heads
-        qkv = self.qkv(x)[order[pad]].reshape(-1, k, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        gather = order[pad]
+        slot = torch.empty_like(inverse)  # padded slot of each point in input order
+        slot[order] = unpad
+        qkv = self.qkv(x).index_select(0, gather).reshape(-1, k, 3, h, c // h).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # P×H×K×d
-        out = out.transpose(1, 2).reshape(-1, c)[unpad][inverse]
+        out = out.transpose(1, 2).reshape(-1, c).index_select(0, slot)
         return self.proj(out)
 
 
@@ -305,7 +331,7 @@ class GridUnpool(nn.Module):
 
     def forward(self, coarse: Point) -> Point:
         fine = coarse.parent
-        fine.feat = self.proj(coarse.feat)[coarse.cluster] + self.proj_skip(fine.feat)
+        fine.feat = self.proj(coarse.feat).index_select(0, coarse.cluster) + self.proj_skip(fine.feat)
         return fine
 
 
@@ -314,7 +340,7 @@ def upcast(levels: list[Point], level: int) -> torch.Tensor:
     gathered through the pooling clusters. ``N_level × Σ_{s≥level} C_s``."""
     feat = levels[-1].feat
     for s in range(len(levels) - 2, level - 1, -1):
-        feat = torch.cat([levels[s].feat, feat[levels[s + 1].cluster]], dim=1)
+        feat = torch.cat([levels[s].feat, feat.index_select(0, levels[s + 1].cluster)], dim=1)
     return feat
 
 

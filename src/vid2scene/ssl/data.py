@@ -309,7 +309,7 @@ def collate(views: list[View], grid_size: float, device: torch.device | str = "c
                  origin=t(cat("origin"), torch.float32), voxel_size=grid_size)
 
 
-def test_view(sample: Sample, grid_size: float) -> tuple[View, np.ndarray]:
+def eval_view(sample: Sample, grid_size: float) -> tuple[View, np.ndarray]:
     """The whole sample, un-augmented (centred), grid-sampled with the first point per voxel, and the voxel of
     every sample point (``N`` int64 index into the view) for evaluating per point."""
     c = sample.coord.astype(np.float64)

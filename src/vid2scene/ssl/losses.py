@@ -88,8 +88,9 @@ def laplacian_smoothing_loss(coord: torch.Tensor, z: torch.Tensor, batch: torch.
         w = torch.exp(-d ** 2 / sigma2.clamp(min=1e-12))
         valid = (j >= 0) & (j != torch.arange(len(sel), device=c.device)[:, None]) & (d < cut)
         w = torch.where(valid, w, torch.zeros_like(w))
-        zs = z[sel]
-        r = torch.linalg.vector_norm(zs[:, None, :] - zs[j.clamp(min=0)], dim=-1)
+        zs = z.index_select(0, sel)
+        nb = zs.index_select(0, j.clamp(min=0).reshape(-1)).reshape(len(sel), j.shape[1], -1)
+        r = torch.linalg.vector_norm(zs[:, None, :] - nb, dim=-1)
         deg = w.sum(1)
         has = deg > 0
         if not bool(has.any()):
@@ -114,8 +115,8 @@ def noise_consistency_loss(s_emb: torch.Tensor, t_emb: torch.Tensor, s_idx: torc
     teacher side carries no gradient. 0 without pairs."""
     if len(s_idx) == 0:
         return s_emb.sum() * 0
-    s = F.normalize(s_emb[s_idx], dim=-1)
-    t = F.normalize(t_emb[t_idx].detach(), dim=-1)
+    s = F.normalize(s_emb.index_select(0, s_idx), dim=-1)
+    t = F.normalize(t_emb.detach().index_select(0, t_idx), dim=-1)
     return ((s - t) ** 2).sum(-1).mean()
 
 
@@ -141,7 +142,7 @@ def distillation_loss(s_logits: torch.Tensor, t_targets: torch.Tensor, s_idx: to
     """Cross-entropy ``−Σ_k q_t log softmax(s/T_s)`` averaged over matched pairs (0 without pairs)."""
     if len(s_idx) == 0:
         return s_logits.sum() * 0
-    logp = F.log_softmax(s_logits[s_idx].float() / temperature, dim=-1)
+    logp = F.log_softmax(s_logits.index_select(0, s_idx).float() / temperature, dim=-1)
     return -(t_targets[t_idx] * logp).sum(-1).mean()
 
 

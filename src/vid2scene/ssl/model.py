@@ -206,12 +206,13 @@ def step_losses(student: Network, teacher: Network, batch: dict, cfg: PretrainCo
                 total = total + cfg.weights[name] * out[name]
     gsel = torch.nonzero(s_pt.batch < n_glob).squeeze(1)
     if cfg.laplacian:
-        out["laplacian"] = laplacian_smoothing_loss(s_pt.coord[gsel], s_feat[gsel].float(), s_pt.batch[gsel],
+        out["laplacian"] = laplacian_smoothing_loss(s_pt.coord[gsel], s_feat.index_select(0, gsel).float(),
+                                                    s_pt.batch[gsel],
                                                     cfg.laplacian_k, cfg.laplacian_cut, cfg.laplacian_delta)
         total = total + sched["laplacian_weight"] * out["laplacian"]
     if cfg.consistency:
         si, ti = nearest_match(s_pt.coord[gsel], t_pt.coord, s_pt.batch[gsel], t_pt.batch, cfg.consistency_radius)
-        out["consistency"] = noise_consistency_loss(s_emb[gsel].float(), t_emb.float(), si, ti)
+        out["consistency"] = noise_consistency_loss(s_emb.index_select(0, gsel).float(), t_emb.float(), si, ti)
         total = total + cfg.consistency_weight * out["consistency"]
     out["loss"] = total
     return out

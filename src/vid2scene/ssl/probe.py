@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import PTv3, upcast
-from .data import Sample, collate, find_sources, load_sample, test_view
+from .data import Sample, collate, find_sources, load_sample, eval_view
 from .model import PretrainConfig
 from .train import load_checkpoint, pick_device
 
@@ -46,7 +46,7 @@ def load_backbone(run_dir: str | Path | None, cfg: PretrainConfig | None = None,
 def point_features(net: PTv3, sample: Sample, grid_size: float, device: torch.device | str = "cpu"
                    ) -> tuple[torch.Tensor, np.ndarray]:
     """``(features V×Σchannels float32 on CPU, voxel index N int64 of every sample point)``."""
-    view, inv = test_view(sample, grid_size)
+    view, inv = eval_view(sample, grid_size)
     levels = net(collate([view], grid_size, device))
     return upcast(levels, 0).float().cpu(), inv
 
