@@ -78,11 +78,11 @@ class PretrainConfig(BaseModel):
 
 
 def preset(name: str, **overrides) -> PretrainConfig:
-    """``tiny`` (CPU smoke runs and tests: tiny encoder, ≤ 16k-point views, 1024 prototypes) or ``base`` (LAM3C's
+    """``tiny`` (CPU smoke runs and tests: tiny encoder, ≤ 8192-point views, 256 prototypes) or ``base`` (LAM3C's
     Base encoder, 65,536-point views, 4096 prototypes, 8 scenes per step). Raises KeyError for other names."""
     if name == "tiny":
-        cfg = PretrainConfig(backbone=BACKBONES["tiny"].model_copy(), views=ViewConfig(max_points=16384),
-                             num_prototypes=1024)
+        cfg = PretrainConfig(backbone=BACKBONES["tiny"].model_copy(), views=ViewConfig(max_points=8192),
+                             num_prototypes=256)
     elif name == "base":
         cfg = PretrainConfig(backbone=BACKBONES["base"].model_copy(), batch_size=8, lr=4e-3, head_hidden=4096,
                              head_embed=256, steps=100000, checkpoint_every=1000)
