@@ -34,6 +34,11 @@ def rooms(tmp_path_factory):
 
 def test_sources_scene_and_pointcept_folders(rooms):
     assert find_sources([rooms["root"]]) == sorted(rooms["scenes"] + rooms["pointcept"])
+    nested = rooms["scenes"][0] / "tasks" / "exports" / "pointcept" / "x"  # a scene's own export is not a source
+    nested.mkdir(parents=True, exist_ok=True)
+    np.save(nested / "coord.npy", np.zeros((3, 3), np.float32))
+    assert find_sources([rooms["root"]]) == sorted(rooms["scenes"] + rooms["pointcept"])
+    assert find_sources([nested]) == [nested]
     room = make_room(0, density=25)
     s = load_sample(rooms["scenes"][0])  # through Scene.points(frame="world")
     assert np.allclose(s.coord, room["coord"], atol=1e-5) and s.segment is None

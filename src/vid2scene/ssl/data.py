@@ -87,8 +87,9 @@ def is_scene(folder: Path) -> bool:
 
 
 def find_sources(paths: list[str | Path]) -> list[Path]:
-    """Scene / Pointcept folders under ``paths`` (each path itself or, recursively, its sub-folders), sorted.
-    Raises FileNotFoundError if a path does not exist or nothing usable is found."""
+    """Scene / Pointcept folders under ``paths`` (each path itself or, recursively, its sub-folders), sorted;
+    folders inside a scene folder (its exports) are skipped. Raises FileNotFoundError if a path does not exist
+    or nothing usable is found."""
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -96,7 +97,10 @@ def find_sources(paths: list[str | Path]) -> list[Path]:
         if is_pointcept(p) or is_scene(p):
             out.append(p)
             continue
-        out.extend(sorted({f.parent for pat in ("coord.npy", "points.ply") for f in p.rglob(pat)}))
+        found = sorted({f.parent for pat in ("coord.npy", "points.ply") for f in p.rglob(pat)})
+        scenes = {f for f in found if is_scene(f)}
+        # a scene's own exports (SCENE/tasks/exports/pointcept/<id>/) are the same scene: keep the scene only
+        out.extend(f for f in found if not any(a in scenes for a in f.parents))
     if not out:
         raise FileNotFoundError(f"no scene folder (points.ply) or Pointcept folder (coord.npy) in {paths}")
     return sorted(dict.fromkeys(out))
