@@ -12,7 +12,8 @@ Figures:
   per step, the loss-curve PNG and log in the run folder.
 * ``probe``: linear-probe mIoU (labels ``segment``: floor, wall, ceiling, table, chair, cabinet, bed, sofa) on
   held-out synthetic rooms from the pre-trained teacher, a randomly initialised encoder, and runs with each loss
-  switched off in turn (``--ablation-steps`` steps each, against a full run of the same length).
+  switched off in turn (``--ablation-steps`` steps each with ``--ablation-max-points``-point views, against a
+  full run of the same length and views).
 
     python benchmarks/ssl_pretrain.py --out /tmp/ssl_bench [--steps 200]
         [--only fwdbwd,synthetic,hololens,probe,ablations]   (sections can run as separate processes)
@@ -119,7 +120,7 @@ def run_pretrain(out: Path, name: str, sources, steps: int, samples=None, **over
     rec = {"figure": "pretrain", "run": name, "steps": res["steps"], "seconds_per_step": res["seconds_per_step"],
            "wall_s": time.perf_counter() - t0, "mean_student_points": float(np.mean([r["n_student"] for r in log])),
            "terms": _summary(log), "curve": str(out / name / "loss_curve.png"), "loadavg": os.getloadavg()[0],
-           "switches": over}
+           "switches": {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in over.items()}}
     emit(out, rec)
     return rec
 
@@ -158,6 +159,7 @@ def main() -> None:
     ap.add_argument("--only", default="fwdbwd,synthetic,hololens,probe,ablations")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--ablation-steps", type=int, default=100)
+    ap.add_argument("--ablation-max-points", type=int, default=4096, help="points per view in the ablation runs")
     ap.add_argument("--rooms", type=int, default=8)
     ap.add_argument("--probe-rooms", type=int, default=8)
     ap.add_argument("--density", type=float, default=150.0, help="synthetic room points per m²")
@@ -170,6 +172,8 @@ def main() -> None:
     if a.child_fwdbwd:
         print(json.dumps(fwdbwd_child(a.child_fwdbwd, a.child_threads)))
         return
+    from vid2scene.ssl.data import ViewConfig
+
     a.out.mkdir(parents=True, exist_ok=True)
     only = set(a.only.split(","))
     if "fwdbwd" in only:
@@ -189,7 +193,9 @@ def main() -> None:
     if "ablations" in only:  # "full" = every loss on, at the ablation step count
         for term in filter(None, a.ablations.split(",")):
             name = f"full_{a.ablation_steps}" if term == "full" else f"no_{term}_{a.ablation_steps}"
-            run_pretrain(a.out, name, data["pretrain"], a.ablation_steps, **({} if term == "full" else {term: False}))
+            views = ViewConfig(max_points=a.ablation_max_points)
+            run_pretrain(a.out, name, data["pretrain"], a.ablation_steps, views=views,
+                         **({} if term == "full" else {term: False}))
             run_probe(a.out, name, a.out / name, data, a.probe_epochs)
 
 if __name__ == "__main__":
