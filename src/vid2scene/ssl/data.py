@@ -259,12 +259,16 @@ def augment(s: Sample, cfg: ViewConfig, rng: np.random.Generator) -> View:
 
 
 def make_views(sample: Sample, cfg: ViewConfig, rng: np.random.Generator) -> tuple[list[View], list[View]]:
-    """``(global_views, local_views)``: global crops around random points of the scene, local crops around
-    random points of a global crop; each independently augmented and grid-sampled."""
+    """``(global_views, local_views)``: the first global crop around a random point of the scene, the other
+    global crops around random points of the first (so that they overlap when ``max_points`` caps a large
+    scene), local crops around random points of a random global crop; each independently augmented and
+    grid-sampled."""
     globals_, locals_ = [], []
-    gidx = []
+    gidx: list[np.ndarray] = []
     for _ in range(cfg.global_views):
-        idx = crop(sample, sample.coord[rng.integers(len(sample))], rng.uniform(*cfg.global_scale), cfg.max_points)
+        pool = gidx[0] if gidx else np.arange(len(sample))  # later globals are centred inside the first: overlap
+        center = sample.coord[pool[rng.integers(len(pool))]]
+        idx = crop(sample, center, rng.uniform(*cfg.global_scale), cfg.max_points)
         gidx.append(idx)
         globals_.append(augment(sample.subset(idx), cfg, rng))
     for _ in range(cfg.local_views):

@@ -10,7 +10,8 @@ One step on a batch of scenes:
 3. teacher targets are Sinkhorn–Knopp assignments at the teacher temperature; student points are matched to
    the nearest teacher point of the paired view (by position before augmentation, within ``match_radius``):
    **mask** (masked global ↔ same global), **roll** (masked global ↔ the other global), **unmask** (local ↔
-   each global), weighted 4 : 2 : 2 (unmask : mask : roll);
+   each global), weighted 4 : 2 : 2 (unmask : mask : roll); a term averages the view pairs that have matches
+   and is absent from the step when none has;
 4. **Laplacian smoothing** of the student's masked global-view features at stage ``level``, and **noise
    consistency** between student and noisy-teacher embeddings of the same global view (nearest teacher point
    within ``consistency_radius`` in the view frame).
@@ -199,8 +200,9 @@ def step_losses(student: Network, teacher: Network, batch: dict, cfg: PretrainCo
     n_glob = batch["B"] * batch["G"]
     if cfg.distill:
         for name, pairs in _pairs(batch).items():
-            terms = [distillation_loss(s_logits, targets, *_match_views(s_pt, t_pt, sv, tv, cfg.match_radius),
-                                       cfg.student_temp) for sv, tv in pairs]
+            matches = [_match_views(s_pt, t_pt, sv, tv, cfg.match_radius) for sv, tv in pairs]
+            terms = [distillation_loss(s_logits, targets, si, ti, cfg.student_temp) for si, ti in matches
+                     if len(si)]  # view pairs without any match (no overlap) do not count
             if terms:
                 out[name] = torch.stack(terms).mean()
                 total = total + cfg.weights[name] * out[name]
