@@ -19,6 +19,9 @@ from .errors import InputError, Vid2SceneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="vid2scene: lift walkthrough videos into 3D scene data (poses, sparse points, ...).")
+from .ssl.cli import ssl_app  # noqa: E402 (lazy: no torch import until a command runs)
+
+app.add_typer(ssl_app, name="ssl")
 console = progress.console  # stderr: progress, messages and errors
 out = Console()  # stdout: the results a command prints (tables, info), so they can be piped
 T = TypeVar("T")

@@ -8,6 +8,21 @@ from typing import Optional
 
 import typer
 
+def _checked(fn):
+    """``fn()``; bad input (a missing folder or checkpoint, a config mismatch, no labels) is one line on stderr
+    and exit code 3 (a stage-style failure keeps its own code), never a traceback."""
+    from ..errors import Vid2SceneError
+
+    try:
+        return fn()
+    except Vid2SceneError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code)
+    except (FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3)
+
+
 ssl_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="Self-supervised point-cloud pre-training (LAM3C) and linear probing.")
 
@@ -45,7 +60,7 @@ def pretrain_cmd(
         if rec["step"] % 10 == 0:
             typer.echo(f"step {rec['step']:6d}  loss {rec['loss']:.4f}  {rec['seconds']:.2f} s")
 
-    res = pretrain(data, out, cfg, resume=not fresh, progress=show)
+    res = _checked(lambda: pretrain(data, out, cfg, resume=not fresh, progress=show))
     typer.echo(json.dumps({k: v for k, v in res.items() if k != "final"}, indent=1))
 
 
@@ -65,8 +80,11 @@ def probe_cmd(
     from .probe import probe
     from .train import load_checkpoint
 
-    cfg = PretrainConfig.model_validate(load_checkpoint(run_dir)["config"]) if random_init else None
-    res = probe(None if random_init else run_dir, data, val, label_key, epochs, cfg=cfg, device=device)
+    def run() -> dict:
+        cfg = PretrainConfig.model_validate(load_checkpoint(run_dir)["config"]) if random_init else None
+        return probe(None if random_init else run_dir, data, val, label_key, epochs, cfg=cfg, device=device)
+
+    res = _checked(run)
     text = json.dumps(res, indent=1)
     if out is not None:
         out.write_text(text)
