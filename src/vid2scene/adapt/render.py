@@ -56,7 +56,7 @@ def render(means: torch.Tensor, sigmas: torch.Tensor, colors: torch.Tensor, opac
     Args:
         means: ``N×3`` world points; sigmas: ``N`` (> 0, world units); colors: ``N×C``; opacities: ``N`` in (0, 1).
         K: 3×3 intrinsics for a ``width × height`` image; cam_from_world: 4×4 OpenCV axes.
-        chunk: pixels evaluated at once (memory ``chunk × N``).
+        chunk: at most this many pixels evaluated at once (fewer when ``N`` is large: ``chunk × N ≤ 4·10⁶``).
 
     Returns:
         ``{"image": H×W×C, "depth": H×W (Σ T α z), "alpha": H×W}``, same dtype and device as ``means``.
@@ -72,6 +72,7 @@ def render(means: torch.Tensor, sigmas: torch.Tensor, colors: torch.Tensor, opac
                             indexing="ij")
     pix = torch.stack([us.reshape(-1) + 0.5, vs.reshape(-1) + 0.5], 1)
     C = colors.shape[1]
+    chunk = max(64, min(chunk, int(4e6) // max(len(z), 1)))
     outs_c, outs_d, outs_a = [], [], []
     for s in range(0, len(pix), chunk):
         p = pix[s:s + chunk]
