@@ -99,3 +99,16 @@ def test_cli_json_keys(plane):
     assert res["accuracy_m"] == pytest.approx(0.02, abs=5e-4)
     r = CliRunner().invoke(app, ["eval-geometry", str(plane.scene.root), "--gt", str(plane.reference_ply)])
     assert r.exit_code != 0 and "poses" in r.output
+
+
+def test_hololens_layout_end_to_end(tmp_path):
+    from tests.fixtures.adapt_rooms import hololens_reference, room_scene, with_true_mesh
+
+    case = room_scene(tmp_path / "room", n=6, w=64, h=48, write_true_depth=True)
+    with_true_mesh(case)
+    ref = eg.read_reference(hololens_reference(case, tmp_path / "gt"))
+    res = eg.evaluate_geometry(case.scene, ref, icp=True, n_samples=30_000)
+    # the reference is a TSDF of the true depth (voxel = median depth / 100): ours is the exact surface
+    assert res["n_aligned_cameras"] == 6 and res["camera_centre_rmse_m"] < 1e-6
+    assert res["accuracy_m"] < 0.01 and res["completeness_m"] < 0.01 and res["fscore"] > 0.97
+    assert res["absrel"] < 1e-3 and res["delta1"] == pytest.approx(1.0)
