@@ -67,7 +67,7 @@ def test_adapt_checkpoint_loads_as_depth_backend(room, tmp_path):
 
 def test_cli(room, tmp_path):
     r = CliRunner().invoke(app, ["adapt", str(room.scene.root), "-o", str(tmp_path / "c"), "--steps", "1",
-                                 "--device", "cpu", "--input-size", "42", "--json"])
+                                 "--device", "cpu", "--input-size", "28", "--w-render", "0", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["checkpoint"] == str(tmp_path / "c") and (tmp_path / "c" / "config.json").is_file()
