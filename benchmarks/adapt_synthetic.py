@@ -78,6 +78,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--pre-lr", type=float, default=2e-3)
     ap.add_argument("--w-distill", type=float, default=1.0)
+    ap.add_argument("--w-anchor", type=float, default=1.0)
+    ap.add_argument("--w-render", type=float, default=1.0)
+    ap.add_argument("--pretrained", type=Path, default=None,
+                    help="folder of the room-A model: loaded when it exists, else written after pre-training")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -89,7 +93,8 @@ def main() -> None:
 
     root = args.out or Path(tempfile.mkdtemp(prefix="adapt_synth_"))
     cfg = AdaptConfig(input_size=84, prompt_size=21, render_size=42, batch_views=4, gaussian_stride=2,
-                      device="cpu", lr=args.lr, steps=args.steps, w_distill=args.w_distill, min_anchors=8)
+                      device="cpu", lr=args.lr, steps=args.steps, w_distill=args.w_distill, min_anchors=8,
+                      w_anchor=args.w_anchor, w_render=args.w_render)
     t0 = time.perf_counter()
     A = room_scene(root / "A", n=args.views, w=84, h=63, seed=0, texture_seed=0)
     B = room_scene(root / "B", n=args.views, w=84, h=63, seed=5, texture_seed=7, furniture=ROOM_B_FURNITURE)
@@ -99,8 +104,14 @@ def main() -> None:
                       "input": list(vA[0].rgb.shape[1::-1]), "build_s": round(time.perf_counter() - t0, 1)}),
           flush=True)
 
-    model = load_model("tiny", "cpu", seed=0)
-    fit = fit_depth(model, vA, args.pre_steps, args.pre_lr, cfg)
+    if args.pretrained is not None and (args.pretrained / "config.json").is_file():
+        model = load_model(str(args.pretrained), "cpu")
+        fit = {"losses": [float("nan")], "seconds_per_step": float("nan")}
+    else:
+        model = load_model("tiny", "cpu", seed=0)
+        fit = fit_depth(model, vA, args.pre_steps, args.pre_lr, cfg)
+        if args.pretrained is not None:
+            model.save_pretrained(args.pretrained)
     base = {"A": chamfer(model, vA, A, cfg), "B": chamfer(model, vB, B, cfg)}
     print(json.dumps({"figure": "pretrained_on_A", "pre_steps": args.pre_steps,
                       "fit_loss_last": round(float(np.mean(fit["losses"][-20:])), 4),
@@ -113,6 +124,7 @@ def main() -> None:
         cb0, cb1 = base["B"]["chamfer_m"], after["B"]["chamfer_m"]
         ca0, ca1 = base["A"]["chamfer_m"], after["A"]["chamfer_m"]
         print(json.dumps({"figure": "adapted_on_B", "variant": label, "w_distill": wd, "steps": args.steps,
+                          "lr": args.lr, "w_anchor": args.w_anchor, "w_render": args.w_render,
                           "chamfer_B_before": cb0, "chamfer_B_after": cb1,
                           "B_change_pct": round(100 * (cb1 - cb0) / cb0, 1),
                           "chamfer_A_before": ca0, "chamfer_A_after": ca1,
