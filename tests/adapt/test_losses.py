@@ -70,3 +70,11 @@ def test_scene_anchors_filter_tracks_errors_angles(tmp_path):
     assert sum(len(a) for a in strict.values()) == 0
     wide = A.scene_anchors(case.scene, min_angle_deg=60.0)
     assert sum(len(a) for a in wide.values()) < sum(len(a) for a in anchors.values())
+
+
+def test_anchor_loss_without_alignment_sees_a_scale_drift():
+    X = np.random.default_rng(0).uniform(1, 3, (100, 3))
+    a = torch.tensor(X)
+    assert float(L.anchor_loss(a.clone(), a, align="none")) == 0.0
+    assert float(L.anchor_loss(1.1 * a, a, align="none")) > 1e-3       # scale drift is penalised
+    assert float(L.anchor_loss(1.1 * a, a, align="sim3")) < 1e-12      # the Sim(3) fit absorbs it

@@ -21,7 +21,9 @@ def adapt_command(
         lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate"),
         w_anchor: float = typer.Option(1.0, "--w-anchor", help="weight of the SfM anchor loss"),
         w_render: float = typer.Option(1.0, "--w-render", help="weight of the rendering-consistency loss"),
-        w_distill: float = typer.Option(0.1, "--w-distill", help="weight of the distillation regulariser"),
+        w_distill: float = typer.Option(0.2, "--w-distill", help="weight of the distillation regulariser"),
+        anchor_alignment: str = typer.Option("none", "--anchor-alignment",
+                                             help="none | sim3: per-batch Sim(3) fit before the anchor loss"),
         input_size: int = typer.Option(112, "--input-size", help="model input long side (pixels)"),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")) -> None:
@@ -33,8 +35,12 @@ def adapt_command(
     if device not in ("auto", "cpu", "cuda"):
         typer.echo("error: --device must be auto, cpu or cuda", err=True)
         raise typer.Exit(2)
+    if anchor_alignment not in ("none", "sim3"):
+        typer.echo("error: --anchor-alignment must be none or sim3", err=True)
+        raise typer.Exit(2)
     cfg = AdaptConfig(steps=steps, device=device, lr=lr, w_anchor=w_anchor, w_render=w_render,  # type: ignore[arg-type]
-                      w_distill=w_distill, input_size=input_size, seed=seed)
+                      w_distill=w_distill, input_size=input_size, seed=seed,
+                      anchor_alignment=anchor_alignment)  # type: ignore[arg-type]
     try:
         meta = run_adapt(scenes, output, model, cfg)
     except (Vid2SceneError, ValueError) as e:

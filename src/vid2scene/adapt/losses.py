@@ -7,7 +7,8 @@ Anchor loss (SfM anchors ``X_k``, the model's pixel-aligned points ``X̂_k`` at 
 
 with ρ_δ the Huber function (``ρ_δ(r) = r²/2`` for ``r ≤ δ``, ``δ(r − δ/2)`` above; δ = 0.05) and ``m`` the
 median anchor depth of the batch (so the loss is scale-free). It is zero for any point map that equals the
-anchors up to a Sim(3).
+anchors up to a Sim(3). With ``align="none"`` the fit is skipped (``s, R, t = 1, I, 0``): the right choice for
+a model whose points are already in the anchors' frame (see :mod:`.train`).
 
 Rendering consistency (target image ``I``, rendering ``Î`` from the context views' Gaussians, coverage mask
 ``M = {A > 0.5}``)::
@@ -56,16 +57,22 @@ def huber(r: torch.Tensor, delta: float) -> torch.Tensor:
 
 
 def anchor_loss(points: torch.Tensor, anchors: torch.Tensor, median_depth: torch.Tensor | float | None = None,
-                delta: float = 0.05) -> torch.Tensor:
+                delta: float = 0.05, align: str = "sim3") -> torch.Tensor:
     """``L_anchor`` of the module docstring.
 
     Args:
         points: ``N×3`` predicted points (differentiable). anchors: ``N×3`` SfM anchors.
         median_depth: the normaliser ``m``; default the median distance of the anchors to their centroid.
+        align: ``"sim3"`` (the per-batch Umeyama fit) or ``"none"`` (``s, R, t = 1, I, 0``: for a model whose
+            points are already in the anchors' frame, such as a prompted metric-depth model placed by known
+            poses — a Sim(3) fit would leave its scale free to drift).
     """
-    s, R, t = umeyama(points, anchors)
     dt = points.dtype
-    aligned = s.to(dt) * points @ R.to(dt).T + t.to(dt)
+    if align == "none":
+        aligned = points
+    else:
+        s, R, t = umeyama(points, anchors)
+        aligned = s.to(dt) * points @ R.to(dt).T + t.to(dt)
     m = median_depth
     if m is None:
         m = (anchors - anchors.mean(0)).norm(dim=1).median()
