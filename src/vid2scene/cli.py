@@ -19,9 +19,13 @@ from .errors import InputError, Vid2SceneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="vid2scene: lift walkthrough videos into 3D scene data (poses, sparse points, ...).")
-from .ssl.cli import ssl_app  # noqa: E402 (lazy: no torch import until a command runs)
+from .adapt.cli import app as adapt_app  # noqa: E402 (these sub-apps import torch only when a command runs)
+from .evaluation.geometry import make_command as _eval_geometry_command  # noqa: E402
+from .ssl.cli import ssl_app  # noqa: E402
 
 app.add_typer(ssl_app, name="ssl")
+app.add_typer(adapt_app)  # vid2scene adapt
+app.command("eval-geometry")(_eval_geometry_command())
 console = progress.console  # stderr: progress, messages and errors
 out = Console()  # stdout: the results a command prints (tables, info), so they can be piped
 T = TypeVar("T")

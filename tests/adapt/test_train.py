@@ -60,7 +60,7 @@ def test_adapt_checkpoint_loads_as_depth_backend(room, tmp_path):
     d_true = room.true_depth[0] * 0.5
     u, v = rng.integers(0, 56, 40), rng.integers(0, 42, 40)
     sparse = SimpleNamespace(uv=np.stack([u + 0.5, v + 0.5], 1), z=d_true[v, u])
-    depth, conf, _ = be.estimate(SimpleNamespace(path=room.scene.keyframe_path(0), shape=(42, 56)), [], sparse,
+    depth, conf, _ = be.estimate(SimpleNamespace(load_rgb=lambda: room.scene.keyframe_image(0), shape=(42, 56)), [], sparse,
                                  (0.2, 5.0))
     assert depth.shape == (42, 56) and (depth > 0).mean() > 0.9
 

@@ -100,10 +100,11 @@ def test_requires_sfm(tmp_path, scene_builder):
 
 
 def test_config_and_registry():
-    assert set(BACKENDS) == {"mvs", "mono"}
+    assert set(BACKENDS) == {"mvs", "mono", "prompt_da"}
     st = backend_status()
     assert st["mvs"] == "installed"
     assert st["mono"] == "installed" or st["mono"].startswith("not installed: pip install transformers")
+    assert st["prompt_da"] == "installed" or st["prompt_da"].startswith("not installed: pip install torch")
     with pytest.raises(ValidationError):
         Config(backend="nope")
     with pytest.raises(ValidationError):
@@ -188,3 +189,25 @@ def test_rerun_after_layout_still_uses_the_sfm_frame(ran, tmp_path):
     np.testing.assert_allclose(after.depth, before.depth, rtol=1e-5, atol=1e-6)
     assert after.frame == "sfm"
     np.testing.assert_allclose(scene.depth(f, frame="world").depth, 2.5 * before.depth, rtol=1e-5, atol=1e-6)
+
+
+def test_prompt_da_runs_through_the_stage_with_the_consistency_filter(tmp_path, synth_scene):
+    """``depth.backend: prompt_da`` (a tiny random model: its values mean nothing) goes through the same stage
+    recipe as ``mvs``: source views chosen, maps filtered across views, written as ``depth_sfm``."""
+    pytest.importorskip("transformers", reason="transformers not installed: prompt_da is not tested")
+    import shutil
+
+    from vid2scene.scene import Scene
+
+    scene = Scene(shutil.copytree(synth_scene.scene.root, tmp_path / "scene"))
+    base = {"backend": "prompt_da", "prompt_da": {"model": "tiny", "device": "cpu", "input_size": 56,
+                                                  "prompt_size": 16}}
+    res = depth.run(scene, Config.model_validate(base))
+    assert res.qc["backend"] == "prompt_da" and res.qc["n_depth_maps"] > 0
+    assert res.qc["mean_source_views"] > 0  # sources were chosen for the cross-view filter
+    frames = scene.depth_frames()
+    filtered = sum(int((scene.depth(f).depth > 0).sum()) for f in frames)
+    unfiltered_cfg = dict(base, prompt_da=dict(base["prompt_da"], geometric_filter=False), fill_weak="none")
+    depth.run(scene, Config.model_validate(unfiltered_cfg))
+    unfiltered = sum(int((scene.depth(f).depth > 0).sum()) for f in frames)
+    assert unfiltered > 0 and filtered < unfiltered  # the filter removed inconsistent depths

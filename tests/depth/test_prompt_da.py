@@ -33,7 +33,7 @@ def view(tmp_path_factory):
     rng = np.random.default_rng(0)
     u, v = rng.integers(0, W, 60), rng.integers(0, H, 60)
     sparse = SimpleNamespace(uv=np.stack([u + 0.5, v + 0.5], 1), z=depth[v, u].astype(np.float64))
-    return SimpleNamespace(path=path, shape=(H, W)), sparse, depth
+    return SimpleNamespace(load_rgb=lambda: io.read_image_rgb(path), shape=(H, W)), sparse, depth
 
 
 def test_loads_offline_from_a_local_folder(tiny_folder, view, monkeypatch):

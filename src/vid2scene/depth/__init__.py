@@ -23,9 +23,11 @@ Recipe (backend ``mvs``, the CPU reference; see :mod:`vid2scene.depth.mvs`):
    depths (``fill_weak="sparse"``) at low confidence, or left 0 (``"none"``).
 6. Upsampling to the keyframe size (bilinear inside smooth regions, nearest across depth edges).
 
-Backends (registry :data:`BACKENDS`, plugin shape of :mod:`vid2scene.stage`): ``mvs`` (default, offline) and
-``mono`` (a local monocular depth model aligned to the sparse depths; :mod:`vid2scene.depth.mono`), each with
-its own config section: ``depth: {backend: mono, mono: {model_path: …}}``. Lens distortion is ignored (see
+Backends (registry :data:`BACKENDS`, plugin shape of :mod:`vid2scene.stage`): ``mvs`` (default, offline),
+``mono`` (a local monocular depth model aligned to the sparse depths; :mod:`vid2scene.depth.mono`) and
+``prompt_da`` (Prompt Depth Anything prompted with the sparse SfM depths, metric in the SfM frame, filtered across
+views like ``mvs``; :mod:`vid2scene.depth.prompt_da`), each with its own config section:
+``depth: {backend: prompt_da, prompt_da: {model: PATH|HF_ID|tiny}}``. Lens distortion is ignored (see
 :mod:`vid2scene.depth.base`).
 """
 
@@ -48,6 +50,7 @@ from .base import (DepthBackend, Sparse, SparseSet, View, depth_range, project_s
                    sparse_observations, upsample, working_grey, working_scale, working_size)
 from .mono import MonoBackend, MonoOptions, align_scale_shift
 from .mvs import MVSBackend, MVSOptions
+from .prompt_da import PromptDABackend
 
 NAME = "depth"
 OUTPUTS = ["depth"]
@@ -55,6 +58,7 @@ OUTPUTS = ["depth"]
 BACKENDS: dict[str, type] = {
     "mvs": MVSBackend,
     "mono": MonoBackend,
+    "prompt_da": PromptDABackend,
 }
 
 __all__ = ["NAME", "OUTPUTS", "BACKENDS", "Config", "run", "backend_status", "align_scale_shift"]
@@ -73,6 +77,8 @@ class Config(BaseModel):
     min_track_length: int = Field(2, ge=2, description="SfM points with shorter tracks are not used as priors")
     mvs: MVSOptions = Field(default_factory=MVSOptions, description="options of the mvs backend")
     mono: MonoOptions = Field(default_factory=MonoOptions, description="options of the mono backend")
+    prompt_da: PromptDABackend.Options = Field(default_factory=PromptDABackend.Options,
+                                               description="options of the prompt_da backend")
 
     @field_validator("backend")
     @classmethod

@@ -207,6 +207,36 @@ def consistency_count(ref: View, depth_r: np.ndarray, sources: list[View], depth
     return count.reshape(h, w)
 
 
+def neighbour_sources(views: list[View], priors: SparseSet, n_views: int, min_angle_deg: float,
+                      best_angle_deg: float) -> list[list[int]]:
+    """Per view, up to ``n_views`` neighbours scored by triangulation angle at shared SfM points
+    (:func:`select_sources`)."""
+    centers = np.stack([v.frame.center_in_world for v in views])
+    return [select_sources(i, centers, priors.observed, priors.xyz_of, n_views, min_angle_deg, best_angle_deg)
+            for i in range(len(views))]
+
+
+def consistency_filter(views: list[View], sources: list[list[int]], depths: list[np.ndarray],
+                       confs: list[np.ndarray], min_consistent_views: int,
+                       rel_tol: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Geometric consistency across views (every multi-view backend): a depth is kept if it agrees with at
+    least ``min_consistent_views`` of its source views' depth maps within ``rel_tol`` (relative); its
+    confidence is weighted by the share of agreeing views. A view without sources loses all depth."""
+    out_d, out_c = [], []
+    for i, v in enumerate(views):
+        src = sources[i]
+        if not src:
+            out_d.append(np.zeros_like(depths[i]))
+            out_c.append(np.zeros_like(confs[i]))
+            continue
+        cnt = consistency_count(v, depths[i], [views[j] for j in src], [depths[j] for j in src], rel_tol)
+        keep = cnt >= min(min_consistent_views, len(src))
+        c = confs[i] * (0.5 + 0.5 * np.minimum(1.0, cnt / max(len(src) - 1, 1)))
+        out_d.append(np.where(keep, depths[i], 0).astype(np.float32))
+        out_c.append(np.where(keep, c, 0).astype(np.float32))
+    return out_d, out_c
+
+
 def sparse_fill(sparse: Sparse, shape: tuple[int, int], mask: np.ndarray, step: int = 4) -> np.ndarray:
     """Depth at ``mask`` pixels linearly interpolated (in inverse depth) from the sparse points inside their
     convex hull; 0 elsewhere. Evaluated on a grid every ``step`` pixels and resized (the interpolant is

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from .. import geometry
 from ..stage import Options
-from .base import Sparse, SparseSet, View, consistency_count, select_sources
+from .base import Sparse, SparseSet, View, consistency_filter, neighbour_sources
 
 
 class MVSOptions(Options):
@@ -71,9 +71,7 @@ class MVSBackend:
     def select_sources(self, views: list[View], priors: SparseSet) -> list[list[int]]:
         """Per view, up to ``n_views`` neighbours scored by triangulation angle (:func:`.base.select_sources`)."""
         o = self.options
-        centers = np.stack([v.frame.center_in_world for v in views])
-        return [select_sources(i, centers, priors.observed, priors.xyz_of, o.n_views, o.min_angle_deg,
-                               o.best_angle_deg) for i in range(len(views))]
+        return neighbour_sources(views, priors, o.n_views, o.min_angle_deg, o.best_angle_deg)
 
     def estimate(self, ref: View, sources: list[View], sparse: Sparse,
                  depth_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,20 +95,7 @@ class MVSBackend:
         o = self.options
         if not o.geometric_filter:
             return depths, confs
-        out_d, out_c = [], []
-        for i, v in enumerate(views):
-            src = sources[i]
-            if not src:
-                out_d.append(np.zeros_like(depths[i]))
-                out_c.append(np.zeros_like(confs[i]))
-                continue
-            cnt = consistency_count(v, depths[i], [views[j] for j in src], [depths[j] for j in src],
-                                    o.consistency_rel_tol)
-            keep = cnt >= min(o.min_consistent_views, len(src))
-            c = confs[i] * (0.5 + 0.5 * np.minimum(1.0, cnt / max(len(src) - 1, 1)))
-            out_d.append(np.where(keep, depths[i], 0).astype(np.float32))
-            out_c.append(np.where(keep, c, 0).astype(np.float32))
-        return out_d, out_c
+        return consistency_filter(views, sources, depths, confs, o.min_consistent_views, o.consistency_rel_tol)
 
 
 def plane_sweep(ref: View, sources: list[View], depth_range: tuple[float, float], n_planes: int, window: int,

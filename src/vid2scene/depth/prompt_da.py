@@ -17,9 +17,10 @@ Per keyframe (working resolution ``w×h``, from the depth stage):
    are dropped. Confidence is uniform per frame: ``0.3 + 0.4·q`` with ``q`` the share of the frame's sparse
    points the depth reproduces within 10% — above fusion's default threshold, below a multi-view match.
 
-``uses_sources`` is True so that the stage applies the same multi-view geometric-consistency filter as for
-``mvs`` (the estimate itself ignores the source views). Fewer than ``min_prompt_points`` sparse points: no
-depth for that frame.
+Source views are chosen and the depths filtered across views exactly as for ``mvs``
+(:func:`~vid2scene.depth.base.neighbour_sources`, :func:`~vid2scene.depth.base.consistency_filter`), so fusion
+treats every backend alike; the estimate itself ignores the source views. Fewer than ``min_prompt_points``
+sparse points: no depth for that frame.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pydantic import Field
 
 from ..errors import BackendNotInstalled
 from ..stage import Options as BackendOptions
+from .base import Sparse, SparseSet, View, consistency_filter, neighbour_sources
 
 HINT = ("not installed: pip install torch transformers; set depth.prompt_da.model to a local Prompt Depth "
         "Anything folder, a Hugging Face id, or 'tiny'")
@@ -141,7 +143,6 @@ class PromptDABackend:
     """Depth backend ``prompt_da`` (see the module docstring)."""
 
     name = "prompt_da"
-    uses_sources = True
 
     class Options(BackendOptions):
         model: str = Field("tiny", description="local folder, Hugging Face id, or 'tiny' (random, smoke runs)")
@@ -151,6 +152,12 @@ class PromptDABackend:
         batch_size: int = Field(4, ge=1, le=64, description="keyframes per forward pass (predict_batch)")
         min_prompt_points: int = Field(4, ge=1, description="fewer sparse points in a frame: no depth")
         seed: int = 0
+        n_views: int = Field(5, ge=1, le=12, description="source views per keyframe for the consistency filter")
+        min_angle_deg: float = Field(1.0, ge=0, description="as depth.mvs.min_angle_deg (source choice)")
+        best_angle_deg: float = Field(5.0, gt=0, description="as depth.mvs.best_angle_deg (source choice)")
+        geometric_filter: bool = Field(True, description="keep depths consistent with neighbouring views")
+        min_consistent_views: int = Field(2, ge=1, description="views a depth must agree with")
+        consistency_rel_tol: float = Field(0.05, gt=0, description="relative depth error for agreement")
 
     def __init__(self, options: Any = None):
         ok, hint = self.is_installed()
@@ -197,12 +204,25 @@ class PromptDABackend:
         s = self.options.prompt_size / max(w, h)
         return densify_prompt(sparse.uv, sparse.z, size, (max(2, round(w * s)), max(2, round(h * s))))
 
-    def estimate(self, ref, sources, sparse, depth_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray,
-                                                                                       np.ndarray]:
+    def select_sources(self, views: list[View], priors: SparseSet) -> list[list[int]]:
+        """Neighbouring views for the consistency filter (as ``mvs``)."""
+        o = self.options
+        return neighbour_sources(views, priors, o.n_views, o.min_angle_deg, o.best_angle_deg)
+
+    def filter(self, views: list[View], sources: list[list[int]], depths: list[np.ndarray],
+               confs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Geometric consistency across views (as ``mvs``); unchanged with ``geometric_filter`` off."""
+        o = self.options
+        if not o.geometric_filter:
+            return depths, confs
+        return consistency_filter(views, sources, depths, confs, o.min_consistent_views, o.consistency_rel_tol)
+
+    def estimate(self, ref: View, sources: list[View], sparse: Sparse,
+                 depth_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Depth of one keyframe at working resolution (the depth stage's backend call).
 
         Args:
-            ref: the reference view: ``ref.path`` (keyframe image), ``ref.shape`` = (h, w) working size.
+            ref: the reference view (:class:`~vid2scene.depth.base.View`: ``load_rgb()``, ``shape`` = (h, w)).
             sources: ignored (the stage's consistency filter uses them).
             sparse: ``sparse.uv`` (``N×2`` working pixels), ``sparse.z`` (``N`` SfM depths).
             depth_range: (lo, hi) SfM depth bounds of the frame.
@@ -213,14 +233,12 @@ class PromptDABackend:
         """
         import cv2
 
-        from ..io import read_image_rgb
-
         h, w = ref.shape
         zero = np.zeros((h, w), np.float32)
         prompt = self.prompt_for(sparse, (w, h))
         if prompt is None:
             return zero, zero, np.zeros((h, w), bool)
-        rgb = read_image_rgb(ref.path, (w, h))
+        rgb = cv2.resize(ref.load_rgb(), (w, h), interpolation=cv2.INTER_AREA)
         d = cv2.resize(self.predict_batch([rgb], [prompt])[0], (w, h), interpolation=cv2.INTER_LINEAR)
         lo, hi = depth_range
         depth = np.where((d >= 0.5 * lo) & (d <= 2.0 * hi), d, 0).astype(np.float32)
