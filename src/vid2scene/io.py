@@ -328,3 +328,51 @@ def write_transforms(path: str | Path, frames: list, image_dir: str = "frames",
     }
     write_json(path, out)
     return out
+
+
+# ---- JSON over HTTP (the OpenAI-compatible clients: instances' labeller, layout_synth's FPVScore) ---------
+def post_json(url: str, body: dict, *, api_key: str | None = None, timeout_s: float = 30.0, retries: int = 2,
+              backoff_s: float = 0.5, stage: str = "vid2scene", what: str = "request") -> Any:
+    """POST ``body`` as JSON to ``url`` and return the decoded JSON reply (standard library only).
+
+    A server error (HTTP 429 or 5xx), a timeout, a refused connection or a reply that is not JSON is retried
+    ``retries`` times, waiting ``backoff_s`` doubled each time; a client error (other 4xx) is not.
+
+    Raises:
+        StageFailed: (``stage``; message prefixed by ``what``) the server refused the request ("refused the
+            request: HTTP 400 …"), or no attempt got a JSON answer ("cannot get an answer from URL: <last
+            reason> (after N tries)"; the reason names a timeout as "timed out after T s", a bad reply as
+            "reply is not JSON").
+    """
+    import json as _json
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from .errors import StageFailed
+
+    data = _json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    last = "no attempt"
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                return _json.loads(r.read().decode("utf-8", "replace"))
+        except urllib.error.HTTPError as e:
+            msg = e.read().decode("utf-8", "replace")[:200] if e.fp else ""
+            last = f"HTTP {e.code} {msg}".strip()
+            if e.code != 429 and e.code < 500:  # a client error will not go away by retrying
+                raise StageFailed(stage, f"{what}: {url} refused the request: {last}") from e
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+            reason = getattr(e, "reason", e)
+            last = f"timed out after {timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError)) \
+                else str(reason)
+        except _json.JSONDecodeError as e:
+            last = f"reply is not JSON ({e})"
+    raise StageFailed(stage, f"{what}: cannot get an answer from {url}: {last} (after {retries + 1} tries)")

@@ -17,15 +17,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
-import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 from pydantic import Field
 
 from ..errors import BackendNotInstalled, StageFailed
+from ..io import post_json
 from ..stage import Options, make_backend
 
 ENV_BASE_URL, ENV_MODEL, ENV_API_KEY = "VID2SCENE_VLM_BASE_URL", "VID2SCENE_VLM_MODEL", "VID2SCENE_VLM_API_KEY"
@@ -95,31 +92,8 @@ class OpenAICompatLabeller:
                     "server URL")
 
     def _post(self, body: dict) -> dict:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        last = "no attempt"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                    return json.loads(r.read().decode("utf-8"))
-            except urllib.error.HTTPError as e:
-                msg = e.read().decode("utf-8", "replace")[:200] if e.fp else ""
-                last = f"HTTP {e.code} {msg}".strip()
-                if e.code != 429 and e.code < 500:  # a client error will not go away by retrying
-                    raise StageFailed(self.stage, f"labeller: {self.url} refused the request: {last}") from e
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
-                reason = getattr(e, "reason", e)
-                last = f"timed out after {self.timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError)) \
-                    else str(reason)
-            except json.JSONDecodeError as e:
-                last = f"reply is not JSON ({e})"
-        raise StageFailed(self.stage, f"labeller: cannot get an answer from {self.url}: {last} "
-                                      f"(after {self.retries + 1} tries)")
+        return post_json(self.url, body, api_key=self._key, timeout_s=self.timeout_s, retries=self.retries,
+                         backoff_s=self.backoff_s, stage=self.stage, what="labeller")
 
     def describe(self, crop_rgb: np.ndarray, hint: str = "object") -> dict:
         """``{"label": str, "caption": str}`` for one ``H×W×3`` uint8 RGB crop.

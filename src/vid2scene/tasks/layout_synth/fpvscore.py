@@ -20,15 +20,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
-import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import StageFailed
+from ...io import post_json
 
 ENV_BASE_URL, ENV_MODEL, ENV_API_KEY = "VID2SCENE_VLM_BASE_URL", "VID2SCENE_VLM_MODEL", "VID2SCENE_VLM_API_KEY"
 STAGE = "layout_synth"
@@ -147,35 +144,9 @@ class FPVScoreClient:
                 "messages": [{"role": "user", "content": content}]}
 
     def _post(self, body: dict) -> dict:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        last = "no attempt"
-        for attempt in range(self.cfg.retries + 1):
-            if attempt:
-                time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as r:
-                    raw = r.read().decode("utf-8", "replace")
-            except urllib.error.HTTPError as e:
-                msg = e.read().decode("utf-8", "replace")[:200] if e.fp else ""
-                last = f"HTTP {e.code} {msg}".strip()
-                if e.code != 429 and e.code < 500:
-                    raise StageFailed(STAGE, f"fpvscore: {self.url} refused the request: {last}") from e
-                continue
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
-                reason = getattr(e, "reason", e)
-                last = f"timed out after {self.cfg.timeout_s:g} s" if isinstance(
-                    reason, (socket.timeout, TimeoutError)) else str(reason)
-                continue
-            try:
-                return json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise StageFailed(STAGE, f"fpvscore: reply from {self.url} is not JSON ({e})") from e
-        raise StageFailed(STAGE, f"fpvscore: cannot get an answer from {self.url}: {last} "
-                                 f"(after {self.cfg.retries + 1} tries)")
+        c = self.cfg
+        return post_json(self.url, body, api_key=self._key, timeout_s=c.timeout_s, retries=c.retries,
+                         backoff_s=c.backoff_s, stage=STAGE, what="fpvscore")
 
     def score(self, frames: list[np.ndarray], object_labels: list[str]) -> dict:
         """FPVScore of one layout: ``{"score": 0..1, "criteria": {...}, "comment", "model", "n_frames"}``."""
