@@ -59,7 +59,6 @@ def evaluate(scene_dir: Path, gt: Path, icp: bool) -> dict:
 
 def prompt_da_scene(src: Path, dst: Path, max_size: int = 320) -> dict:
     """Copy the scene's SfM outputs to ``dst``, write tiny-prompt_da depth maps and a TSDF mesh there."""
-    import cv2
 
     from vid2scene import io
     from vid2scene.depth.prompt_da import PromptDABackend

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__, progress
 from .config import PipelineConfig
-from .errors import InputError, StageFailed, Vid2SceneError
+from .errors import StageFailed, Vid2SceneError
 from .scene import Scene, config_hash, now_iso
 from .stage import STAGES, StageResult, stage_module
 

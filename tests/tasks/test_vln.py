@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.fixtures.task_scene import WALK, walk_length, walk_points, write_scene
+from tests.fixtures.task_scene import walk_length, walk_points, write_scene
 from vid2scene.cli import app
 from vid2scene.tasks import common, nav, vln
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 
 from ..io import write_transforms
 from ..scene import WORLD_NAME, Scene
