@@ -5,67 +5,18 @@ timeouts, a server that is down, a missing base URL, and the stage filling ``cap
 from __future__ import annotations
 
 import base64
-import json
 import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.fixtures.fake_openai import FakeChatServer
 from vid2scene.errors import BackendNotInstalled, StageFailed
 from vid2scene.instances.labellers import BACKENDS, ENV_BASE_URL, OpenAICompatLabeller, caption_instances
 
 
-class FakeVLM:
-    """Behaviour per request: a list of actions consumed in order, then the last one repeats."""
-
-    def __init__(self, actions):
-        self.actions = list(actions)
-        self.requests: list[dict] = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                act = outer.actions.pop(0) if len(outer.actions) > 1 else outer.actions[0]
-                if act == "sleep":
-                    time.sleep(1.0)
-                    act = "ok"
-                if act == "500":
-                    self.send_response(500)
-                    self.end_headers()
-                    self.wfile.write(b"overloaded")
-                    return
-                if act == "400":
-                    self.send_response(400)
-                    self.end_headers()
-                    self.wfile.write(b'{"error": "unknown model"}')
-                    return
-                content = act if act not in ("ok",) else '{"label": "Office Chair", "caption": "A black mesh office chair."}'
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+OK_REPLY = '{"label": "Office Chair", "caption": "A black mesh office chair."}'
 
 
 @pytest.fixture
@@ -73,7 +24,7 @@ def vlm(request):
     servers = []
 
     def make(*actions):
-        s = FakeVLM(actions or ["ok"])
+        s = FakeChatServer(actions or ["ok"], OK_REPLY)
         servers.append(s)
         return s
 

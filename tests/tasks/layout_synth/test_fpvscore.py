@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
 from tests.fixtures import layout_scene as ls
+from tests.fixtures.fake_openai import FakeChatServer
 from vid2scene.errors import StageFailed
 from vid2scene.io import read_json
 from vid2scene.tasks import layout_synth as L
@@ -22,61 +21,12 @@ from vid2scene.tasks.layout_synth.fpvscore import (ENV_BASE_URL, RUBRIC, FPVScor
 GOOD = json.dumps({**{k: 4 for k in RUBRIC}, "navigability": 2, "comment": "A tidy room; the aisle is narrow."})
 
 
-class FakeServer:
-    """Replies per request from a list of actions (the last one repeats); shuts itself down after ``life_s``."""
-
-    def __init__(self, actions, life_s: float = 30.0):
-        self.actions = list(actions)
-        self.requests: list[dict] = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                act = outer.actions.pop(0) if len(outer.actions) > 1 else outer.actions[0]
-                if act == "sleep":
-                    time.sleep(1.0)
-                    act = GOOD
-                if act in ("500", "400"):
-                    self.send_response(int(act))
-                    self.end_headers()
-                    self.wfile.write(b'{"error": "no"}')
-                    return
-                data = act.encode() if act.startswith("RAW:") else json.dumps(
-                    {"choices": [{"message": {"role": "assistant", "content": act}}]}).encode()
-                data = data[4:] if act.startswith("RAW:") else data
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self._timer = threading.Timer(life_s, self.close)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def close(self):
-        self._timer.cancel()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def server():
     made = []
 
     def make(*actions):
-        s = FakeServer(actions or [GOOD])
+        s = FakeChatServer(actions or ["ok"], GOOD)
         made.append(s)
         return s
 
