@@ -125,9 +125,11 @@ def test_earlier_assets_stay_in_the_sfm_frame_and_world_is_applied_on_load(e2e_s
     assert np.allclose(T_ws, json.loads((out / "manifest.json").read_text())["world_from_sfm"])
     with np.load(out / "depth" / f"{cams[0].source_frame:06d}.npz") as z:
         assert "depth_sfm" in z.files and "depth_m" not in z.files
-    mesh_w = scene.mesh(frame="world")
-    z = mesh_w.vertices[:, 2]
-    assert abs(np.percentile(z, 2)) < 0.15  # the floor is at z = 0 in the world frame
+    assert np.allclose(layout["floor"]["normal"], [0, 0, 1], atol=1e-6) and abs(layout["floor"]["d"]) < 1e-6
+    z = scene.mesh(frame="world").vertices[:, 2]
+    # the floor is at z = 0 in the world frame: a large share of the surface lies near it, almost none below
+    # (measured on this clip: 32% within 0.15 m, 0.1% of the points below -0.3 m; the floor is warped by a few cm)
+    assert np.mean(np.abs(z) < 0.15) > 0.15 and np.mean(z < -0.3) < 0.02
     s = scene.scale("world")
     centres_w = np.array([c.center_in_world for c in scene.cameras(frame="world") if c.registered])
     assert 0.8 < np.median(centres_w[:, 2]) < 2.2  # a hand-held / head-mounted camera, in metres
