@@ -38,17 +38,9 @@ def emit(obj: dict) -> None:
 
 
 def encode(path: Path, frames: list[np.ndarray], fps: float) -> Path:
-    import av
+    from vid2scene.io import write_video
 
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=int(round(fps)))
-        h, w = frames[0].shape[:2]
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for img in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
+    write_video(path, frames, fps)
     return path
 
 

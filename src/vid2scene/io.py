@@ -281,6 +281,37 @@ def read_ply_records(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(ply["vertex"].data)
 
 
+# ---- video --------------------------------------------------------------------------------------------------
+def write_video(path: str | os.PathLike, frames, fps: float = 10.0, options: dict | None = None) -> str:
+    """Atomically write ``H×W×3`` uint8 RGB frames (an iterable; even sizes for yuv420p) as an MP4 with PyAV:
+    H.264 (``libx264``) where available, else MPEG-4 Part 2. ``options`` are encoder options (e.g.
+    ``{"preset": "ultrafast"}``). Returns the codec name.
+
+    Raises:
+        ValueError: no frames.
+    """
+    import av
+
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("no frames to write")
+    h, w = first.shape[:2]
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), "w", format="mp4") as c:
+            s = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=int(round(fps)))
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            if options:
+                s.options = dict(options)
+            for f in (first, *it):
+                for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                    c.mux(pkt)
+            for pkt in s.encode():
+                c.mux(pkt)
+            codec = s.codec_context.name
+    return codec
+
+
 # ---- nerfstudio transforms.json (written by sfm at the scene root, and by the nerfstudio exporter) --------
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 

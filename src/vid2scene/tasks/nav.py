@@ -287,24 +287,39 @@ def build_free_space(polygon_xy: np.ndarray, instances: list[Instance], segments
     w, h = (np.ceil((hi - lo) / cfg.cell_m).astype(int) + 1)
     origin = lo
 
-    def px(p):
-        return np.round((np.asarray(p) - origin) / cfg.cell_m).astype(np.int32).reshape(-1, 1, 2)
-
-    room = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(room, [px(polygon_xy)], 1)
-    obst = np.zeros((h, w), np.uint8)
-    for inst in instances:
-        if is_obstacle(inst, cfg):
-            cv2.fillPoly(obst, [px(inst.footprint_xy())], 1)
-    free = (room > 0) & (obst == 0)
+    footprints = [inst.footprint_xy() for inst in instances if is_obstacle(inst, cfg)]
+    free = free_grid(polygon_xy, footprints, origin, (w, h), cfg.cell_m, cfg.agent_radius_m)
     rad = int(round(cfg.agent_radius_m / cfg.cell_m))
+    walked = np.zeros((h, w), np.uint8)
+    for s in segments:
+        cv2.polylines(walked, [grid_px(s[:, :2], origin, cfg.cell_m)], False, 1, thickness=max(1, 2 * rad + 1))
+    return FreeSpace(free | (walked > 0), origin, cfg.cell_m)
+
+
+def grid_px(points_xy: np.ndarray, origin: np.ndarray, cell_m: float) -> np.ndarray:
+    """``K×1×2`` int32 grid cells (OpenCV polygon layout) of ``K×2`` metric points; cell (0, 0) centred on
+    ``origin``."""
+    return np.round((np.asarray(points_xy) - origin) / cell_m).astype(np.int32).reshape(-1, 1, 2)
+
+
+def free_grid(polygon_xy: np.ndarray, footprints: list[np.ndarray], origin: np.ndarray, size_wh: tuple[int, int],
+              cell_m: float, agent_radius_m: float) -> np.ndarray:
+    """``H×W`` bool free floor: the room polygon (``K×2`` metres) minus the obstacle ``footprints`` (each
+    ``M×2`` metres), eroded by the agent radius (elliptic kernel); cell (0, 0) centred on ``origin``."""
+    import cv2
+
+    w, h = size_wh
+    room = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(room, [grid_px(polygon_xy, origin, cell_m)], 1)
+    obst = np.zeros((h, w), np.uint8)
+    for fp in footprints:
+        cv2.fillPoly(obst, [grid_px(fp, origin, cell_m)], 1)
+    free = (room > 0) & (obst == 0)
+    rad = int(round(agent_radius_m / cell_m))
     if rad > 0:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rad + 1, 2 * rad + 1))
         free = cv2.erode(free.astype(np.uint8), k, borderValue=0) > 0
-    walked = np.zeros((h, w), np.uint8)
-    for s in segments:
-        cv2.polylines(walked, [px(s[:, :2])], False, 1, thickness=max(1, 2 * rad + 1))
-    return FreeSpace(free | (walked > 0), origin, cfg.cell_m)
+    return free
 
 
 # ---------------------------------------------------------------------------------------------------------

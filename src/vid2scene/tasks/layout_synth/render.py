@@ -359,32 +359,8 @@ def walk_views(plan: Plan, K: np.ndarray, size: tuple[int, int], eye_height_m: f
 # files
 # ---------------------------------------------------------------------------------------------------------
 def write_video(path: str | Path, frames: list[np.ndarray], fps: float = 8.0) -> str:
-    """Write ``H×W×3`` uint8 RGB frames (even sizes) as an MP4 (PyAV H.264; OpenCV mp4v when PyAV is missing);
+    """Write ``H×W×3`` uint8 RGB frames (even sizes) as an MP4 (:func:`vid2scene.io.write_video`: PyAV H.264);
     returns the codec used. Atomic."""
-    from ...io import atomic_path
+    from ...io import write_video as _write_video
 
-    if not frames:
-        raise ValueError("no frames to write")
-    h, w = frames[0].shape[:2]
-    with atomic_path(path) as tmp:
-        try:
-            import av
-
-            with av.open(str(tmp), "w", format="mp4") as c:
-                s = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=int(round(fps)))
-                s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-                for f in frames:
-                    for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                        c.mux(pkt)
-                for pkt in s.encode():
-                    c.mux(pkt)
-                codec = s.codec_context.name
-        except ImportError:
-            import cv2
-
-            vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            for f in frames:
-                vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-            vw.release()
-            codec = "mp4v"
-    return codec
+    return _write_video(path, frames, fps)

@@ -111,28 +111,15 @@ def support_violations(plan: Plan, config: ScoreConfig | None = None) -> list[in
 
 def free_floor(plan: Plan, config: ScoreConfig | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """(free H×W bool grid, origin xy of cell (0, 0)'s centre, cell m): room minus body-band obstacles, eroded."""
-    import cv2
+    from ..nav import free_grid
 
     cfg = config or ScoreConfig()
     P = np.asarray(plan.room.polygon_xy, np.float64)
     lo = P.min(0) - 2 * cfg.cell_m
     w, h = (np.ceil((P.max(0) + 2 * cfg.cell_m - lo) / cfg.cell_m).astype(int) + 1)
-
-    def px(p):
-        return np.round((np.asarray(p) - lo) / cfg.cell_m).astype(np.int32).reshape(-1, 1, 2)
-
-    room = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(room, [px(P)], 1)
-    obst = np.zeros((h, w), np.uint8)
-    for o in plan.objects:
-        z0, z1 = o.z_range
-        if z1 > cfg.body_z_min_m and z0 < cfg.body_z_max_m:
-            cv2.fillPoly(obst, [px(o.footprint())], 1)
-    free = (room > 0) & (obst == 0)
-    rad = int(round(cfg.agent_radius_m / cfg.cell_m))
-    if rad > 0:
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rad + 1, 2 * rad + 1))
-        free = cv2.erode(free.astype(np.uint8), k, borderValue=0) > 0
+    body = [o.footprint() for o in plan.objects
+            if o.z_range[1] > cfg.body_z_min_m and o.z_range[0] < cfg.body_z_max_m]
+    free = free_grid(P, body, lo, (w, h), cfg.cell_m, cfg.agent_radius_m)
     return free, lo, cfg.cell_m
 
 
