@@ -141,10 +141,3 @@ def test_project_box_and_in_image():
     assert g.project_box([0, 0, -4.0], [0.4, 0.4, 0.4], 0.0, K, np.eye(4), 160, 120) is None
     uv = np.array([[5.0, 5.0], [170.0, 5.0], [5.0, 5.0]])
     assert g.in_image(uv, np.array([1.0, 1.0, -1.0]), 160, 120).tolist() == [True, False, False]
-
-
-def test_rotation_between():
-    for a, b in (([0, 0, 1], [0, 1, 0]), ([1, 0, 0], [-1, 0, 0]), ([0.2, 0.3, 0.9], [0.2, 0.3, 0.9])):
-        R = g.rotation_between(a, b)
-        assert np.allclose(R @ (np.asarray(a) / np.linalg.norm(a)), np.asarray(b) / np.linalg.norm(b), atol=1e-9)
-        assert np.linalg.det(R) == pytest.approx(1.0)

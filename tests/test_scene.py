@@ -100,7 +100,7 @@ def test_detections_and_people_boxes(tmp_path):
     assert scene.people_boxes(7, size=(100, 50)) == [[10.0, 5.0, 30.0, 25.0]]
 
 
-def test_keyframe_image_resize_and_grey(tmp_path):
+def test_keyframe_image_and_resize(tmp_path):
     from vid2scene.io import write_image_rgb
 
     scene = _scene(tmp_path)
@@ -110,7 +110,5 @@ def test_keyframe_image_resize_and_grey(tmp_path):
     rgb = scene.keyframe_image(3)
     assert rgb.shape == (40, 60, 3) and rgb[20, 5, 0] > 240 and rgb[20, 5, 2] < 20  # RGB order kept
     assert scene.keyframe_image(3, size=(30, 20)).shape == (20, 30, 3)
-    grey = scene.keyframe_grey(3, size=(30, 20))
-    assert grey.dtype == np.float32 and grey.shape == (20, 30) and 0 <= grey.min() and grey.max() <= 1
     with pytest.raises(StageFailed):
         scene.keyframe_image(4)

@@ -113,21 +113,6 @@ def rot_z(yaw_rad: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """3×3 rotation taking unit vector ``a`` to unit vector ``b`` along the shortest arc (Rodrigues)."""
-    a = np.asarray(a, np.float64) / np.linalg.norm(a)
-    b = np.asarray(b, np.float64) / np.linalg.norm(b)
-    v, c = np.cross(a, b), float(np.dot(a, b))
-    if c < -1 + 1e-12:  # opposite: rotate by pi about any axis orthogonal to a
-        axis = np.cross(a, [1.0, 0.0, 0.0])
-        if np.linalg.norm(axis) < 1e-6:
-            axis = np.cross(a, [0.0, 1.0, 0.0])
-        axis /= np.linalg.norm(axis)
-        return 2 * np.outer(axis, axis) - np.eye(3)
-    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + vx + vx @ vx / (1 + c)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # intrinsics, projection, back-projection
 # ---------------------------------------------------------------------------------------------------------

@@ -406,12 +406,6 @@ class Scene:
         except OSError as e:
             raise StageFailed("keyframes", str(e)) from e
 
-    def keyframe_grey(self, source_frame: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """A keyframe as ``H×W`` float32 grey in 0..1 (resized to ``size = (w, h)`` if given)."""
-        import cv2
-
-        return cv2.cvtColor(self.keyframe_image(source_frame, size), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-
     # ---- detections ------------------------------------------------------------------------------------
     def detections_path(self, source_frame: int) -> Path:
         return self.detections_dir / frame_name(source_frame, ".json")
