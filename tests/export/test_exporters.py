@@ -135,7 +135,7 @@ def test_pointcept_arrays(s5, tmp_path):
     assert np.all(a["segment20"][tv] == -1)         # television is not a ScanNet20 class ...
     t = label_table()["scannet200"]
     assert np.all(a["segment200"][tv] == t["labels"].index("tv"))  # ... but 'tv' is a ScanNet200 one
-    floor = (np.abs(s5.verts[:, 2]) < 1e-6) & (a["instance"] < 0)
+    floor = (np.abs(s5.verts[:, 2]) < 1e-6) & (a["instance"] >= len(OBJECTS))
     assert np.all(a["segment20"][floor] == 1)
     floor &= np.abs(s5.verts[:, 0] - 2.2) > 1e-6  # the partition's bottom row is a vertical mesh at z = 0
     inner = floor & (s5.verts[:, 0] > 0.3) & (s5.verts[:, 0] < 3.7) & (s5.verts[:, 1] > 0.3) & (s5.verts[:, 1] < 2.7)
