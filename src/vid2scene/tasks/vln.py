@@ -29,8 +29,9 @@ Files (``SCENE/tasks/vln/``; VLN-CE's ``DATA_PATH`` / ``GT_PATH`` / ``SCENES_DIR
     ``start_rotation``, ``info: {"geodesic_distance"}``, ``goals: [{"position", "radius"}]`` (radius 3.0 m,
     VLN-CE's success distance), ``instruction: {"instruction_text", "instruction_tokens"}`` and
     ``reference_path``. ``instruction_tokens`` are vocabulary indices of habitat's ``tokenize`` (lower case,
-    ``'s`` split off, ``,`` and ``?`` removed, split on runs of characters that are neither word characters nor ``-``), padded with PAD to
-    ``max_instruction_tokens`` (200, as R2R-VLNCE's preprocessed data) for VLN-CE's instruction encoders.
+    ``'s`` split off, ``,`` and ``?`` removed, split on runs of characters that are neither word characters
+    nor ``-``), padded with PAD to ``max_instruction_tokens`` (200, as R2R-VLNCE's preprocessed data) for
+    VLN-CE's instruction encoders.
     ``geodesic_distance`` is the length of ``reference_path`` (the polyline through its points, in metres).
 ``{split}/{split}_gt.json.gz``
     What VLN-CE's NDTW / SDTW measures read: ``{"<episode_id>": {"actions", "forward_steps", "locations"}}``,
