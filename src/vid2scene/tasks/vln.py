@@ -473,6 +473,7 @@ def run(scene, config: Config | None = None) -> StageResult:
     t0 = time.perf_counter()
     scene = common.scene_of(scene)
     docs, navg = generate(scene, cfg)
+    scene.task_path("vln.json").unlink(missing_ok=True)  # the earlier single-file format VLN-CE could not load
     write_json(scene.task_path("nav_graph.json"), navg.to_json(), indent=None)
     paths = split_paths(scene, cfg.split)
     for key in ("dataset", "gt", "extra"):
