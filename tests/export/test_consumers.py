@@ -132,6 +132,8 @@ def test_scannet_export_is_what_pointcept_preprocesses(scene, tmp_path):
     assert again["scene_id"] == name and (tmp_path / "scannet" / "scannetv2_train.txt").read_text().split() == train
     with pytest.raises(InputError, match="scannet_id"):
         export(scene, "scannet", tmp_path / "x", scannet_id="myscene")
+    with pytest.raises(InputError, match="already holds"):  # another scene under the same ScanNet name
+        export(scene, "scannet", tmp_path / "scannet", scene_name="other", scannet_id=name)
 
     t = label_table()
     raw_to_nyu40 = {r["scannet_raw_category"]: r["nyu40_id"] for r in t["coco"].values()}

@@ -42,6 +42,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from ..errors import InputError
 from ..io import atomic_path, read_json, read_ply_mesh, read_ply_records, write_json, write_ply_records
 from ..scene import WORLD_NAME, Scene
 from ..stage import StageResult
@@ -79,6 +80,17 @@ def scannet_name(sid: str) -> str:
     1000–9999 and scan numbers 00–99."""
     h = int(hashlib.sha1(sid.encode("utf-8")).hexdigest()[:12], 16)
     return f"scene{1000 + h % 9000:04d}_{(h // 9000) % 100:02d}"
+
+
+def _exported_id(info_txt: Path) -> str | None:
+    """Our scene id recorded in an exported ``<id>.txt`` (``vid2sceneSceneId``), None when absent."""
+    if not info_txt.is_file():
+        return None
+    for line in info_txt.read_text().splitlines():
+        key, _, val = line.partition(" = ")
+        if key == "vid2sceneSceneId":
+            return val.strip()
+    return None
 
 
 def add_to_split(out: Path, name: str, split: str) -> Path:
@@ -178,7 +190,8 @@ def run(scene: Scene, config: Config | None = None) -> StageResult:
     ``qc`` lists the files and counts.
 
     Raises:
-        InputError: no mesh / instances.json / world frame, or a ``vertex_ids`` entry out of range.
+        InputError: no mesh / instances.json / world frame, a ``vertex_ids`` entry out of range, or the ScanNet
+            name is already used in ``out`` by another scene.
     """
     cfg = config or Config()
     scene = scene_inputs.scene_of(scene)
@@ -190,6 +203,10 @@ def run(scene: Scene, config: Config | None = None) -> StageResult:
     sid = cfg.scannet_id or scannet_name(our_id)
     root = export_dir(scene, FORMAT, cfg.out)
     d = root / "scans" / sid
+    held = _exported_id(d / f"{sid}.txt")
+    if held is not None and held != our_id:
+        raise InputError(f"{d} already holds scene {held!r} (ScanNet name {sid} derived for {our_id!r} too); "
+                         "give scannet_id to choose another name")
     d.mkdir(parents=True, exist_ok=True)
     n = len(verts)
     names = [f"{sid}_vh_clean_2.ply", f"{sid}{SEGS_SUFFIX}", f"{sid}.aggregation.json",
