@@ -2,10 +2,11 @@
 
 Figures per step: seconds, peak RSS (MiB, process-wide so far), and what was written (BEV size, markers per
 frame, file sizes in MiB). The source scene is never modified: a work folder links to its inputs
-(``mesh.ply``, ``instances.json``, ``layout.json``, ``cameras.json``, ``frames/``, ``depth/``) and receives
+(``mesh.ply``, ``sparse_points.ply``, ``instances.json``, ``layout.json``, ``cameras.json``, ``frames/``, ``depth/``)
+and receives
 ``tasks/``.
 
-    python benchmarks/bev_export_hololens.py --scene /work/scenes/hololens [--work DIR] [--frames 8]
+    python benchmarks/bev_export_hololens.py --scene /work/scenes/hololens [--work DIR] [--frames 32]
         [--occlusion mesh|depth] [--dummy-instances K]
 
 ``--dummy-instances K`` is for scenes that have no ``instances.json`` yet (before the instances stage): it
@@ -33,8 +34,8 @@ from vid2scene.export import EXPORTERS, export  # noqa: E402
 from vid2scene.scene import Scene  # noqa: E402
 from vid2scene.tasks.bev import Config as BevConfig, generate  # noqa: E402
 
-LINKED = ["manifest.json", "mesh.ply", "instances.json", "layout.json", "cameras.json", "scene_graph.json", "frames",
-          "depth", "points.ply"]
+LINKED = ["manifest.json", "mesh.ply", "sparse_points.ply", "instances.json", "layout.json", "cameras.json",
+          "scene_graph.json", "frames", "depth", "points.ply"]
 
 
 def rss_mib() -> float:
@@ -70,7 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scene", required=True, type=Path)
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a new temporary folder)")
-    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--occlusion", choices=["mesh", "depth"], default="mesh")
     ap.add_argument("--dummy-instances", type=int, default=0)
     args = ap.parse_args()

@@ -220,21 +220,28 @@ def eval_vqa(predictions: Path = typer.Argument(..., help="JSON lines with id an
              questions: Optional[Path] = typer.Option(None, "--questions",
                                                       help="scene folder or vqa.jsonl (when the predictions "
                                                            "do not carry question_type / ground_truth)"),
+             lenient: bool = typer.Option(False, "--lenient",
+                                          help="not VSI-Bench: accept '(C)', '36.6m', leading spaces"),
              as_json: bool = typer.Option(False, "--json", help="print the scores as JSON")) -> None:
-    """Score spatial-QA predictions as VSI-Bench does (accuracy for multiple choice, MRA for numbers)."""
+    """Score spatial-QA predictions exactly as VSI-Bench's official scorer does (accuracy for multiple choice,
+    MRA for numbers); bad input is one line on stderr and exit code 3."""
+    from rich.text import Text  # question types are user text: never parsed as markup
+
     from .tasks import eval_vqa as ev
 
-    res = _checked(lambda: ev.evaluate(ev.read_jsonl(predictions), ev.load_questions(questions) if questions
-                                       else None), as_json)
+    res = _checked(lambda: ev.evaluate(ev.read_jsonl(predictions, "predictions"),
+                                       ev.load_questions(questions) if questions else None, lenient=lenient),
+                   as_json)
     if res is None:
         return
-    t = Table(title="spatial QA (VSI-Bench scoring)", title_justify="left")
+    rules = "lenient parsing, not VSI-Bench" if lenient else "VSI-Bench scoring"
+    t = Table(title=f"spatial QA ({rules})", title_justify="left")
     for col in ("question type", "n", "missing", "metric", "score"):
         t.add_column(col)
     for qtype, d in res["per_type"].items():
-        t.add_row(qtype, str(d["n"]), str(d["n_missing"]), d["metric"], f"{100 * d['score']:.1f}")
+        t.add_row(Text(qtype), str(d["n"]), str(d["n_missing"]), d["metric"], f"{100 * d['score']:.1f}")
     if res["object_rel_direction"] is not None:
-        t.add_row("object_rel_direction (mean of 3)", "", "", "accuracy", f"{100 * res['object_rel_direction']:.1f}")
+        t.add_row("object_rel_direction (sum of 3) / 3", "", "", "accuracy", f"{100 * res['object_rel_direction']:.1f}")
     if res["overall"] is not None:
         t.add_row("[bold]overall[/] (mean over types)", str(res["n"]), "", "", f"{100 * res['overall']:.1f}")
         t.add_row("overall (mean over questions)", "", "", "", f"{100 * res['overall_micro']:.1f}")

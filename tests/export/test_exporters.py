@@ -15,7 +15,7 @@ from vid2scene.export.common import label_table, map_label
 from vid2scene.export.pointcept import read_pointcept
 from vid2scene.export.scannet import read_scannet
 from vid2scene.export.sceneverse import read_camera_info
-from vid2scene.export.spatiallm import layout_lines, parse_layout
+from vid2scene.export.spatiallm import layout_lines, parse_layout, spatiallm_category
 from vid2scene.io import read_ply_comments, read_ply_mesh
 
 
@@ -37,7 +37,7 @@ def test_spatiallm_text_parses_back_to_walls_and_boxes(s5, tmp_path):
         assert w["az"] == w["bz"] == 0 and w["height"] == pytest.approx(Z) and w["thickness"] == 0
     assert len(lay["bboxes"]) == len(OBJECTS)
     for b, (iid, label, centre, size, yaw, _) in zip(lay["bboxes"], OBJECTS):
-        assert b["class_name"] == label.replace(" ", "_")
+        assert b["class_name"] == (spatiallm_category(label) or label).replace(" ", "_")
         assert (b["position_x"], b["position_y"], b["position_z"]) == pytest.approx(centre, abs=1e-4)
         assert (b["scale_x"], b["scale_y"], b["scale_z"]) == pytest.approx(size, abs=1e-4)
         assert b["angle_z"] == pytest.approx(yaw, abs=1e-4)
@@ -69,7 +69,7 @@ def test_spatiallm_walls_from_a_staircase_polygon_are_simplified():
 
 def test_scannet_segments_and_aggregation_recover_instance_vertices(s5, tmp_path):
     out = export(s5.scene, "scannet", tmp_path).qc
-    r = read_scannet(tmp_path, "room5")
+    r = read_scannet(out["dir"])
     assert np.allclose(r["vertices"], s5.verts, atol=1e-5) and np.array_equal(r["triangles"], s5.tris)
     assert np.array_equal(r["colors"], s5.colors)
     groups = {g["id"]: g for g in r["groups"]}
@@ -106,7 +106,7 @@ def test_contested_vertices_go_to_the_higher_score(s5, tmp_path):
 
     out = export(Scene(root), "scannet", tmp_path / "x").qc
     assert out["contested_vertices"] == 10
-    r = read_scannet(tmp_path / "x", "c")
+    r = read_scannet(out["dir"])
     g = {g["id"]: set(g["vertex_ids"].tolist()) for g in r["groups"]}
     assert set(shared) <= g[3] and not set(shared) & g[0]
 
@@ -124,13 +124,18 @@ def test_pointcept_arrays(s5, tmp_path):
     assert np.array_equal(a["segment"], a["segment20"])
     for iid, label, *_ in OBJECTS:
         assert np.all(a["instance"][s5.instance_vertices[iid]] == iid)
-    assert (a["instance"] >= 0).sum() == sum(len(v) for v in s5.instance_vertices.values())
+    objects = (a["instance"] >= 0) & (a["instance"] < len(OBJECTS))
+    assert objects.sum() == sum(len(v) for v in s5.instance_vertices.values())
+    # floor, ceiling and walls carry the ScanNet group ids after the objects (as ScanNet's aggregation does)
+    floor_id = len(OBJECTS)
+    assert np.all(a["segment20"][a["instance"] == floor_id] == 1)
+    assert np.all(a["segment20"][a["instance"] > floor_id + 1] == 0)  # walls (ceiling = floor_id + 1)
     chair, tv = s5.instance_vertices[0], s5.instance_vertices[2]
     assert np.all(a["segment20"][chair] == 4)       # ScanNet20 order: wall floor cabinet bed chair ...
     assert np.all(a["segment20"][tv] == -1)         # television is not a ScanNet20 class ...
     t = label_table()["scannet200"]
     assert np.all(a["segment200"][tv] == t["labels"].index("tv"))  # ... but 'tv' is a ScanNet200 one
-    floor = (np.abs(s5.verts[:, 2]) < 1e-6) & (a["instance"] < 0)
+    floor = (np.abs(s5.verts[:, 2]) < 1e-6) & (a["instance"] >= len(OBJECTS))
     assert np.all(a["segment20"][floor] == 1)
     floor &= np.abs(s5.verts[:, 0] - 2.2) > 1e-6  # the partition's bottom row is a vertical mesh at z = 0
     inner = floor & (s5.verts[:, 0] > 0.3) & (s5.verts[:, 0] < 3.7) & (s5.verts[:, 1] > 0.3) & (s5.verts[:, 1] < 2.7)

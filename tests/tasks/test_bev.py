@@ -89,7 +89,7 @@ def test_image_size_limits_and_frame_count(s5):
     _, doc = _run(s5)
     assert max(doc["bev"]["width"], doc["bev"]["height"]) == 512 and len(doc["frames"]) == 4
     with pytest.raises(ValidationError):
-        BevConfig(n_frames=33)
+        BevConfig(n_frames=65)
     with pytest.raises(ValidationError):
         BevConfig(max_side_px=10_000)
 

@@ -154,42 +154,41 @@ def test_free_space_and_graph(scene):
 
 
 def test_episodes_replay_and_fields(scene):
-    data, _ = vln.generate(scene, vln.Config(stride_m=0.5, seed=2))
-    eps = data["episodes"]
-    assert len(eps) >= 5 and data["quaternion_order"] == "xyzw" and data["frame"] == "habitat_y_up"
+    docs, _ = vln.generate(scene, vln.Config(stride_m=0.5, seed=2))
+    eps, gt, extra = docs["dataset"]["episodes"], docs["gt"], docs["extra"]
+    assert len(eps) >= 5 and extra["quaternion_order"] == "xyzw" and extra["frame"] == "habitat_y_up"
     names = vln.landmark_names(common.instances(scene), common.scene_graph(scene))
     for e in eps:
-        for k in ("episode_id", "scene_id", "start_position", "start_rotation", "goals", "instruction",
-                  "reference_path", "actions"):
-            assert k in e
+        x = extra["episodes"][str(e["episode_id"])]
         start = vln.habitat_to_world(e["start_position"])[:2]
         yaw = vln.yaw_from_quat_xyzw(e["start_rotation"])
-        assert yaw == pytest.approx(e["info"]["start_yaw_rad"], abs=1e-6)
+        assert yaw == pytest.approx(x["start_yaw_rad"], abs=1e-6)
         assert e["start_position"][1] == 0.0
-        path, _ = nav.replay_actions(start, yaw, e["actions"])
+        actions = gt[str(e["episode_id"])]["actions"]
+        path, _ = nav.replay_actions(start, yaw, actions)
         goal = vln.habitat_to_world(e["goals"][0]["position"])[:2]
         assert np.linalg.norm(path[-1] - goal) < 0.5
-        assert e["actions"][-1] == 0
+        assert actions[-1] == 0
         ref = np.array([vln.habitat_to_world(p)[:2] for p in e["reference_path"]])
-        assert np.allclose(ref, e["info"]["reference_path_world"], atol=1e-3)
+        assert np.allclose(ref, x["reference_path_world"], atol=1e-3)
         length = np.sum(np.linalg.norm(np.diff(ref, axis=0), axis=1))
-        assert 2.0 - 0.125 <= e["info"]["geodesic_distance"] <= 8.0 + 0.125
-        assert length <= e["info"]["geodesic_distance"] + 1e-3  # the reference path is a chord of the walk
-        goal_mark = [m for m in e["info"]["landmarks"] if m["role"] == "goal"][0]
+        assert e["info"]["geodesic_distance"] == pytest.approx(length, abs=1e-3)
+        assert 2.0 - 0.125 <= x["walk_length_m"] <= 8.0 + 0.125 and length <= x["walk_length_m"] + 1e-3
+        goal_mark = [m for m in x["landmarks"] if m["role"] == "goal"][0]
         assert goal_mark["name"] == names[goal_mark["id"]] and goal_mark["name"] in e["instruction"]["instruction_text"]
         # the goal landmark is really by the goal
         o = common.instances(scene)[goal_mark["id"]]
         assert vln.footprint_distance(o, goal)[0] <= 1.5
-    assert len({e["instruction"]["template"] for e in eps}) >= 3
+    assert len({x["template"] for x in extra["episodes"].values()}) >= 3
     a, _ = vln.generate(scene, vln.Config(stride_m=0.5, seed=2))
-    assert json.dumps(a) == json.dumps(data)  # deterministic
+    assert json.dumps(a) == json.dumps(docs)  # deterministic
 
 
 def test_cli_tasks(scene, tmp_path):
     r = CliRunner().invoke(app, ["tasks", str(scene), "--only", "vln", "--seed", "3", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["vln"]["n_episodes"] > 0
-    d = json.loads((scene / "tasks" / "vln.json").read_text())
+    d = vln.read_gz(scene / "tasks" / "vln" / "train" / "train.json.gz")
     assert d["episodes"] and (scene / "tasks" / "nav_graph.json").is_file()
     r = CliRunner().invoke(app, ["tasks", str(tmp_path)])
     assert r.exit_code == 3 and "instances.json" in r.output

@@ -1,6 +1,6 @@
 """What the exporters share: the scene's world-frame inputs, the packaged label table (COCO → ScanNet → NYU40),
-per-vertex ownership (instances, then floor / walls / ceiling), the output folder and the base of every
-exporter's ``Config``.
+per-vertex ownership (instances, then floor / walls / ceiling), the clean-up of mesh points below the floor, the
+output folder and the base of every exporter's ``Config``.
 
 Every input is read through :class:`~vid2scene.scene.Scene` in the world frame (z up, floor z = 0, metres) by
 :mod:`vid2scene.tasks.common`; a missing one raises :class:`~vid2scene.errors.InputError` naming it.
@@ -14,11 +14,13 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from typing import Literal
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
-from ..scene import Scene, TASKS
+from ..scene import Mesh, Scene, TASKS
 
 
 class ExportConfig(BaseModel):
@@ -28,6 +30,10 @@ class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     out: Path | None = Field(None, description="output folder (default SCENE/tasks/exports/<format>/)")
     scene_name: str | None = Field(None, description="scene id in the output (default: the folder name)")
+    below_floor: Literal["snap", "drop", "keep"] = Field(
+        "snap", description="mesh vertices below the floor (z < 0): snap those within below_floor_band_m onto "
+                            "it and drop deeper ones (snap), drop all of them (drop), or leave them (keep)")
+    below_floor_band_m: float = Field(0.25, ge=0, description="depth below the floor still counted as floor noise")
 
 
 def exports_rel(fmt: str) -> str:
@@ -125,3 +131,80 @@ def scene_id(scene: Scene, given: str | None = None) -> str:
     """A file-name-safe scene id: ``given`` or the scene folder's name."""
     s = given or scene.root.resolve().name or "scene"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+def clean_below_floor(mesh: Mesh, instances: list[dict], mode: str = "snap",
+                      band_m: float = 0.25) -> tuple[Mesh, list[dict], dict]:
+    """Remove the floor noise below the fitted floor of a world-frame mesh (z up, floor z = 0, metres).
+
+    Dense fusion leaves a layer of floor points a few centimetres below the fitted plane (depth noise on a
+    surface seen at a grazing angle) and some deeper outliers. Consumers read the lowest point as the floor
+    (SceneVerse++ puts z = 0 at the mesh's minimum) or label by distance to the plane, so they are cleaned:
+
+    * ``"snap"``: vertices with ``−band_m ≤ z < 0`` are moved onto the floor (``z = 0``; labelled floor by
+      :func:`structure_owner`), vertices with ``z < −band_m`` are dropped;
+    * ``"drop"``: every vertex with ``z < 0`` is dropped;
+    * ``"keep"``: nothing changes.
+
+    Dropping a vertex drops the triangles that use it; the kept vertices keep their order, and each instance's
+    ``vertex_ids`` are re-indexed (dropped ones removed), so the instances still index the returned mesh.
+
+    Args:
+        mesh: world-frame mesh (``vertices`` ``V×3``).
+        instances: ``instances.json`` records (not modified; copies are returned).
+        mode: ``"snap"``, ``"drop"`` or ``"keep"``.
+        band_m: depth below the floor counted as floor noise (metres, ``"snap"`` only).
+
+    Returns:
+        (cleaned mesh, instance records with re-indexed ``vertex_ids``, ``{"below_floor": mode,
+        "n_snapped", "n_dropped", "min_z_before_m", "min_z_after_m"}``).
+
+    Raises:
+        InputError: an unknown ``mode``, or an instance's ``vertex_ids`` outside the mesh.
+    """
+    if mode not in ("snap", "drop", "keep"):
+        raise InputError(f"below_floor must be snap, drop or keep, got {mode!r}")
+    v = np.array(mesh.vertices, dtype=np.float64, copy=True)
+    n = len(v)
+    z = v[:, 2] if n else np.zeros(0)
+    stats = {"below_floor": mode, "n_snapped": 0, "n_dropped": 0,
+             "min_z_before_m": round(float(z.min()), 4) if n else None}
+    insts = [dict(i) for i in instances]
+    for i in insts:
+        ids = np.asarray(i.get("vertex_ids", []), dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise InputError(f"instance {i.get('id')}: vertex_ids outside mesh.ply's {n} vertices")
+    if mode == "keep" or n == 0:
+        stats["min_z_after_m"] = stats["min_z_before_m"]
+        return mesh, insts, stats
+    below = z < 0
+    drop = below if mode == "drop" else z < -float(band_m)
+    snap = below & ~drop
+    v[snap, 2] = 0.0
+    keep = ~drop
+    new_index = np.cumsum(keep) - 1
+    tris = np.asarray(mesh.triangles, dtype=np.int64)
+    tris = new_index[tris[keep[tris].all(axis=1)]] if len(tris) else tris
+    pick = (lambda a: None if a is None else np.asarray(a)[keep])
+    out = Mesh(v[keep], tris, pick(mesh.colors), pick(mesh.normals), mesh.frame)
+    for i in insts:
+        if "vertex_ids" in i:
+            ids = np.asarray(i["vertex_ids"], dtype=np.int64)
+            i["vertex_ids"] = new_index[ids[keep[ids]]].tolist()
+    stats.update(n_snapped=int(snap.sum()), n_dropped=int(drop.sum()),
+                 min_z_after_m=round(float(out.vertices[:, 2].min()), 4) if len(out.vertices) else None)
+    return out, insts, stats
+
+
+def export_inputs(scene: Scene, config: ExportConfig) -> tuple[Mesh, list[dict], dict]:
+    """The world-frame mesh and ``instances.json`` records an exporter writes, after
+    :func:`clean_below_floor` with the config's ``below_floor`` / ``below_floor_band_m``.
+
+    Raises:
+        InputError: no mesh / instances.json / world frame, or ``vertex_ids`` outside the mesh.
+    """
+    from ..tasks import common as scene_inputs
+
+    mesh = scene_inputs.mesh(scene)
+    inst = scene_inputs.instances_doc(scene)["instances"]
+    return clean_below_floor(mesh, inst, config.below_floor, config.below_floor_band_m)

@@ -10,6 +10,12 @@ the exporter writes the cameras in the world frame (:meth:`Scene.cameras` with `
 z = 0, metres). ``"vid2scene"."world"`` in each file names its frame. Distortion: COLMAP
 ``SIMPLE_RADIAL``/``RADIAL`` parameters are written as nerfstudio's ``OPENCV`` model (``k1``, ``k2``,
 ``p1 = p2 = 0``). ``file_path`` is relative to the file (``../../../frames/NNNNNN.jpg`` in the default folder).
+
+Initial points: as nerfstudio's own COLMAP converter does, the file names a point cloud in ``ply_file_path``
+(relative to the file): ``sparse_pc.ply``, the SfM points (``sparse_points.ply``) mapped into the same world frame
+as the cameras, ``x y z`` float and ``red green blue`` uchar (nerfstudio reads it with Open3D and seeds
+splatfacto's Gaussians with it instead of random points). A scene without sparse points gets no
+``ply_file_path`` (``qc["n_points"] = 0``).
 """
 
 from __future__ import annotations
@@ -18,15 +24,19 @@ import os
 from pathlib import Path
 
 
-from ..io import write_transforms
-from ..scene import WORLD_NAME, Scene
+from ..io import write_json, write_ply_points, write_transforms
+from ..scene import WORLD, WORLD_NAME, Scene
 from ..stage import StageResult
 from .common import ExportConfig, export_dir, exports_rel
 
 NAME = FORMAT = "nerfstudio"
 OUTPUTS = [exports_rel(NAME)]
+PLY_NAME = "sparse_pc.ply"
+
+
 class Config(ExportConfig):
-    """nerfstudio export options (``scene_name`` is unused: the file is always ``transforms.json``)."""
+    """nerfstudio export options (``scene_name`` and the floor clean-up are unused: the file is always
+    ``transforms.json``, the points are the SfM points)."""
 
 
 def run(scene: Scene, config: Config | None = None) -> StageResult:
@@ -50,6 +60,16 @@ def run(scene: Scene, config: Config | None = None) -> StageResult:
     path = d / "transforms.json"
     doc = write_transforms(path, cams, image_dir=image_dir, distortion=scene_inputs.load(scene.camera_distortion),
                            world=WORLD_NAME)
-    qc = {"format": FORMAT, "dir": str(d), "files": [str(path)], "n_frames": len(doc["frames"]),
-          "world": WORLD_NAME}
+    files, n_points = [str(path)], 0
+    if scene.sparse_points_ply.is_file():
+        pc = scene_inputs.load(scene.sparse_points, frame=WORLD)
+        if len(pc.points):
+            write_ply_points(d / PLY_NAME, pc.points, pc.colors,
+                             comments=[f"frame: {WORLD_NAME}", "units: m", "source: vid2scene sfm sparse points"])
+            doc["ply_file_path"] = PLY_NAME
+            write_json(path, doc)
+            files.append(str(d / PLY_NAME))
+            n_points = len(pc.points)
+    qc = {"format": FORMAT, "dir": str(d), "files": files, "n_frames": len(doc["frames"]),
+          "n_points": n_points, "world": WORLD_NAME}
     return StageResult(qc=qc, summary=f"{len(doc['frames'])} world-frame cameras in {path}")

@@ -13,11 +13,15 @@ file               dtype     content
 ``segment20.npy``  int64     index 0..19 into the ScanNet20 benchmark classes (VALID_CLASS_IDS_20), −1 ignore
 ``segment200.npy`` int64     index 0..199 into the ScanNet200 classes (VALID_CLASS_IDS_200), −1 ignore
 ``segment.npy``    int64     = ``segment20`` (the key Pointcept's generic ``DefaultDataset`` reads)
-``instance.npy``   int64     instance id (our ``instances.json`` id, as Pointcept uses ScanNet's group id), −1 none
+``instance.npy``   int64     ScanNet object id of the vertex's group, as Pointcept copies ``group["id"]``: our
+                             ``instances.json`` id for objects, the ids after them for the floor, the ceiling and
+                             each wall (:func:`.scannet.group_ids`); −1 none
 =================  ========  =====================================================================================
 
 Semantic labels come from the same owners as the ScanNet export: instances (COCO label → NYU40 via the packaged
-table), then floor / walls / ceiling from ``layout.json``'s planes; other vertices are −1 (ignore).
+table), then floor / walls / ceiling from ``layout.json``'s planes; other vertices are −1 (ignore). Running
+Pointcept's preprocessing on the ScanNet export of the same scene gives the same arrays. Mesh vertices below the
+floor are snapped onto it or dropped first (:func:`~vid2scene.export.common.clean_below_floor`).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from ..io import atomic_path
 from ..scene import Scene
 from ..stage import StageResult
 from ..tasks import common as scene_inputs
-from .common import STRUCTURE_NONE, ExportConfig, export_dir, exports_rel, scene_id
-from .scannet import vertex_labels
+from .common import STRUCTURE_NONE, ExportConfig, export_dir, export_inputs, exports_rel, scene_id
+from .scannet import group_ids, vertex_labels
 
 NAME = FORMAT = "pointcept"
 OUTPUTS = [exports_rel(NAME)]
@@ -67,7 +71,9 @@ def point_arrays(verts: np.ndarray, cols: np.ndarray | None, tris: np.ndarray, o
         m = owner == code
         seg20[m] = rec["scannet20_index"]
         seg200[m] = rec["scannet200_index"]
-    inst = np.where(owner >= 0, owner, -1).astype(np.int64)
+    inst = np.full(n, -1, dtype=np.int64)
+    for code, gid in group_ids(labels).items():
+        inst[owner == code] = gid
     return {"coord": verts.astype(np.float32),
             "color": (cols if cols is not None else np.full((n, 3), 128)).astype(np.uint8),
             "normal": vertex_normals(verts, tris), "segment20": seg20, "segment200": seg200,
@@ -83,8 +89,8 @@ def run(scene: Scene, config: Config | None = None) -> StageResult:
     """
     cfg = config or Config()
     scene = scene_inputs.scene_of(scene)
-    mesh = scene_inputs.mesh(scene)
-    owner, labels, contested = vertex_labels(scene, mesh.vertices, cfg.structure_tol_m)
+    mesh, instances, floor_qc = export_inputs(scene, cfg)
+    owner, labels, contested = vertex_labels(scene, mesh.vertices, cfg.structure_tol_m, instances)
     arrays = point_arrays(mesh.vertices, mesh.colors, mesh.triangles, owner, labels)
     d = export_dir(scene, FORMAT, cfg.out) / scene_id(scene, cfg.scene_name)
     d.mkdir(parents=True, exist_ok=True)
@@ -94,7 +100,8 @@ def run(scene: Scene, config: Config | None = None) -> StageResult:
     n, inst = len(mesh.vertices), arrays["instance"]
     qc = {"format": FORMAT, "dir": str(d), "files": [str(d / f"{k}.npy") for k in arrays], "n_points": n,
           "labelled_share": round(float((owner != STRUCTURE_NONE).mean()) if n else 0.0, 4),
-          "n_instances": int(len(np.unique(inst[inst >= 0]))), "contested_vertices": contested}
+          "n_instances": int(sum(1 for k in labels if k >= 0)), "n_groups": int(len(np.unique(inst[inst >= 0]))),
+          "contested_vertices": contested, **floor_qc}
     return StageResult(qc=qc, summary=f"{n} points, {qc['n_instances']} instances in {d}")
 
 

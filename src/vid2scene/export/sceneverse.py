@@ -6,7 +6,9 @@ Convention converted to: the scene folders of the SceneVerse++ release as read b
 
 * ``mesh.ply``: the scene's mesh in our world frame (``mesh.ply`` of the scene folder, which is in the SfM
   frame, mapped by ``world_from_sfm``; vertex order kept, so ``point_ids`` index it) — **z up**, metres, floor
-  z = 0 (SceneVerse++'s loaders take the minimum z as the floor, i.e. z up).
+  z = 0 (SceneVerse++'s loaders take the minimum z as the floor, i.e. z up; so vertices below the floor are
+  snapped onto it or dropped first, :func:`~vid2scene.export.common.clean_below_floor`, and ``point_ids``
+  index the cleaned mesh).
 * ``camera_info.json``: ``{"intrinsic": {"w", "h", "fx", "fy", "cx", "cy"}, "extrinsic": {"<frame>": 4×4}}``;
   the extrinsics are **world-to-camera** (our ``cam_from_world``, OpenCV axes: x right, y down, z forward —
   the axes SceneVerse++'s frustum drawing assumes), keyed by the source frame index as a decimal string (they
@@ -36,7 +38,7 @@ from ..io import read_json, write_json, write_ply_mesh
 from ..scene import WORLD_NAME, CameraFrame, Scene
 from ..stage import StageResult
 from ..tasks import common as scene_inputs
-from .common import ExportConfig, export_dir, exports_rel, map_label, scene_id
+from .common import ExportConfig, export_dir, export_inputs, exports_rel, map_label, scene_id
 
 NAME = FORMAT = "sceneverse"
 OUTPUTS = [exports_rel(NAME)]
@@ -87,8 +89,7 @@ def run(scene: Scene, config: Config | None = None) -> StageResult:
     """
     cfg = config or Config()
     scene = scene_inputs.scene_of(scene)
-    inst = scene_inputs.instances_doc(scene)["instances"]
-    mesh = scene_inputs.mesh(scene)
+    mesh, inst, floor_qc = export_inputs(scene, cfg)
     cams = sorted(scene_inputs.cameras(scene), key=lambda c: c.source_frame)
     if not cams:
         raise InputError(f"{scene.cameras_json} has no registered keyframes")
@@ -102,7 +103,7 @@ def run(scene: Scene, config: Config | None = None) -> StageResult:
     write_json(d / "metadata.json", meta, indent=None)
     write_json(d / "data_info.json", {"data_frames": [c.source_frame for c in cams]})
     qc = {"format": FORMAT, "dir": str(d), "files": [str(d / x) for x in FILES],
-          "n_cameras": len(cams), "n_instances": len(meta), "shared_intrinsic": same}
+          "n_cameras": len(cams), "n_instances": len(meta), "shared_intrinsic": same, **floor_qc}
     return StageResult(qc=qc, summary=f"{len(cams)} cameras, {len(meta)} instances in {d}")
 
 

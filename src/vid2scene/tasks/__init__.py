@@ -11,9 +11,11 @@ a pydantic ``Config`` and ``run(scene, config) -> StageResult`` (``qc`` holds th
 
 - ``vqa`` (:mod:`.vqa`): VSI-Bench-form spatial QA, ``tasks/vqa.jsonl`` + ``tasks/vqa_meta.json``; scored by
   :mod:`.eval_vqa` (``vid2scene eval-vqa``).
-- ``vln`` (:mod:`.vln`): R2R / VLN-CE episodes, ``tasks/vln.json`` + ``tasks/nav_graph.json``.
+- ``vln`` (:mod:`.vln`): R2R / VLN-CE episodes in VLN-CE's dataset layout, ``tasks/vln/`` (``{split}.json.gz``,
+  ``{split}_gt.json.gz``, the scene's habitat ``.glb``) + ``tasks/nav_graph.json``.
 - ``bev`` (:mod:`.bev`): GPT4Scene bird's-eye view and marked keyframes, ``tasks/bev.png``,
-  ``tasks/marked_frames/``, ``tasks/gpt4scene.json``.
+  ``tasks/marked_frames/``, ``tasks/gpt4scene.json``, and GPT4Scene's ``scene_anno`` / ShareGPT training files
+  ``tasks/gpt4scene/`` (:mod:`.gpt4scene`).
 - ``layout_synth`` (:mod:`.layout_synth`): VIPScene-style layout synthesis from the room and its instances
   (object plan, solver, first-person renders, plausibility scores), ``tasks/layout_synth/``; also
   ``vid2scene synth-layout``.

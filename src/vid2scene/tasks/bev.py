@@ -27,6 +27,11 @@ What :func:`generate` writes (all under ``SCENE/tasks/``):
     "objects": [{"id", "tag", "label"}], ...}``; a marker is ``{"id", "tag", "label", "pixel_xy": [u, v]}``
     (float pixel position of the marker's centre, x right, y down; frames add ``depth_m`` and
     ``visible_share``).
+``gpt4scene/scene_anno.json``, ``gpt4scene/train_sharegpt.json``, ``gpt4scene/dataset_info.json``
+    What GPT4Scene's loader and trainer read (:mod:`.gpt4scene`): ``scene_anno[scene_id]`` = the BEV and
+    frame paths, and a ShareGPT training set whose conversations carry those images.
+
+The default frame count is 32, as GPT4Scene's released model (``GPT4Scene-qwen2vl_full_sft_mark_32_3D_img512``).
 
 The rasteriser (:func:`rasterize`) is a vectorised NumPy scan-converter with a z-buffer (pixel-centre sampling,
 barycentric interpolation, perspective-correct for cameras), so nothing needs an OpenGL context.
@@ -45,10 +50,10 @@ from ..errors import InputError, StageFailed
 from ..io import write_image_rgb, write_json
 from ..scene import WORLD, WORLD_NAME, CameraFrame, Scene
 from ..stage import StageResult
-from . import common
+from . import common, gpt4scene
 
 NAME = "bev"
-OUTPUTS = ["tasks/bev.png", "tasks/gpt4scene.json", "tasks/marked_frames/"]
+OUTPUTS = ["tasks/bev.png", "tasks/gpt4scene.json", "tasks/marked_frames/", "tasks/gpt4scene/"]
 
 
 def obj_tag(instance_id: int) -> str:
@@ -60,8 +65,10 @@ class Config(BaseModel):
     """Configuration of the GPT4Scene BEV / marked-frame generator."""
 
     model_config = ConfigDict(extra="forbid")
-    n_frames: int = Field(8, ge=1, le=32, description="keyframes sampled evenly across the video (GPT4Scene: 8; "
-                                                      "32 available)")
+    n_frames: int = Field(32, ge=1, le=64, description="keyframes sampled evenly across the video (GPT4Scene's "
+                                                       "released model: 32)")
+    image_root: str | None = Field(None, description="write GPT4Scene image paths relative to this folder "
+                                                     "(default: absolute)")
     max_side_px: int = Field(512, ge=64, le=4096, description="long side of bev.png in pixels")
     margin_m: float = Field(0.2, ge=0, description="empty border around the scene in the BEV (metres)")
     extent_percentile: float = Field(0.5, ge=0, lt=10, description="BEV extent: this percentile .. 100 − it of "
@@ -390,7 +397,8 @@ def marked_frame(scene: Scene, cam: CameraFrame, instances: list[dict], samples:
 
 
 def generate(scene: Scene, config: Config | None = None) -> dict:
-    """Write ``tasks/bev.png``, ``tasks/marked_frames/*.jpg`` and ``tasks/gpt4scene.json`` (module docstring).
+    """Write ``tasks/bev.png``, ``tasks/marked_frames/*.jpg``, ``tasks/gpt4scene.json`` and the GPT4Scene training
+    files ``tasks/gpt4scene/`` (module docstring).
 
     Inputs, in the world frame: the mesh (vertex colours), ``instances.json`` (boxes, vertex_ids;
     docs/schemas.md), the cameras, the keyframes, ``layout.json`` (room height for the ceiling cut) and the depth
@@ -439,8 +447,9 @@ def generate(scene: Scene, config: Config | None = None) -> dict:
         "config": config.model_dump(),
     }
     write_json(scene.task_path("gpt4scene.json"), doc)
+    train = gpt4scene.write(scene, doc, common.scene_name(scene), config.image_root)
     return {"bev": str(scene.task_path("bev.png")), "frames": [str(scene.task_path(f["image"])) for f in frames_out],
-            "json": str(scene.task_path("gpt4scene.json")), "n_instances": len(instances),
+            "json": str(scene.task_path("gpt4scene.json")), "gpt4scene": train, "n_instances": len(instances),
             "n_markers_per_frame": [len(f["markers"]) for f in frames_out],
             "seconds": round(time.perf_counter() - t0, 3), "bev_seconds": round(t_bev, 3)}
 

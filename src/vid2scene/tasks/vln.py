@@ -1,7 +1,5 @@
 """Vision-and-language navigation episodes, R2R / VLN-CE style (Anderson et al. CVPR 2018; Krantz et al. ECCV
-2020), from the scene's own camera trajectory.
-
-Writes ``tasks/vln.json`` and the navigation graph ``tasks/nav_graph.json`` (:mod:`.nav`).
+2020), from the scene's own camera trajectory, written as VLN-CE's dataset loader reads them.
 
 Steps: the floor-projected camera trajectory is refined (:func:`.nav.refine_trajectory`: smoothed, back-tracking
 and loops cut, resampled every 0.25 m); windows of ``episode_min_m``..``episode_max_m`` of path, starting every
@@ -14,34 +12,57 @@ object is named "the <label>" when its label is unique, else "the <label> <on / 
 landmark. The goal landmark is the nameable object nearest the goal (within ``landmark_radius_m`` of its
 footprint); an episode without one is dropped. Turn words come from the simplified reference path.
 
-Coordinates, as habitat-lab / VLN-CE read them: ``frame: "habitat_y_up"`` — positions are
-``habitat_from_world · p`` = (x, z, −y) of our z-up metric world (floor at y = 0), rotations are quaternions in
-**quat_xyzw** order (habitat's episode convention) rotating the agent's forward axis −z; a world heading ψ
-(from +x, counter-clockwise about +z) is a rotation by ψ − 90° about habitat +y. The file also records
-``habitat_from_world`` and, per episode, ``info.start_yaw_rad`` and ``info.reference_path_world``.
+Coordinates, as habitat-lab / VLN-CE read them: positions are ``habitat_from_world · p`` = (x, z, −y) of our
+z-up metric world (floor at y = 0), rotations are quaternions in **quat_xyzw** order (habitat's episode
+convention) rotating the agent's forward axis −z; a world heading ψ (from +x, counter-clockwise about +z) is a
+rotation by ψ − 90° about habitat +y.
 
-``vln.json``::
+Files (``SCENE/tasks/vln/``; VLN-CE's ``DATA_PATH`` / ``GT_PATH`` / ``SCENES_DIR`` point at them):
 
-    {"frame": "habitat_y_up", "habitat_from_world": 4×4, "quaternion_order": "xyzw",
-     "action_space": {"0": "STOP", "1": "MOVE_FORWARD", "2": "TURN_LEFT", "3": "TURN_RIGHT"},
-     "forward_step_m": 0.25, "turn_deg": 15.0, "trajectory": {refinement stats, "segments_world"},
-     "episodes": [{"episode_id": 0, "trajectory_id": 0, "scene_id": "<scene>/mesh.ply",
-                   "start_position": [x, y, z], "start_rotation": [x, y, z, w],
-                   "goals": [{"position": [x, y, z], "radius": 1.0}],
-                   "instruction": {"instruction_text": "...", "template": "via_goal"},
-                   "reference_path": [[x, y, z], ...], "actions": [1, 1, 2, ..., 0],
-                   "info": {"geodesic_distance": m, "start_yaw_rad": rad, "landmarks": [{"id", "label",
-                            "role", "name"}], "reference_path_world": [[x, y], ...], "start_timestamp_s": s}}]}
+``{split}/{split}.json.gz``
+    What ``VLNCEDatasetV1.from_json`` reads: ``{"instruction_vocab": {"word_list", "word2idx_dict", "stoi",
+    "itos", "num_vocab", "UNK_INDEX", "PAD_INDEX"}, "episodes": [...]}``. Only ``word_list`` is read by VLN-CE
+    (habitat's ``VocabDict`` rebuilds the rest from it); it starts ``<pad>, <unk>, <s>, </s>`` (PAD 0, UNK 1, as
+    habitat's ``VocabFromText``), then the instruction words. Each episode has exactly the fields of VLN-CE's
+    ``VLNExtendedEpisode`` (extra keys make its ``attrs`` constructor fail): ``episode_id``, ``trajectory_id``,
+    ``scene_id`` (``<scene>/<scene>.glb``, relative to ``SCENES_DIR``), ``start_position``,
+    ``start_rotation``, ``info: {"geodesic_distance"}``, ``goals: [{"position", "radius"}]`` (radius 3.0 m,
+    VLN-CE's success distance), ``instruction: {"instruction_text", "instruction_tokens"}`` and
+    ``reference_path``. ``instruction_tokens`` are vocabulary indices of habitat's ``tokenize`` (lower case,
+    ``'s`` split off, ``,`` and ``?`` removed, split on runs of characters that are neither word characters
+    nor ``-``), padded with PAD to ``max_instruction_tokens`` (200, as R2R-VLNCE's preprocessed data) for
+    VLN-CE's instruction encoders.
+    ``geodesic_distance`` is the length of ``reference_path`` (the polyline through its points, in metres).
+``{split}/{split}_gt.json.gz``
+    What VLN-CE's NDTW / SDTW measures read: ``{"<episode_id>": {"actions", "forward_steps", "locations"}}``,
+    ``locations`` the habitat positions the ground-truth actions visit (start included, consecutive repeats
+    dropped, as the measures drop them from the agent's path).
+``{split}/{split}_vid2scene.json.gz``
+    Everything else (ours): frame and action conventions, trajectory statistics, rejected windows and, per
+    episode id, ``template``, ``start_yaw_rad``, ``landmarks``, ``reference_path_world``, ``start_timestamp_s``.
+``scene_datasets/<scene>/<scene>.glb``
+    The mesh for habitat-sim: the world-frame mesh after the floor clean-up
+    (:func:`vid2scene.export.common.clean_below_floor`), mapped by ``habitat_from_world`` to habitat's y-up frame
+    and written as binary glTF with vertex colours (trimesh; ``export_glb: false`` skips it). habitat-sim needs
+    a navmesh next to it, computed by habitat-sim itself (docs/habitat.md).
+
+Plus ``tasks/nav_graph.json`` (:mod:`.nav`).
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
+import re
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..io import write_json
+from ..errors import InputError
+from ..io import atomic_path, write_json
 from ..scene import CAMERAS_JSON, INSTANCES_JSON, LAYOUT_JSON
 from ..stage import StageResult
 from . import common, nav
@@ -49,9 +70,13 @@ from .common import Instance, footprint_distance
 from .nav import NavConfig
 
 NAME = "vln"
-OUTPUTS = ["tasks/vln.json", "tasks/nav_graph.json"]
+OUTPUTS = ["tasks/vln/", "tasks/nav_graph.json"]
 
 HABITAT_FROM_WORLD = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1.0]])
+PAD, UNK, START, END = "<pad>", "<unk>", "<s>", "</s>"
+SPLIT_REGEX = re.compile(r"([^\w-]+)")
+EPISODE_KEYS = ("episode_id", "trajectory_id", "scene_id", "start_position", "start_rotation", "info", "goals",
+                "instruction", "reference_path")
 
 
 class Config(BaseModel):
@@ -62,10 +87,18 @@ class Config(BaseModel):
     episode_max_m: float = Field(8.0, gt=0)
     stride_m: float = Field(1.0, gt=0, description="a new episode starts every this much path")
     reference_spacing_m: float = Field(1.0, gt=0)
-    goal_radius_m: float = Field(1.0, gt=0, description="success radius (VLN-CE uses 3 m in whole houses)")
+    goal_radius_m: float = Field(3.0, gt=0, description="success radius (VLN-CE's SUCCESS_DISTANCE: 3 m)")
     landmark_radius_m: float = Field(1.5, gt=0)
     max_episodes: int = Field(100, ge=1)
     turn_word_deg: float = Field(45.0, gt=0, lt=180, description="a path turn sharper than this is named")
+    split: str = Field("train", pattern=r"^[A-Za-z0-9_]+$", description="VLN-CE split name of the files")
+    max_instruction_tokens: int = Field(200, ge=1, description="instruction_tokens are padded / cut to this")
+    vocab: Path | None = Field(None, description="a word list to index with (a JSON list, or a VLN-CE dataset "
+                                                 "file, .json or .json.gz, whose instruction_vocab is used); "
+                                                 "default: built from this scene's instructions")
+    export_glb: bool = Field(True, description="write scene_datasets/<scene>/<scene>.glb for habitat-sim")
+    below_floor: Literal["snap", "drop", "keep"] = Field("snap", description="mesh clean-up below the floor "
+                                                                            "before the .glb is written")
     nav: NavConfig = Field(default_factory=NavConfig)
     seed: int = 0
 
@@ -214,11 +247,12 @@ def _reference_path(win: np.ndarray, cfg: Config) -> np.ndarray:
     return win[idx, :2]
 
 
-def _episode(win: np.ndarray, geodesic_m: float, nameable: list[Instance], names: dict[int, str],
+def _episode(win: np.ndarray, nameable: list[Instance], names: dict[int, str],
              cam_t: np.ndarray, cam_yaw: np.ndarray, sname: str, cfg: Config,
-             rng: np.random.Generator) -> dict | None:
-    """One episode over a trajectory window (module docstring), or None when no nameable object is by its goal.
-    ``episode_id`` / ``trajectory_id`` are left for the caller."""
+             rng: np.random.Generator) -> tuple[dict, list[int], dict] | None:
+    """(VLN-CE episode without ``episode_id`` / ``trajectory_id`` and ``instruction_tokens``, ground-truth
+    actions, our extra fields) over a trajectory window (module docstring), or None when no nameable object is
+    by its goal."""
     ref = _reference_path(win, cfg)
     goal = ref[-1]
     goal_obj = _nearest(nameable, goal[None], cfg.landmark_radius_m)
@@ -237,22 +271,135 @@ def _episode(win: np.ndarray, geodesic_m: float, nameable: list[Instance], names
     actions = nav.encode_actions(ref[0], yaw, ref[1:], cfg.nav.forward_step_m, cfg.nav.turn_deg)
     marks = [{"id": o.id, "label": o.label, "role": role, "name": names[o.id]}
              for o, role in ((start_obj, "start"), (via_obj, "via"), (goal_obj, "goal")) if o is not None]
-    return {"scene_id": f"{sname}/mesh.ply",
-            "start_position": world_to_habitat(ref[0]), "start_rotation": quat_xyzw_from_yaw(yaw),
-            "goals": [{"position": world_to_habitat(goal), "radius": cfg.goal_radius_m}],
-            "instruction": {"instruction_text": text, "template": tpl},
-            "reference_path": [world_to_habitat(p) for p in ref], "actions": actions,
-            "info": {"geodesic_distance": round(geodesic_m, 4), "start_yaw_rad": round(yaw, 6),
-                     "landmarks": marks, "reference_path_world": [[round(float(v), 4) for v in p] for p in ref],
-                     "start_timestamp_s": round(float(win[0, 2]), 3)}}
+    ref_length = float(np.sum(np.linalg.norm(np.diff(ref, axis=0), axis=1)))
+    ep = {"scene_id": f"{sname}/{sname}.glb",
+          "start_position": world_to_habitat(ref[0]), "start_rotation": quat_xyzw_from_yaw(yaw),
+          "info": {"geodesic_distance": round(ref_length, 4)},
+          "goals": [{"position": world_to_habitat(goal), "radius": cfg.goal_radius_m}],
+          "instruction": {"instruction_text": text},
+          "reference_path": [world_to_habitat(p) for p in ref]}
+    extra = {"template": tpl, "start_yaw_rad": round(yaw, 6), "landmarks": marks,
+             "reference_path_world": [[round(float(v), 4) for v in p] for p in ref],
+             "walk_length_m": round(float(np.sum(np.linalg.norm(np.diff(win[:, :2], axis=0), axis=1))), 4),
+             "start_timestamp_s": round(float(win[0, 2]), 3)}
+    return ep, actions, extra
+
+
+# ---------------------------------------------------------------------------------------------------------
+# VLN-CE files: vocabulary, tokens, ground truth, scene mesh
+# ---------------------------------------------------------------------------------------------------------
+def tokenize(sentence: str) -> list[str]:
+    """habitat-lab's instruction tokenizer (``habitat.datasets.utils.tokenize`` with its defaults): lower case,
+    ``'s`` split off as its own token, ``,`` and ``?`` removed, split on runs of characters that are neither word
+    characters nor ``-``, empty pieces dropped."""
+    s = str(sentence).lower().replace("'s", " 's")
+    for ch in (",", "?"):
+        s = s.replace(ch, "")
+    return [t.strip() for t in SPLIT_REGEX.split(s) if t.strip()]
+
+
+def build_vocab(word_list: list[str]) -> dict:
+    """``instruction_vocab`` as habitat's ``VocabDict(word_list=...)`` holds it: ``<unk>`` prepended when missing;
+    ``word2idx_dict`` = ``stoi`` = word → index, ``itos`` = the list, ``num_vocab``, ``UNK_INDEX``, ``PAD_INDEX``
+    (None when ``<pad>`` is absent)."""
+    words = list(word_list)
+    if UNK not in words:
+        words = [UNK] + words
+    w2i = {w: k for k, w in enumerate(words)}
+    return {"word_list": words, "word2idx_dict": w2i, "stoi": w2i, "itos": words, "num_vocab": len(words),
+            "UNK_INDEX": w2i[UNK], "PAD_INDEX": w2i.get(PAD)}
+
+
+def vocab_from_texts(texts: list[str]) -> dict:
+    """A vocabulary over ``texts`` as habitat's ``VocabFromText`` lays it out: ``<pad>, <unk>, <s>, </s>``, then
+    the words in order of first appearance."""
+    words: dict[str, None] = {}
+    for t in texts:
+        for w in tokenize(t):
+            words.setdefault(w, None)
+    return build_vocab([PAD, UNK, START, END] + [w for w in words if w not in (PAD, UNK, START, END)])
+
+
+def load_word_list(path: str | Path) -> list[str]:
+    """A word list from a JSON list, or from a VLN-CE dataset file (``.json`` / ``.json.gz``) whose
+    ``instruction_vocab.word_list`` is used.
+
+    Raises:
+        InputError: missing / unreadable file, or no word list in it.
+    """
+    path = Path(path)
+    try:
+        raw = gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
+        doc = json.loads(raw)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"vln.vocab: cannot read {path} ({e})") from e
+    words = doc.get("instruction_vocab", {}).get("word_list") if isinstance(doc, dict) else doc
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise InputError(f"vln.vocab: {path} holds no word list")
+    return words
+
+
+def instruction_tokens(text: str, vocab: dict, length: int) -> list[int]:
+    """Vocabulary indices of :func:`tokenize` (unknown words → ``UNK_INDEX``), cut or padded with ``PAD_INDEX``
+    (``UNK_INDEX`` when the vocabulary has no ``<pad>``) to ``length``."""
+    w2i, unk = vocab["word2idx_dict"], vocab["UNK_INDEX"]
+    ids = [w2i.get(w, unk) for w in tokenize(text)][:length]
+    pad = vocab["PAD_INDEX"] if vocab["PAD_INDEX"] is not None else unk
+    return ids + [pad] * (length - len(ids))
+
+
+def ground_truth(start_world_xy, start_yaw: float, actions: list[int], cfg: Config) -> dict:
+    """``{split}_gt.json.gz`` record of one episode: ``actions``, ``forward_steps`` (number of MOVE_FORWARD) and
+    ``locations`` (habitat positions visited by replaying the actions, start included, repeats dropped)."""
+    path, _ = nav.replay_actions(np.asarray(start_world_xy)[:2], start_yaw, actions, cfg.nav.forward_step_m,
+                                 cfg.nav.turn_deg)
+    locs = []
+    for p in path:
+        h = [round(v, 4) for v in world_to_habitat(p)]
+        if not locs or h != locs[-1]:
+            locs.append(h)
+    return {"actions": list(actions), "forward_steps": int(sum(1 for a in actions if a == nav.FORWARD)),
+            "locations": locs}
+
+
+def write_glb(path: str | Path, vertices_world: np.ndarray, triangles: np.ndarray,
+              colors: np.ndarray | None = None) -> None:
+    """Write a world-frame mesh (``V×3`` metres, z up) as binary glTF in habitat's y-up frame
+    (``habitat_from_world``: (x, y, z) → (x, z, −y), a rotation, so the winding is kept), with ``V×3`` uint8
+    vertex colours when given (trimesh writes them as ``COLOR_0``)."""
+    import trimesh
+
+    v = np.asarray(vertices_world, dtype=np.float64) @ HABITAT_FROM_WORLD[:3, :3].T
+    cols = None if colors is None else np.concatenate(
+        [np.asarray(colors, dtype=np.uint8), np.full((len(v), 1), 255, np.uint8)], axis=1)
+    m = trimesh.Trimesh(vertices=v, faces=np.asarray(triangles, dtype=np.int64), vertex_colors=cols, process=False)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(m.export(file_type="glb"))
+
+
+def _write_gz(path: Path, doc) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            json.dump(doc, f)
+
+
+def read_gz(path: str | Path):
+    """A ``.json.gz`` file back (as VLN-CE opens it: ``gzip.open(path, "rt")``)."""
+    with gzip.open(path, "rt") as f:
+        return json.load(f)
 
 
 def generate(scene, config: Config | None = None) -> tuple[dict, nav.NavGraph]:
-    """Episodes (the ``vln.json`` dict) and the navigation graph of a scene (nothing written).
+    """The three VLN-CE documents and the navigation graph of a scene (nothing written).
+
+    Returns:
+        (``{"dataset": {split}.json.gz content, "gt": {split}_gt.json.gz content, "extra":
+        {split}_vid2scene.json.gz content}``, navigation graph).
 
     Raises:
         InputError: the scene lacks instances.json / layout.json / cameras.json, or they are unreadable or not
-            in the world frame.
+            in the world frame; an unreadable ``vocab`` file.
     """
     cfg = config or Config()
     scene = common.scene_of(scene)
@@ -267,45 +414,84 @@ def generate(scene, config: Config | None = None) -> tuple[dict, nav.NavGraph]:
     nameable = [i for i in instances if i.id in names]
     rng = np.random.default_rng([cfg.seed, 7])
     sname = common.scene_name(scene)
-    episodes, rejected = [], {"no_goal_landmark": 0}
+    found, rejected = [], {"no_goal_landmark": 0}
     for seg in traj.segments:
-        for geodesic_m, win in _windows(seg, cfg, rng):
-            ep = _episode(win, geodesic_m, nameable, names, cam_t, cam_yaw, sname, cfg, rng)
+        for _, win in _windows(seg, cfg, rng):
+            ep = _episode(win, nameable, names, cam_t, cam_yaw, sname, cfg, rng)
             if ep is None:
                 rejected["no_goal_landmark"] += 1
                 continue
-            episodes.append({"episode_id": len(episodes), "trajectory_id": len(episodes), **ep})
-    if len(episodes) > cfg.max_episodes:
-        keep = np.sort(rng.choice(len(episodes), size=cfg.max_episodes, replace=False))
-        episodes = [episodes[k] for k in keep]
-        for k, e in enumerate(episodes):
-            e["episode_id"] = e["trajectory_id"] = k
-    out = {"frame": "habitat_y_up", "habitat_from_world": HABITAT_FROM_WORLD.tolist(), "quaternion_order": "xyzw",
-           "action_space": {str(k): v for k, v in nav.ACTION_NAMES.items()},
-           "forward_step_m": cfg.nav.forward_step_m, "turn_deg": cfg.nav.turn_deg,
-           "trajectory": {**traj.stats, "segments_world": [[[round(float(v), 4) for v in p[:2]] for p in s]
-                                                           for s in traj.segments]},
-           "rejected": rejected, "episodes": episodes}
-    return out, navg
+            found.append(ep)
+    if len(found) > cfg.max_episodes:
+        keep = np.sort(rng.choice(len(found), size=cfg.max_episodes, replace=False))
+        found = [found[k] for k in keep]
+    vocab = (build_vocab(load_word_list(cfg.vocab)) if cfg.vocab is not None
+             else vocab_from_texts([e["instruction"]["instruction_text"] for e, _, _ in found]))
+    episodes, gt, extra_eps = [], {}, {}
+    for k, (e, actions, extra) in enumerate(found):
+        e["instruction"]["instruction_tokens"] = instruction_tokens(e["instruction"]["instruction_text"], vocab,
+                                                                    cfg.max_instruction_tokens)
+        ep = {"episode_id": k, "trajectory_id": k, **e}
+        episodes.append({key: ep[key] for key in EPISODE_KEYS})
+        gt[str(k)] = ground_truth(extra["reference_path_world"][0], extra["start_yaw_rad"], actions, cfg)
+        extra_eps[str(k)] = extra
+    out_extra = {"frame": "habitat_y_up", "habitat_from_world": HABITAT_FROM_WORLD.tolist(),
+                 "quaternion_order": "xyzw", "action_space": {str(k): v for k, v in nav.ACTION_NAMES.items()},
+                 "forward_step_m": cfg.nav.forward_step_m, "turn_deg": cfg.nav.turn_deg, "split": cfg.split,
+                 "geodesic_distance": "length of reference_path (metres)",
+                 "trajectory": {**traj.stats, "segments_world": [[[round(float(v), 4) for v in p[:2]] for p in s]
+                                                                 for s in traj.segments]},
+                 "rejected": rejected, "episodes": extra_eps}
+    return {"dataset": {"instruction_vocab": vocab, "episodes": episodes}, "gt": gt, "extra": out_extra}, navg
+
+
+def vln_dir(scene) -> Path:
+    """``SCENE/tasks/vln/`` (VLN-CE's data root for this scene)."""
+    return common.scene_of(scene).task_path("vln")
+
+
+def split_paths(scene, split: str = "train") -> dict[str, Path]:
+    """The three files of a split: ``{"dataset", "gt", "extra"}`` under ``SCENE/tasks/vln/{split}/``."""
+    d = vln_dir(scene) / split
+    return {"dataset": d / f"{split}.json.gz", "gt": d / f"{split}_gt.json.gz",
+            "extra": d / f"{split}_vid2scene.json.gz"}
 
 
 def run(scene, config: Config | None = None) -> StageResult:
-    """Generate and write ``tasks/vln.json`` and ``tasks/nav_graph.json``.
+    """Generate and write the VLN-CE files (module docstring) and ``tasks/nav_graph.json``.
 
     Returns:
-        ``qc``: n_episodes, trajectory_m (refined walk length), rejected counts, seconds; a one-line summary.
+        ``qc``: n_episodes, trajectory_m (refined walk length), rejected counts, files, the .glb's vertex count,
+        seconds; a one-line summary.
 
     Raises:
-        InputError: as :func:`generate`.
+        InputError: as :func:`generate`, or no mesh when ``export_glb`` is on.
     """
     import time
 
+    cfg = config or Config()
     t0 = time.perf_counter()
     scene = common.scene_of(scene)
-    data, navg = generate(scene, config)
+    docs, navg = generate(scene, cfg)
+    scene.task_path("vln.json").unlink(missing_ok=True)  # the earlier single-file format VLN-CE could not load
     write_json(scene.task_path("nav_graph.json"), navg.to_json(), indent=None)
-    write_json(scene.task_path("vln.json"), data)
-    qc = {"n_episodes": len(data["episodes"]), "trajectory_m": data["trajectory"].get("refined_length_m"),
-          "rejected": data["rejected"], "seconds": round(time.perf_counter() - t0, 3)}
+    paths = split_paths(scene, cfg.split)
+    for key in ("dataset", "gt", "extra"):
+        _write_gz(paths[key], docs[key])
+    files = [str(p) for p in paths.values()]
+    qc = {"n_episodes": len(docs["dataset"]["episodes"]), "split": cfg.split,
+          "trajectory_m": docs["extra"]["trajectory"].get("refined_length_m"),
+          "rejected": docs["extra"]["rejected"], "vocab_size": docs["dataset"]["instruction_vocab"]["num_vocab"]}
+    if cfg.export_glb:
+        from ..export.common import clean_below_floor
+
+        mesh, _, floor_qc = clean_below_floor(common.mesh(scene), [], cfg.below_floor)
+        sname = common.scene_name(scene)
+        glb = vln_dir(scene) / "scene_datasets" / sname / f"{sname}.glb"
+        glb.parent.mkdir(parents=True, exist_ok=True)
+        write_glb(glb, mesh.vertices, mesh.triangles, mesh.colors)
+        files.append(str(glb))
+        qc.update(glb_vertices=len(mesh.vertices), **floor_qc)
+    qc.update(files=files, seconds=round(time.perf_counter() - t0, 3))
     walk = f"{qc['trajectory_m']:.1f} m" if qc["trajectory_m"] is not None else "no"
     return StageResult(qc=qc, summary=f"{qc['n_episodes']} episodes along {walk} of refined walk")
