@@ -53,6 +53,7 @@ from .config import Config
 from .consensus import (Candidate, consensus, keep_largest_cluster, label_votes, merge_duplicates,
                         supporting_views, view_assignments)
 from .labellers import BACKENDS, caption_instances
+from .masks import find_instances_masks
 from .scale import SIZE_PRIORS, object_scale
 from .segmentation import Segments, layout_plane_mask, segment_objects, unit_vertex_normals
 
@@ -100,7 +101,13 @@ def run(scene: Scene, config: Config) -> StageResult:
                 "n_views": len(frames)}
     warnings = [w for w in [nothing_to_do(n_dets, frames, obj_idx)] if w]
     instances: list[dict] = []
-    if not warnings:
+    meta: dict = {}
+    if not warnings and config.method == "masks":
+        instances, meta = find_instances_masks(scene, mesh, obj_idx, unit_vertex_normals(mesh)[obj_idx], frames,
+                                               dets, config, qc)
+        instances = number_instances(instances)
+        warnings += evidence_warnings(meta)
+    elif not warnings:
         instances = find_instances(scene, mesh, obj_idx, frames, dets, config, qc)
         if not instances:
             warnings.append("detections found but no instance reached min_views supporting keyframes")
@@ -111,8 +118,22 @@ def run(scene: Scene, config: Config) -> StageResult:
     detector = next((d["detector"] for d in dets.values() if d), None)
     scene.write_instances({"frame": WORLD_NAME, "units": "m", "geometry": "mesh.ply",
                            "n_vertices": int(len(mesh.vertices)), "detector": detector, "instances": instances,
-                           "scale": scale})
+                           "scale": scale, "meta": {"method": config.method, "per_label": meta}})
     return stage_result(instances, scale, qc, warnings, time.perf_counter() - t0)
+
+
+def number_instances(instances: list[dict]) -> list[dict]:
+    """Records sorted by ``n_views × score`` (then label, then box centre: independent of discovery order) and
+    numbered from 0."""
+    out = sorted(instances, key=lambda d: (-round(d["n_views"] * d["score"], 6), d["label"],
+                                           tuple(d["box"]["center"])))
+    return [{"id": i, **d} for i, d in enumerate(out)]
+
+
+def evidence_warnings(meta: dict) -> list[str]:
+    """One warning per label detected in ≥ 5 keyframes that has no instance (the meta's reason quoted)."""
+    return [f"'{lab}' detected in {m['keyframes']} keyframes but no instance: {m['note']}"
+            for lab, m in meta.items() if m["keyframes"] >= 5 and m["instances"] == 0]
 
 
 def nothing_to_do(n_dets: int, frames: list, obj_idx: np.ndarray) -> str | None:

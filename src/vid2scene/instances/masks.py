@@ -1,0 +1,261 @@
+"""The ``masks`` method of the ``instances`` stage: per-view detection masks lifted to 3D and clustered across
+views (:mod:`.lifting`), then checked against the detections and explained per label.
+
+World frame (z up, floor z = 0, metres) throughout; points are the object vertices of ``mesh.ply``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from .. import progress
+from ..geometry import MeshRaycaster, box_iou_2d
+from ..scene import CameraFrame, Scene
+from .boxes import box_fields, oriented_box
+from .consensus import surface_depth, visible_vertices
+from .lifting import (ViewData, ViewMask, cluster_masks, group_points, grow_unseen, largest_component, projected_box,
+                      remove_support, sort_masks, view_masks)
+
+#: Most rejected candidates listed per label in the meta.
+MAX_REJECTED_LISTED = 20
+
+
+def lift_views(scene: Scene, mesh, obj_idx: np.ndarray, frames: list[CameraFrame], dets: dict,
+               config) -> list[ViewData]:
+    """:func:`~.lifting.view_masks` of every registered keyframe (occlusion by the mesh ray-cast at
+    ``work_size``, the keyframe's world-frame depth map where no ray hits)."""
+    P = mesh.vertices[obj_idx]
+    ray = MeshRaycaster(mesh.vertices, mesh.triangles)
+    have_depth = set(scene.depth_frames())
+    out = []
+    with progress.bar("instances: views", total=len(frames)) as bar:
+        for v, f in enumerate(frames):
+            d = (dets.get(f.source_frame) or {}).get("detections", [])
+            if not d:
+                out.append(ViewData(np.zeros(0, np.int64), []))
+                bar.advance()
+                continue
+            fb = scene.depth(f.source_frame, frame="world").depth if f.source_frame in have_depth else None
+            zref = surface_depth(f, ray, fb, config.work_size)
+            vis_idx, uvv, zv = visible_vertices(f, P, zref, config)
+            out.append(view_masks(v, f, d, vis_idx, uvv, zv, config))
+            bar.advance()
+    return out
+
+
+def _strength(c: dict) -> tuple:
+    return (-len(c["masks"]) * float(np.mean([m.score for m in c["masks"]])), c["masks"][0].frame, c["label"])
+
+
+def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.ndarray, frames: list[CameraFrame],
+                         dets: dict, config, qc: dict) -> tuple[list[dict], dict]:
+    """Instances (records without ``id``, unsorted) and the per-label meta of the ``masks`` method.
+
+    Adds ``n_masks`` / ``n_groups`` to ``qc``. Meta per label: ``detections``, ``keyframes``,
+    ``max_in_one_keyframe``, ``masks``, ``groups``, ``instances``, ``rejected`` (≤ 20 of ``{"views", "points",
+    "reason"}``), ``n_rejected`` and ``note`` (why the label has fewer instances than the evidence asks, or
+    None).
+    """
+    P = mesh.vertices[obj_idx]
+    n_pts = len(P)
+    vdata = lift_views(scene, mesh, obj_idx, frames, dets, config)
+    vis = [vd.vis for vd in vdata]
+    masks = sort_masks([m for vd in vdata for m in vd.masks])
+    qc["n_masks"] = len(masks)
+    rejected: dict[str, list[dict]] = {}
+
+    def reject(label: str, n_views: int, n_points: int, reason: str) -> None:
+        rejected.setdefault(label, []).append({"views": n_views, "points": n_points, "reason": reason})
+
+    cands = []
+    labels = sorted({m.label for m in masks})
+    for lab in labels:
+        lm = [m for m in masks if m.label == lab]
+        for g in cluster_masks(lm, vis, n_pts, len(frames), config):
+            gm = [lm[i] for i in g]
+            if len(gm) < config.min_views:
+                reject(lab, len(gm), 0, f"masks in {len(gm)} keyframe(s) < min_views={config.min_views}")
+                continue
+            pts, share = group_points(list(range(len(gm))), gm, vis, n_pts)
+            keep = share >= config.point_share
+            cands.append({"label": lab, "masks": gm, "pts": pts[keep], "share": share[keep]})
+    qc["n_groups"] = len(cands)
+    cands.sort(key=_strength)
+    accepted: list[dict] = []
+    for c in cands:
+        if len(c["pts"]) < config.min_instance_points:
+            reject(c["label"], len(c["masks"]), len(c["pts"]),
+                   f"{len(c['pts'])} consistent points < min_instance_points={config.min_instance_points}")
+            continue
+        inter = [(a, len(np.intersect1d(a["pts"], c["pts"], assume_unique=True)))
+                 for a in accepted if a["label"] == c["label"]]
+        same = [(a, k / len(c["pts"])) for a, k in inter]
+        dup = next((a for a, ov in same if ov >= 0.6
+                    and not {m.view for m in a["masks"]} & {m.view for m in c["masks"]}), None)
+        if dup is not None:
+            dup["absorbed"].append(c)
+            reject(c["label"], len(c["masks"]), len(c["pts"]), "duplicate of a stronger same-label group")
+            continue
+        host = None
+        for a in accepted:
+            if a["label"] == c["label"]:
+                continue
+            ov = len(np.intersect1d(a["pts"], c["pts"], assume_unique=True))
+            if ov >= config.label_overlap * len(c["pts"]) and ov >= 0.5 * config.label_overlap * len(a["pts"]):
+                host = a
+                break
+        if host is not None:
+            host["absorbed"].append(c)
+            reject(c["label"], len(c["masks"]), len(c["pts"]), f"same object as a stronger '{host['label']}' group")
+            continue
+        c["absorbed"] = []
+        accepted.append(c)
+    out = finalise(accepted, P, normals, obj_idx, frames, vis, dets, config, reject)
+    meta = label_meta(frames, dets, masks, cands, out, rejected, vdata)
+    return out, meta
+
+
+def assign_points(groups: list[dict], n_points: int, margin: float = 0.15) -> np.ndarray:
+    """``n_points`` int64 owner (index into ``groups``, −1 none) of every point: among the groups holding it,
+    those within ``margin`` of the best share compete and the smallest group wins (a box that holds a smaller
+    object's box holds its points too, not the other way round); ties go to the earlier group."""
+    best = np.full(n_points, -1.0)
+    for c in groups:
+        np.maximum.at(best, c["pts"], c["share"])
+    owner = np.full(n_points, -1, np.int64)
+    owner_size = np.full(n_points, np.iinfo(np.int64).max)
+    for k, c in enumerate(groups):
+        ok = c["share"] >= best[c["pts"]] - margin
+        p = c["pts"][ok]
+        smaller = len(c["pts"]) < owner_size[p]
+        owner[p[smaller]] = k
+        owner_size[p[smaller]] = len(c["pts"])
+    return owner
+
+
+def in_footprint(xyz, box: dict) -> bool:
+    """Whether the world point ``xyz`` lies inside the gravity-aligned ``box``'s footprint (xy only)."""
+    c, sz, yaw = box["center"], box["size"], box["yaw_rad"]
+    dx, dy = xyz[0] - c[0], xyz[1] - c[1]
+    u = dx * np.cos(yaw) + dy * np.sin(yaw)
+    v = -dx * np.sin(yaw) + dy * np.cos(yaw)
+    return abs(u) <= sz[0] / 2 and abs(v) <= sz[1] / 2
+
+
+def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np.ndarray, frames, vis, dets,
+             config, reject) -> list[dict]:
+    """Instance records of the accepted groups: exclusive points (:func:`assign_points`), the largest spatial
+    component, support removal, growth into unseen points (:func:`~.lifting.grow_unseen`), then the view check of :func:`instance_record`; a group that fails is rejected
+    and the points are re-assigned among the others (until none fails)."""
+    alive = list(groups)
+    seen = np.zeros(len(P), bool)
+    for v in vis:
+        seen[v] = True
+    unseen = np.flatnonzero(~seen)
+    while True:
+        owner = assign_points(alive, len(P))
+        out, failed, kept = [], [], []
+        for k, c in enumerate(alive):
+            pts = np.flatnonzero(owner == k)
+            if len(pts):
+                pts = pts[largest_component(P[pts], config.cluster_gap_m)]
+                keep, _ = remove_support(P[pts], normals[pts], config)
+                pts = pts[keep]
+                grown = grow_unseen(pts, P, np.setdiff1d(unseen, np.flatnonzero(owner >= 0), assume_unique=True),
+                                    config.unseen_gap_m)
+                pts = grown
+            rec, why = instance_record(c, pts, P, obj_idx, frames, vis, dets, config)
+            if rec is None:
+                failed.append((c, len(pts), why))
+            else:
+                out.append(rec)
+                kept.append(c)
+        if not failed:  # weakest first: a box over the centres of two stronger same-label boxes is their union
+            for k in range(len(out) - 1, -1, -1):
+                inside = [o for o in out[:k] if o["label"] == out[k]["label"]
+                          and in_footprint(o["box"]["center"], out[k]["box"])]
+                if len(inside) >= 2:
+                    failed.append((kept[k], out[k]["n_points"], f"box holds the centres of {len(inside)} stronger "
+                                   "same-label instances (one box over several objects)"))
+                    break
+        if not failed:
+            return out
+        for c, n, why in failed:
+            reject(c["label"], len(c["masks"]), n, why)
+        gone = {id(c) for c, _, _ in failed}
+        alive = [c for c in alive if id(c) not in gone]
+
+
+def instance_record(c: dict, pts: np.ndarray, P: np.ndarray, obj_idx: np.ndarray, frames: list[CameraFrame],
+                    vis: list[np.ndarray], dets: dict, config) -> tuple[dict | None, str | None]:
+    """(``instances.json`` record without ``id``, None) of a group, or (None, reason it was dropped)."""
+    if len(pts) < config.min_instance_points:
+        return None, f"{len(pts)} points left after exclusive assignment < min_instance_points"
+    views = []
+    for m in sorted(c["masks"], key=lambda m: m.frame):
+        vp = pts[np.isin(pts, vis[m.view], assume_unique=True)]
+        if len(vp) < config.min_visible_vertices:
+            continue
+        proj = projected_box(P[vp], frames[m.view])
+        if proj is None:
+            continue
+        iou = box_iou_2d(proj, m.bbox)
+        if iou < config.min_view_iou:
+            continue
+        views.append((m, proj, iou, len(vp)))
+    if len(views) < config.min_views:
+        return None, (f"{len(views)} keyframe(s) whose box frames the points (IoU ≥ {config.min_view_iou}) "
+                      f"< min_views={config.min_views}")
+    votes: Counter = Counter()
+    for g in [c] + c.get("absorbed", []):
+        for m in g["masks"]:
+            votes[m.label] += m.score
+    fr = [frames[m.view] for m, *_ in views]
+    box = oriented_box(P[pts], config.floor_snap_m)
+    recs = [{"frame": m.frame, "bbox_xyxy": m.bbox, "score": round(m.score, 4),
+             "projected_bbox_xyxy": [round(x, 1) for x in proj], "iou": round(iou, 3),
+             "visible_share": round(nv / len(pts), 3)} for m, proj, iou, nv in views]
+    return {"label": c["label"], "score": round(float(np.mean([m.score for m, *_ in views])), 4),
+            "n_views": len(views),
+            "label_votes": {k: round(x, 3) for k, x in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))},
+            "vertex_ids": obj_idx[pts].tolist(), "n_points": int(len(pts)), **box_fields(box),
+            "first_frame": fr[0].source_frame, "last_frame": fr[-1].source_frame,
+            "first_timestamp_s": round(fr[0].timestamp_s, 4), "last_timestamp_s": round(fr[-1].timestamp_s, 4),
+            "views": recs, "caption": None}, None
+
+
+def label_meta(frames: list[CameraFrame], dets: dict, masks: list[ViewMask], cands: list[dict], out: list[dict],
+               rejected: dict[str, list[dict]], vdata: list[ViewData]) -> dict:
+    """Per-label evidence and outcome (see :func:`find_instances_masks`)."""
+    n_det, n_kf, kmax = Counter(), Counter(), Counter()
+    for f in frames:
+        c = Counter(d["label"] for d in (dets.get(f.source_frame) or {}).get("detections", []))
+        for lab, k in c.items():
+            n_det[lab] += k
+            n_kf[lab] += 1
+            kmax[lab] = max(kmax[lab], k)
+    n_masks = Counter(m.label for m in masks)
+    n_groups = Counter(c["label"] for c in cands)
+    n_inst = Counter(i["label"] for i in out)
+    no_mask = Counter()
+    for f, vd in zip(frames, vdata):
+        d = (dets.get(f.source_frame) or {}).get("detections", [])
+        for j, _ in vd.rejected:
+            no_mask[d[j]["label"]] += 1
+    meta = {}
+    for lab in sorted(n_det):
+        rej = rejected.get(lab, [])
+        note = None
+        if n_inst[lab] < kmax[lab]:
+            reasons = Counter(r["reason"].split(" <")[0].split(" (")[0] if "<" in r["reason"] else r["reason"]
+                              for r in rej)
+            top = "; ".join(f"{k} ×{v}" for k, v in reasons.most_common(3)) or "no consistent mask groups"
+            note = (f"{n_inst[lab]} instance(s) for up to {kmax[lab]} boxes in one keyframe: "
+                    f"{no_mask[lab]} detection(s) without a mask; {top}")
+        meta[lab] = {"detections": int(n_det[lab]), "keyframes": int(n_kf[lab]), "max_in_one_keyframe": int(kmax[lab]),
+                     "masks": int(n_masks[lab]), "detections_without_mask": int(no_mask[lab]),
+                     "groups": int(n_groups[lab]), "instances": int(n_inst[lab]), "n_rejected": len(rej),
+                     "rejected": rej[:MAX_REJECTED_LISTED], "note": note}
+    return meta
