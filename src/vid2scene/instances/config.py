@@ -58,6 +58,9 @@ class Config(BaseModel):
                                       "the rest of the object is its support (table top, wall) and is removed")
     unseen_gap_m: float = Field(0.05, gt=0, description="an instance grows into object points no keyframe sees "
                                 "that lie this close to it (and to each other)")
+    relax_min_keyframes: int = Field(5, ge=1, description="a label detected in this many keyframes whose masks "
+                                     "form no group gets a second pass with looser thresholds (instances.masks."
+                                     "relaxed)")
     captioner: str = Field("none", description="labeller backend for captions: " + ", ".join(BACKENDS))
     openai: OpenAICompatLabeller.Options = Field(default_factory=OpenAICompatLabeller.Options,
                                                  description="options of the 'openai' labeller")

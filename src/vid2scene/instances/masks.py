@@ -45,6 +45,13 @@ def lift_views(scene: Scene, mesh, obj_idx: np.ndarray, frames: list[CameraFrame
     return out
 
 
+def relaxed(config):
+    """The looser thresholds of the second pass for a label seen in ≥ ``relax_min_keyframes`` keyframes whose
+    masks formed no group of ``min_views``: two views suffice, weaker consistency links and smaller overlaps."""
+    return config.model_copy(update={"min_views": 2, "merge_score": 0.35, "link_min_points": 5,
+                                     "min_view_iou": 0.1, "min_instance_points": 15})
+
+
 def _strength(c: dict) -> tuple:
     return (-len(c["masks"]) * float(np.mean([m.score for m in c["masks"]])), c["masks"][0].frame, c["label"])
 
@@ -71,16 +78,23 @@ def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.nd
 
     cands = []
     labels = sorted({m.label for m in masks})
+    relaxed_cfg = relaxed(config)
     for lab in labels:
         lm = [m for m in masks if m.label == lab]
-        for g in cluster_masks(lm, vis, n_pts, len(frames), config):
+        cfg = config
+        groups = cluster_masks(lm, vis, n_pts, len(frames), cfg)
+        if (len({m.view for m in lm}) >= config.relax_min_keyframes
+                and not any(len(g) >= config.min_views for g in groups)):
+            cfg = relaxed_cfg  # the label is seen often but no group holds: second, looser pass (hysteresis)
+            groups = cluster_masks(lm, vis, n_pts, len(frames), cfg)
+        for g in groups:
             gm = [lm[i] for i in g]
-            if len(gm) < config.min_views:
-                reject(lab, len(gm), 0, f"masks in {len(gm)} keyframe(s) < min_views={config.min_views}")
+            if len(gm) < cfg.min_views:
+                reject(lab, len(gm), 0, f"masks in {len(gm)} keyframe(s) < min_views={cfg.min_views}")
                 continue
             pts, share = group_points(list(range(len(gm))), gm, vis, n_pts)
-            keep = share >= config.point_share
-            cands.append({"label": lab, "masks": gm, "pts": pts[keep], "share": share[keep]})
+            keep = share >= cfg.point_share
+            cands.append({"label": lab, "masks": gm, "pts": pts[keep], "share": share[keep], "cfg": cfg})
     qc["n_groups"] = len(cands)
     cands.sort(key=_strength)
     accepted: list[dict] = []
@@ -166,7 +180,7 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
                 grown = grow_unseen(pts, P, np.setdiff1d(unseen, np.flatnonzero(owner >= 0), assume_unique=True),
                                     config.unseen_gap_m)
                 pts = grown
-            rec, why = instance_record(c, pts, P, obj_idx, frames, vis, dets, config)
+            rec, why = instance_record(c, pts, P, obj_idx, frames, vis, dets, c.get("cfg", config))
             if rec is None:
                 failed.append((c, len(pts), why))
             else:
