@@ -53,6 +53,7 @@ from .config import Config
 from .consensus import (Candidate, consensus, keep_largest_cluster, label_votes, merge_duplicates,
                         supporting_views, view_assignments)
 from .labellers import BACKENDS, caption_instances
+from .maskers import MASKERS
 from .masks import find_instances_masks
 from .scale import SIZE_PRIORS, object_scale
 from .segmentation import Segments, layout_plane_mask, segment_objects, unit_vertex_normals
@@ -62,8 +63,9 @@ OUTPUTS = [INSTANCES_JSON]
 
 
 def backend_status() -> dict[str, str]:
-    """``{labeller: "installed" | "not installed: …"}`` of :data:`BACKENDS` (for ``vid2scene stages``)."""
-    return _backend_status(BACKENDS)
+    """``{labeller or masker: "installed" | "not installed: …" | "no weights: …"}`` of :data:`BACKENDS` and
+    :data:`~.maskers.MASKERS` (for ``vid2scene stages``; maskers prefixed ``masker:``)."""
+    return _backend_status(BACKENDS) | {f"masker:{k}": v for k, v in _backend_status(MASKERS).items()}
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..stage import known_backend
 from .labellers import BACKENDS, OpenAICompatLabeller
+from .maskers import MASKERS, SamMasker
 
 
 class Config(BaseModel):
@@ -61,6 +62,8 @@ class Config(BaseModel):
     relax_min_keyframes: int = Field(5, ge=1, description="a label detected in this many keyframes whose masks "
                                      "form no group gets a second pass with looser thresholds (instances.masks."
                                      "relaxed)")
+    masker: str = Field("none", description="2D masks inside the boxes for the 'masks' method: " + ", ".join(MASKERS))
+    sam: SamMasker.Options = Field(default_factory=SamMasker.Options, description="options of the 'sam' masker")
     captioner: str = Field("none", description="labeller backend for captions: " + ", ".join(BACKENDS))
     openai: OpenAICompatLabeller.Options = Field(default_factory=OpenAICompatLabeller.Options,
                                                  description="options of the 'openai' labeller")
@@ -72,6 +75,11 @@ class Config(BaseModel):
         if v not in ("masks", "segments"):
             raise ValueError(f"unknown instances method {v!r}: one of masks, segments")
         return v
+
+    @field_validator("masker")
+    @classmethod
+    def _known_masker(cls, v: str) -> str:
+        return known_backend(v, MASKERS, "instances masker")
 
     @field_validator("captioner")
     @classmethod

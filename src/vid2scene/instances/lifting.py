@@ -80,12 +80,17 @@ def foreground_layer(z: np.ndarray, weight: np.ndarray, gap_rel: float, gap_m: f
     return out
 
 
-def box_mask(uv: np.ndarray, z: np.ndarray, box, config) -> np.ndarray:
+def box_mask(uv: np.ndarray, z: np.ndarray, box, config, pixel_mask: np.ndarray | None = None) -> np.ndarray:
     """Bool over the visible points ``uv`` (``n×2`` pixels, ``z`` depths): inside ``box`` ``[x0, y0, x1, y1]``
-    and in its foreground layer (:func:`foreground_layer`, weights falling linearly from 1 at the box centre
-    to ``0.1`` at its border)."""
+    (and inside ``pixel_mask``, an ``H×W`` bool 2D mask of the object, when given) and in its foreground layer
+    (:func:`foreground_layer`, weights falling linearly from 1 at the box centre to ``0.1`` at its border)."""
     x0, y0, x1, y1 = box
     inside = (uv[:, 0] >= x0) & (uv[:, 0] <= x1) & (uv[:, 1] >= y0) & (uv[:, 1] <= y1)
+    if pixel_mask is not None and inside.any():
+        h, w = pixel_mask.shape
+        px = np.clip(uv[:, 0].astype(int), 0, w - 1)
+        py = np.clip(uv[:, 1].astype(int), 0, h - 1)
+        inside &= pixel_mask[py, px]
     idx = np.flatnonzero(inside)
     out = np.zeros(len(uv), bool)
     if len(idx) == 0:
@@ -101,13 +106,13 @@ def box_mask(uv: np.ndarray, z: np.ndarray, box, config) -> np.ndarray:
 
 
 def view_masks(view: int, frame: CameraFrame, dets: list[dict], vis_idx: np.ndarray, uvv: np.ndarray,
-               zv: np.ndarray, config) -> ViewData:
+               zv: np.ndarray, config, pixel_masks: list | None = None) -> ViewData:
     """Masks of one view's detections from its visible object points (indices ``vis_idx``, pixels ``uvv``,
-    camera depths ``zv`` in metres); detections whose mask has fewer than ``mask_min_points`` points are
-    rejected with a reason."""
+    camera depths ``zv`` in metres; ``pixel_masks``: per detection an ``H×W`` bool 2D mask or None);
+    detections whose mask has fewer than ``mask_min_points`` points are rejected with a reason."""
     masks, rejected = [], []
     for j, d in enumerate(dets):
-        m = box_mask(uvv, zv, d["bbox_xyxy"], config)
+        m = box_mask(uvv, zv, d["bbox_xyxy"], config, None if pixel_masks is None else pixel_masks[j])
         n = int(m.sum())
         if n < config.mask_min_points:
             rejected.append((j, f"mask of {n} visible mesh points < mask_min_points={config.mask_min_points}"))

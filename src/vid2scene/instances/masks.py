@@ -25,10 +25,19 @@ MAX_REJECTED_LISTED = 20
 def lift_views(scene: Scene, mesh, obj_idx: np.ndarray, frames: list[CameraFrame], dets: dict,
                config) -> list[ViewData]:
     """:func:`~.lifting.view_masks` of every registered keyframe (occlusion by the mesh ray-cast at
-    ``work_size``, the keyframe's world-frame depth map where no ray hits)."""
+    ``work_size``, the keyframe's world-frame depth map where no ray hits), with the 2D masks of the
+    configured ``masker`` (:mod:`.maskers`) when it is not ``none``.
+
+    Raises:
+        BackendNotInstalled: the masker's packages or weights are missing.
+    """
+    from .. import stage
+    from .maskers import MASKERS
+
     P = mesh.vertices[obj_idx]
     ray = MeshRaycaster(mesh.vertices, mesh.triangles)
     have_depth = set(scene.depth_frames())
+    masker = None if config.masker == "none" else stage.make_backend("instances", MASKERS, config, config.masker)
     out = []
     with progress.bar("instances: views", total=len(frames)) as bar:
         for v, f in enumerate(frames):
@@ -40,7 +49,11 @@ def lift_views(scene: Scene, mesh, obj_idx: np.ndarray, frames: list[CameraFrame
             fb = scene.depth(f.source_frame, frame="world").depth if f.source_frame in have_depth else None
             zref = surface_depth(f, ray, fb, config.work_size)
             vis_idx, uvv, zv = visible_vertices(f, P, zref, config)
-            out.append(view_masks(v, f, d, vis_idx, uvv, zv, config))
+            pm = None
+            if masker is not None:
+                pm = masker.masks(scene.keyframe_image(f.source_frame, (f.width, f.height)),
+                                  [o["bbox_xyxy"] for o in d])
+            out.append(view_masks(v, f, d, vis_idx, uvv, zv, config, pm))
             bar.advance()
     return out
 
