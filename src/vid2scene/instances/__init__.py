@@ -56,7 +56,8 @@ from .labellers import BACKENDS, caption_instances
 from .maskers import MASKERS
 from .masks import find_instances_masks
 from .scale import SIZE_PRIORS, object_scale
-from .segmentation import Segments, layout_plane_mask, segment_objects, unit_vertex_normals
+from .segmentation import (Segments, large_vertical_planes, layout_plane_mask, segment_objects,
+                           unit_vertex_normals)
 
 NAME = "instances"
 OUTPUTS = [INSTANCES_JSON]
@@ -105,8 +106,13 @@ def run(scene: Scene, config: Config) -> StageResult:
     instances: list[dict] = []
     meta: dict = {}
     if not warnings and config.method == "masks":
-        instances, meta = find_instances_masks(scene, mesh, obj_idx, unit_vertex_normals(mesh)[obj_idx], frames,
-                                               dets, config, qc)
+        normals = unit_vertex_normals(mesh)
+        if config.extra_wall_min_width_m > 0:  # walls the layout does not hold (partitions, a missed wall)
+            wall, planes = large_vertical_planes(mesh.vertices[obj_idx], normals[obj_idx],
+                                                 config.extra_wall_min_width_m, config.extra_wall_min_height_m)
+            obj_idx = obj_idx[~wall]
+            qc.update({"n_extra_wall_planes": len(planes), "n_extra_wall_vertices": int(wall.sum())})
+        instances, meta = find_instances_masks(scene, mesh, obj_idx, normals[obj_idx], frames, dets, config, qc)
         instances = number_instances(instances)
         warnings += evidence_warnings(meta)
     elif not warnings:

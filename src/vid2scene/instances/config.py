@@ -53,8 +53,9 @@ class Config(BaseModel):
     point_share: float = Field(0.5, gt=0, le=1, description="a point belongs to a group when this share of the "
                                "group's masks whose view sees it hold it")
     min_instance_points: int = Field(30, ge=1, description="instances with fewer mesh points are dropped")
-    label_overlap: float = Field(0.5, gt=0, le=1, description="a group sharing this share of its points with a "
-                                 "stronger group of another label is the same object (its votes join it)")
+    label_overlap: float = Field(0.5, gt=0, le=1, description="a group whose points have at least this IoU with "
+                                 "those of a stronger group of another label is the same object (its votes join "
+                                 "it)")
     support_overhang_m: float = Field(0.12, ge=0, description="a bottom or back layer reaching this far beyond "
                                       "the rest of the object is its support (table top, wall) and is removed")
     unseen_gap_m: float = Field(0.05, gt=0, description="an instance grows into object points no keyframe sees "
@@ -62,6 +63,10 @@ class Config(BaseModel):
     relax_min_keyframes: int = Field(5, ge=1, description="a label detected in this many keyframes whose masks "
                                      "form no group gets a second pass with looser thresholds (instances.masks."
                                      "relaxed)")
+    extra_wall_min_width_m: float = Field(1.5, ge=0, description="'masks' method: vertical planes at least this "
+                                          "wide (and extra_wall_min_height_m tall) that the layout lacks are walls "
+                                          "and removed (0 = off)")
+    extra_wall_min_height_m: float = Field(1.4, ge=0)
     masker: str = Field("none", description="2D masks inside the boxes for the 'masks' method: " + ", ".join(MASKERS))
     sam: SamMasker.Options = Field(default_factory=SamMasker.Options, description="options of the 'sam' masker")
     captioner: str = Field("none", description="labeller backend for captions: " + ", ".join(BACKENDS))

@@ -9,7 +9,8 @@ vertices.
    image, not behind the mesh surface there: the ray-cast depth, the keyframe's depth map where no ray hits)
    that project inside the box form the candidates; their camera depths are split into layers at gaps larger
    than ``fg_gap_rel·z + fg_gap_m``; the mask is the layer with the largest centre-weighted mass (a box is
-   centred on its object; background seen through or beside it lies in other layers).
+   centred on its object; background seen through or beside it lies in other layers). A point in two masks of
+   one view goes to the one whose median depth is nearest its own.
 2. Across views (:func:`cluster_masks`), per label: mask ``a`` is *consistent* with mask ``b`` of another view
    when most of ``a``'s points that ``b``'s view sees lie in ``b``. The pair score is the mean of the two
    directions (defined only where each view sees ≥ ``link_min_points`` of the other's points). Masks are
@@ -108,17 +109,32 @@ def box_mask(uv: np.ndarray, z: np.ndarray, box, config, pixel_mask: np.ndarray 
 def view_masks(view: int, frame: CameraFrame, dets: list[dict], vis_idx: np.ndarray, uvv: np.ndarray,
                zv: np.ndarray, config, pixel_masks: list | None = None) -> ViewData:
     """Masks of one view's detections from its visible object points (indices ``vis_idx``, pixels ``uvv``,
-    camera depths ``zv`` in metres; ``pixel_masks``: per detection an ``H×W`` bool 2D mask or None);
-    detections whose mask has fewer than ``mask_min_points`` points are rejected with a reason."""
+    camera depths ``zv`` in metres; ``pixel_masks``: per detection an ``H×W`` bool 2D mask or None).
+
+    A point in the masks of several detections of the view (overlapping boxes: a chair in front of another,
+    a chair before a table) goes to the one whose median depth is nearest its own, so two boxes of one view
+    never share a point. Detections whose mask keeps fewer than ``mask_min_points`` points are rejected with a
+    reason.
+    """
     masks, rejected = [], []
+    if not dets:
+        return ViewData(np.sort(vis_idx), masks, rejected)
+    M = np.stack([box_mask(uvv, zv, d["bbox_xyxy"], config, None if pixel_masks is None else pixel_masks[j])
+                  for j, d in enumerate(dets)])
+    shared = M.sum(0) >= 2
+    if shared.any():
+        med = np.array([np.median(zv[m]) if m.any() else np.inf for m in M])
+        dz = np.where(M[:, shared], np.abs(zv[shared][None, :] - med[:, None]), np.inf)
+        win = np.argmin(dz, axis=0)
+        M[:, shared] = False
+        M[win, np.flatnonzero(shared)] = True
     for j, d in enumerate(dets):
-        m = box_mask(uvv, zv, d["bbox_xyxy"], config, None if pixel_masks is None else pixel_masks[j])
-        n = int(m.sum())
+        n = int(M[j].sum())
         if n < config.mask_min_points:
             rejected.append((j, f"mask of {n} visible mesh points < mask_min_points={config.mask_min_points}"))
             continue
         masks.append(ViewMask(view, j, int(frame.source_frame), d["label"], float(d["score"]),
-                              [float(x) for x in d["bbox_xyxy"]], np.sort(vis_idx[m])))
+                              [float(x) for x in d["bbox_xyxy"]], np.sort(vis_idx[M[j]])))
     return ViewData(np.sort(vis_idx), masks, rejected)
 
 
@@ -234,16 +250,23 @@ def largest_component(P: np.ndarray, gap_m: float) -> np.ndarray:
     return pl == int(np.argmax(counts))
 
 
-def remove_support(P: np.ndarray, Nrm: np.ndarray, config) -> tuple[np.ndarray, str | None]:
+#: Labels whose own top is a support surface (their horizontal layers are never removed).
+SURFACE_LABELS = frozenset({"dining table", "table", "desk", "coffee table", "counter", "bed", "couch", "sofa",
+                            "bench", "cabinet", "kitchen cabinet", "shelf", "bookshelf", "dresser", "nightstand",
+                            "toilet", "sink", "bathtub", "refrigerator", "oven", "microwave", "tv stand"})
+
+
+def remove_support(P: np.ndarray, Nrm: np.ndarray, config, label: str | None = None) -> tuple[np.ndarray, str | None]:
     """Bool keep-mask over an instance's points ``P`` (``n×3``, unit normals ``Nrm``) and what was removed.
 
-    Local support removal: a horizontal layer (normals within 25° of ±z, a 4 cm z-band holding ≥ 15 % of the
-    points) at the bottom of the points whose footprint reaches ≥ ``support_overhang_m`` beyond the footprint
-    of the points above it is a table top / floor piece under the object, and is removed; a vertical plane
-    (RANSAC-free: the dominant horizontal normal direction among near-vertical normals, a 4 cm band) holding
-    ≥ 20 % of the points whose extent along the plane exceeds the other points' by ≥ ``support_overhang_m`` on
-    both sides is a wall behind the object, and is removed. Objects whose whole shape is the layer (a table,
-    a cabinet front) have nothing beyond it and are kept.
+    Local support removal. Horizontal layers (normals within 25° of ±z; 2 cm z-bins holding ≥ 10 % of the
+    points, ±2 cm) whose footprint reaches beyond the footprint of the points off the layer (2nd–98th
+    percentiles) by ≥ ``support_overhang_m`` (or 30 % of that footprint's size for small objects, at least
+    2 cm) are a table top / floor piece the box took in, and are removed — unless
+    ``label`` is a surface itself (:data:`SURFACE_LABELS`). A vertical plane (the dominant horizontal normal
+    direction among near-vertical normals, a 2 cm band) holding ≥ 20 % of the points whose extent along the
+    plane exceeds the other points' by ≥ ``support_overhang_m`` on both sides is a wall behind the object,
+    and is removed. A box-shaped object (a fridge's front and side) has nothing beyond its faces and is kept.
     """
     keep = np.ones(len(P), bool)
     if len(P) < 50:
@@ -251,18 +274,22 @@ def remove_support(P: np.ndarray, Nrm: np.ndarray, config) -> tuple[np.ndarray, 
     what = []
     nz = np.abs(Nrm[:, 2])
     horiz = nz > math.cos(math.radians(25))
-    if horiz.sum() >= 0.15 * len(P):
+    if label not in SURFACE_LABELS and horiz.sum() >= 0.1 * len(P):
         z = P[horiz, 2]
-        zb = np.percentile(z, 5)
-        band = horiz & (np.abs(P[:, 2] - zb) <= 0.02)
-        above = P[:, 2] > zb + 0.05
-        if band.sum() >= 0.15 * len(P) and above.sum() >= 0.2 * len(P):
-            lo, hi = P[above, :2].min(0), P[above, :2].max(0)
-            blo, bhi = P[band, :2].min(0), P[band, :2].max(0)
-            over = np.max(np.concatenate([lo - blo, bhi - hi]))
-            if over >= config.support_overhang_m:
+        edges = np.arange(z.min(), z.max() + 0.04, 0.02)
+        hist, edges = np.histogram(z, bins=edges)
+        for k in np.flatnonzero(hist >= 0.1 * len(P)):
+            zc = (edges[k] + edges[k + 1]) / 2
+            band = keep & horiz & (np.abs(P[:, 2] - zc) <= 0.02)
+            rest = keep & (np.abs(P[:, 2] - zc) > 0.05)
+            if band.sum() < 0.1 * len(P) or rest.sum() < 0.2 * len(P):
+                continue
+            rlo, rhi = np.percentile(P[rest, :2], [2, 98], axis=0)
+            blo, bhi = np.percentile(P[band, :2], [1, 99], axis=0)
+            thr = min(config.support_overhang_m, max(0.02, 0.3 * float(np.max(rhi - rlo))))  # small objects
+            if np.max(np.concatenate([rlo - blo, bhi - rhi])) >= thr:
                 keep &= ~band
-                what.append("support surface below")
+                what.append(f"support layer at z {zc:.2f} m")
     vert = (nz < math.sin(math.radians(20))) & keep
     if vert.sum() >= 0.2 * len(P):
         ang_all = np.arctan2(Nrm[:, 1], Nrm[:, 0]) % math.pi
@@ -320,4 +347,4 @@ def projected_box(P: np.ndarray, frame: CameraFrame) -> list[float] | None:
 
 
 __all__ = ["ViewMask", "ViewData", "foreground_layer", "box_mask", "view_masks", "sort_masks", "pair_scores",
-           "cluster_masks", "group_points", "grow_unseen", "largest_component", "remove_support", "projected_box", "box_iou_2d"]
+           "cluster_masks", "group_points", "grow_unseen", "SURFACE_LABELS", "largest_component", "remove_support", "projected_box", "box_iou_2d"]

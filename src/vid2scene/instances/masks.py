@@ -14,6 +14,7 @@ from .. import progress
 from ..geometry import MeshRaycaster, box_iou_2d
 from ..scene import CameraFrame, Scene
 from .boxes import box_fields, oriented_box
+from .scale import MAX_FOOTPRINT_M
 from .consensus import surface_depth, visible_vertices
 from .lifting import (ViewData, ViewMask, cluster_masks, group_points, grow_unseen, largest_component, projected_box,
                       remove_support, sort_masks, view_masks)
@@ -107,6 +108,11 @@ def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.nd
                 continue
             pts, share = group_points(list(range(len(gm))), gm, vis, n_pts)
             keep = share >= cfg.point_share
+            pts, share = pts[keep], share[keep]
+            if len(pts):  # clean the group before it is compared with others (a chair's box holds table top)
+                ok, _ = remove_support(P[pts], normals[pts], cfg, lab)
+                pts, share = pts[ok], share[ok]
+            keep = np.ones(len(pts), bool)
             cands.append({"label": lab, "masks": gm, "pts": pts[keep], "share": share[keep], "cfg": cfg})
     qc["n_groups"] = len(cands)
     cands.sort(key=_strength)
@@ -119,6 +125,11 @@ def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.nd
         inter = [(a, len(np.intersect1d(a["pts"], c["pts"], assume_unique=True)))
                  for a in accepted if a["label"] == c["label"]]
         same = [(a, k / len(c["pts"])) for a, k in inter]
+        if inter and len(np.intersect1d(c["pts"], np.concatenate([a["pts"] for a, _ in inter]))) \
+                >= 0.85 * len(c["pts"]):
+            reject(c["label"], len(c["masks"]), len(c["pts"]),
+                   "redundant: ≥ 85 % of its points are held by stronger same-label groups (a box over several)")
+            continue
         dup = next((a for a, ov in same if ov >= 0.6
                     and not {m.view for m in a["masks"]} & {m.view for m in c["masks"]}), None)
         if dup is not None:
@@ -130,7 +141,7 @@ def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.nd
             if a["label"] == c["label"]:
                 continue
             ov = len(np.intersect1d(a["pts"], c["pts"], assume_unique=True))
-            if ov >= config.label_overlap * len(c["pts"]) and ov >= 0.5 * config.label_overlap * len(a["pts"]):
+            if ov >= config.label_overlap * (len(a["pts"]) + len(c["pts"]) - ov):  # IoU of the point sets
                 host = a
                 break
         if host is not None:
@@ -144,21 +155,45 @@ def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.nd
     return out, meta
 
 
-def assign_points(groups: list[dict], n_points: int, margin: float = 0.15) -> np.ndarray:
-    """``n_points`` int64 owner (index into ``groups``, −1 none) of every point: among the groups holding it,
-    those within ``margin`` of the best share compete and the smallest group wins (a box that holds a smaller
-    object's box holds its points too, not the other way round); ties go to the earlier group."""
+def assign_points(groups: list[dict], P: np.ndarray, margin: float = 0.15) -> np.ndarray:
+    """``len(P)`` int64 owner (index into ``groups``, −1 none) of every point: the group holding it with the
+    highest share; where other groups come within ``margin`` of that share (the seam of two touching chairs),
+    the one whose core (its points of share ≥ 0.9 that no other group holds, ≤ 2000 of them) is nearest; then each group *nested* in a
+    larger one (≥ 80 % of its points held by it: a cup on a table, whose box holds the cup) takes back all its
+    points from that one."""
+    from scipy.spatial import cKDTree
+
+    n_points = len(P)
     best = np.full(n_points, -1.0)
+    held = np.zeros(n_points, np.int32)
     for c in groups:
         np.maximum.at(best, c["pts"], c["share"])
+        held[c["pts"]] += 1
     owner = np.full(n_points, -1, np.int64)
-    owner_size = np.full(n_points, np.iinfo(np.int64).max)
+    dist = np.full(n_points, np.inf)
     for k, c in enumerate(groups):
         ok = c["share"] >= best[c["pts"]] - margin
         p = c["pts"][ok]
-        smaller = len(c["pts"]) < owner_size[p]
-        owner[p[smaller]] = k
-        owner_size[p[smaller]] = len(c["pts"])
+        core = c["pts"][(c["share"] >= 0.9) & (held[c["pts"]] == 1)]
+        core = core if len(core) >= 10 else c["pts"]
+        core = core[:: max(1, len(core) // 2000)]
+        d = cKDTree(P[core]).query(P[p], k=1)[0] if len(p) else np.zeros(0)
+        top = c["share"][ok] >= best[p] - 1e-9
+        d = np.where(top & (owner[p] < 0), -1.0, d)  # the top share alone: no contest yet
+        closer = d < dist[p]
+        owner[p[closer]] = k
+        dist[p[closer]] = np.maximum(d[closer], 0.0)
+    order = sorted(range(len(groups)), key=lambda k: (-len(groups[k]["pts"]), k))
+    for k in reversed(order):  # smallest first
+        c = groups[k]
+        for h in order:
+            big = groups[h]
+            if h == k or len(big["pts"]) <= len(c["pts"]):
+                continue
+            inter = np.intersect1d(c["pts"], big["pts"], assume_unique=True)
+            if len(inter) >= 0.8 * len(c["pts"]):
+                p = c["pts"][owner[c["pts"]] == h]
+                owner[p] = k
     return owner
 
 
@@ -174,31 +209,31 @@ def in_footprint(xyz, box: dict) -> bool:
 def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np.ndarray, frames, vis, dets,
              config, reject) -> list[dict]:
     """Instance records of the accepted groups: exclusive points (:func:`assign_points`), the largest spatial
-    component, support removal, growth into unseen points (:func:`~.lifting.grow_unseen`), then the view check of :func:`instance_record`; a group that fails is rejected
-    and the points are re-assigned among the others (until none fails)."""
+    component, support removal, growth into unseen points (:func:`~.lifting.grow_unseen`), the label check of
+    :func:`fitting_label`, then the view check of :func:`instance_record`; a group that fails is rejected and
+    the points are re-assigned among the others (until none fails)."""
     alive = list(groups)
     seen = np.zeros(len(P), bool)
     for v in vis:
         seen[v] = True
     unseen = np.flatnonzero(~seen)
     while True:
-        owner = assign_points(alive, len(P))
+        owner = assign_points(alive, P)
         out, failed, kept = [], [], []
-        for k, c in enumerate(alive):
+        for k, c0 in enumerate(alive):
             pts = np.flatnonzero(owner == k)
             if len(pts):
                 pts = pts[largest_component(P[pts], config.cluster_gap_m)]
-                keep, _ = remove_support(P[pts], normals[pts], config)
-                pts = pts[keep]
-                grown = grow_unseen(pts, P, np.setdiff1d(unseen, np.flatnonzero(owner >= 0), assume_unique=True),
-                                    config.unseen_gap_m)
-                pts = grown
+                keep, _ = remove_support(P[pts], normals[pts], config, c0["label"])
+                pts = grow_unseen(pts[keep], P, np.setdiff1d(unseen, np.flatnonzero(owner >= 0), assume_unique=True),
+                                  config.unseen_gap_m)
+            c = fitting_label(c0, pts, P, config)
             rec, why = instance_record(c, pts, P, obj_idx, frames, vis, dets, c.get("cfg", config))
             if rec is None:
-                failed.append((c, len(pts), why))
+                failed.append((c0, len(pts), why))
             else:
                 out.append(rec)
-                kept.append(c)
+                kept.append(c0)
         if not failed:  # weakest first: a box over the centres of two stronger same-label boxes is their union
             for k in range(len(out) - 1, -1, -1):
                 inside = [o for o in out[:k] if o["label"] == out[k]["label"]
@@ -213,6 +248,27 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
             reject(c["label"], len(c["masks"]), n, why)
         gone = {id(c) for c, _, _ in failed}
         alive = [c for c in alive if id(c) not in gone]
+
+
+def fitting_label(c: dict, pts: np.ndarray, P: np.ndarray, config) -> dict:
+    """``c``, or — when its box's footprint exceeds :data:`~.scale.MAX_FOOTPRINT_M` of its label and a group of
+    another label it absorbed fits — that label's view of the same points (its masks become the views; the
+    votes stay pooled)."""
+    lim = MAX_FOOTPRINT_M.get(c["label"])
+    if lim is None or len(pts) < 3 or not c.get("absorbed"):
+        return c
+    box = oriented_box(P[pts], config.floor_snap_m)
+    foot = max(box["size"][:2])
+    if foot <= lim:
+        return c
+    alts = sorted({a["label"] for a in c["absorbed"] if foot <= MAX_FOOTPRINT_M.get(a["label"], np.inf)})
+    if not alts:
+        return c
+    masks = {lab: [m for a in c["absorbed"] if a["label"] == lab for m in a["masks"]] for lab in alts}
+    lab = max(alts, key=lambda k: (sum(m.score for m in masks[k]), k))
+    rest = [a for a in c["absorbed"] if a["label"] != lab] + [{**c, "absorbed": []}]
+    return {**c, "label": lab, "masks": masks[lab], "absorbed": rest,
+            "relabelled_from": (c["label"], round(foot, 3))}
 
 
 def instance_record(c: dict, pts: np.ndarray, P: np.ndarray, obj_idx: np.ndarray, frames: list[CameraFrame],
@@ -250,7 +306,9 @@ def instance_record(c: dict, pts: np.ndarray, P: np.ndarray, obj_idx: np.ndarray
             "vertex_ids": obj_idx[pts].tolist(), "n_points": int(len(pts)), **box_fields(box),
             "first_frame": fr[0].source_frame, "last_frame": fr[-1].source_frame,
             "first_timestamp_s": round(fr[0].timestamp_s, 4), "last_timestamp_s": round(fr[-1].timestamp_s, 4),
-            "views": recs, "caption": None}, None
+            "views": recs, "caption": None,
+            **({"relabelled_from": {"label": c["relabelled_from"][0], "footprint_m": c["relabelled_from"][1]}}
+               if "relabelled_from" in c else {})}, None
 
 
 def label_meta(frames: list[CameraFrame], dets: dict, masks: list[ViewMask], cands: list[dict], out: list[dict],
