@@ -117,3 +117,11 @@ def test_support_removal_drops_a_wall_behind_a_plant():
     N2 = np.r_[np.tile([0, -1.0, 0], (500, 1)), np.tile([-1.0, 0, 0], (500, 1))]
     keep2, _ = remove_support(np.r_[front, side], N2, Config())
     assert keep2.all()
+
+
+def test_separate_boxes_ignore_an_enclosing_duplicate():
+    from vid2scene.instances.masks import separate_boxes
+
+    couch, carpet_fp = [280, 60, 470, 258], [20, 60, 495, 355]  # a second box around the first one
+    assert separate_boxes([couch, carpet_fp]) == 1
+    assert separate_boxes([[0, 0, 10, 10], [8, 0, 18, 10], [30, 0, 40, 10]]) == 3  # touching chairs: three

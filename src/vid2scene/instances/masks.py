@@ -75,7 +75,7 @@ def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.nd
     """Instances (records without ``id``, unsorted) and the per-label meta of the ``masks`` method.
 
     Adds ``n_masks`` / ``n_groups`` to ``qc``. Meta per label: ``detections``, ``keyframes``,
-    ``max_in_one_keyframe``, ``masks``, ``groups``, ``instances``, ``rejected`` (≤ 20 of ``{"views", "points",
+    ``max_in_one_keyframe``, ``max_separate_in_one_keyframe`` (:func:`separate_boxes`), ``masks``, ``groups``, ``instances``, ``rejected`` (≤ 20 of ``{"views", "points",
     "reason"}``), ``n_rejected`` and ``note`` (why the label has fewer instances than the evidence asks, or
     None).
     """
@@ -311,16 +311,32 @@ def instance_record(c: dict, pts: np.ndarray, P: np.ndarray, obj_idx: np.ndarray
                if "relabelled_from" in c else {})}, None
 
 
+def separate_boxes(boxes: list, nested: float = 0.8) -> int:
+    """How many of one label's boxes in one keyframe are separate objects: the size of the largest set of boxes
+    none of which lies mostly inside another (intersection ≥ ``nested`` of the smaller box's area: a
+    detector's second, enclosing box of the same object), greedily from the smallest box."""
+    bs = sorted((list(map(float, b)) for b in boxes), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+    kept: list[list[float]] = []
+    for b in bs:
+        ab = max((b[2] - b[0]) * (b[3] - b[1]), 1e-9)
+        if all(max(0.0, min(b[2], k[2]) - max(b[0], k[0])) * max(0.0, min(b[3], k[3]) - max(b[1], k[1]))
+               < nested * min(ab, (k[2] - k[0]) * (k[3] - k[1])) for k in kept):
+            kept.append(b)
+    return len(kept)
+
+
 def label_meta(frames: list[CameraFrame], dets: dict, masks: list[ViewMask], cands: list[dict], out: list[dict],
                rejected: dict[str, list[dict]], vdata: list[ViewData]) -> dict:
     """Per-label evidence and outcome (see :func:`find_instances_masks`)."""
-    n_det, n_kf, kmax = Counter(), Counter(), Counter()
+    n_det, n_kf, kmax, ksep = Counter(), Counter(), Counter(), Counter()
     for f in frames:
-        c = Counter(d["label"] for d in (dets.get(f.source_frame) or {}).get("detections", []))
+        fd = (dets.get(f.source_frame) or {}).get("detections", [])
+        c = Counter(d["label"] for d in fd)
         for lab, k in c.items():
             n_det[lab] += k
             n_kf[lab] += 1
             kmax[lab] = max(kmax[lab], k)
+            ksep[lab] = max(ksep[lab], separate_boxes([d["bbox_xyxy"] for d in fd if d["label"] == lab]))
     n_masks = Counter(m.label for m in masks)
     n_groups = Counter(c["label"] for c in cands)
     n_inst = Counter(i["label"] for i in out)
@@ -333,13 +349,14 @@ def label_meta(frames: list[CameraFrame], dets: dict, masks: list[ViewMask], can
     for lab in sorted(n_det):
         rej = rejected.get(lab, [])
         note = None
-        if n_inst[lab] < kmax[lab]:
+        if n_inst[lab] < ksep[lab]:
             reasons = Counter(r["reason"].split(" <")[0].split(" (")[0] if "<" in r["reason"] else r["reason"]
                               for r in rej)
             top = "; ".join(f"{k} ×{v}" for k, v in reasons.most_common(3)) or "no consistent mask groups"
-            note = (f"{n_inst[lab]} instance(s) for up to {kmax[lab]} boxes in one keyframe: "
+            note = (f"{n_inst[lab]} instance(s) for up to {ksep[lab]} separate boxes in one keyframe: "
                     f"{no_mask[lab]} detection(s) without a mask; {top}")
         meta[lab] = {"detections": int(n_det[lab]), "keyframes": int(n_kf[lab]), "max_in_one_keyframe": int(kmax[lab]),
+                     "max_separate_in_one_keyframe": int(ksep[lab]),
                      "masks": int(n_masks[lab]), "detections_without_mask": int(no_mask[lab]),
                      "groups": int(n_groups[lab]), "instances": int(n_inst[lab]), "n_rejected": len(rej),
                      "rejected": rej[:MAX_REJECTED_LISTED], "note": note}
