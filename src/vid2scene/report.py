@@ -205,8 +205,10 @@ def key_figures_section(scene: Scene, m: dict) -> list[str]:
     if qm.is_file():
         gen = read_json(qm).get("generation", {})
         per = {k: v.get("n_written", 0) for k, v in (gen.get("per_type") or {}).items()}
-        cards.append(_card(f"{gen.get('n_questions', sum(per.values()))} questions",
-                           ", ".join(f"{k} {v}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v)
+        short = {k: k.replace("object_", "").replace("obj_", "").replace("_estimation", "") for k in per}
+        n_types = sum(1 for v in per.values() if v)
+        cards.append(_card(f"{gen.get('n_questions', sum(per.values()))} questions, {n_types} types",
+                           ", ".join(f"{short[k]} {v}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v)
                            or "none"))
     done = sum(1 for st in m.get("stages", {}).values() if st.get("status") == "complete")
     cards.append(_card(f"{done}/{len(m.get('stages', {}))}", "stages complete"))
@@ -439,15 +441,25 @@ def objects_table(doc: dict) -> list[str]:
             f"<th>caption</th></tr>{rows}</table>"]
 
 
+def spread_pick(by_frame: dict[int, list], n: int) -> list[int]:
+    """``n`` keyframes spread over the walk: the frames are cut into ``n`` consecutive runs and the one with most
+    supported instances of each run is taken (ties: the earlier)."""
+    frames = sorted(by_frame)
+    if len(frames) <= n:
+        return frames
+    runs = np.array_split(np.arange(len(frames)), n)
+    return [frames[max(r, key=lambda k: (len(by_frame[frames[k]]), -k))] for r in runs if len(r)]
+
+
 def projected_keyframes_section(scene: Scene, insts: list[dict], frames: list, n_keyframes: int) -> list[str]:
-    """The ``n_keyframes`` keyframes supporting most instances, with their boxes projected (world-frame
-    ``frames``) and the supporting detections."""
+    """``n_keyframes`` keyframes spread over the walk (:func:`spread_pick`), with the boxes of the instances
+    they support projected (world-frame ``frames``) and the supporting detections."""
     by_frame: dict[int, list] = {}
     for i in insts:
         for v in i["views"]:
             by_frame.setdefault(v["frame"], []).append((i, v))
     cams = {f.source_frame: f for f in frames}
-    pick = sorted(by_frame, key=lambda k: -len(by_frame[k]))[:n_keyframes]
+    pick = spread_pick(by_frame, n_keyframes)
     figs = []
     for sf in sorted(pick):
         if sf not in cams:
