@@ -67,6 +67,9 @@ class Config(BaseModel):
                                           "wide (and extra_wall_min_height_m tall) that the layout lacks are walls "
                                           "and removed (0 = off)")
     extra_wall_min_height_m: float = Field(1.4, ge=0)
+    footprint_tolerance: float = Field(1.1, ge=1, description="an instance whose footprint exceeds this × its "
+                                       "label's largest plausible one (instances.scale.MAX_FOOTPRINT_M) is "
+                                       "rejected")
     masker: str = Field("none", description="2D masks inside the boxes for the 'masks' method: " + ", ".join(MASKERS))
     sam: SamMasker.Options = Field(default_factory=SamMasker.Options, description="options of the 'sam' masker")
     captioner: str = Field("none", description="labeller backend for captions: " + ", ".join(BACKENDS))

@@ -85,23 +85,52 @@ def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.nd
     vis = [vd.vis for vd in vdata]
     masks = sort_masks([m for vd in vdata for m in vd.masks])
     qc["n_masks"] = len(masks)
-    rejected: dict[str, list[dict]] = {}
+    rejected: dict[str, list[dict]] = {}  # filled by the last pass
 
     def reject(label: str, n_views: int, n_points: int, reason: str) -> None:
         rejected.setdefault(label, []).append({"views": n_views, "points": n_points, "reason": reason})
 
-    cands = []
     labels = sorted({m.label for m in masks})
+    n_kf = {lab: len({m.view for m in masks if m.label == lab}) for lab in labels}
     relaxed_cfg = relaxed(config)
+    # pass 1: every label at the default thresholds, a label seen often whose masks form no group of
+    # min_views at the looser ones; pass 2 (hysteresis): labels seen often that still have no instance
+    # are tried again at the looser thresholds, everything else unchanged
+    loose = {lab for lab in labels if n_kf[lab] >= config.relax_min_keyframes
+             and not any(len(g) >= config.min_views
+                         for g in cluster_masks([m for m in masks if m.label == lab], vis, n_pts, len(frames),
+                                                config))}
+    for attempt in range(2):
+        rejected.clear()
+        cands = build_candidates(masks, labels, loose, relaxed_cfg, P, normals, vis, n_pts, len(frames), config,
+                                 reject)
+        accepted = accept_candidates(cands, config, reject)
+        out = finalise(accepted, P, normals, obj_idx, frames, vis, dets, config, reject)
+        have = {r["label"] for r in out}
+        missing = {lab for lab in labels if n_kf[lab] >= config.relax_min_keyframes and lab not in have} - loose
+        if attempt or not missing:
+            break
+        loose |= missing
+    qc["n_groups"] = len(cands)
+    qc["relaxed_labels"] = sorted(loose)
+    meta = label_meta(frames, dets, masks, cands, out, rejected, vdata)
+    for lab in loose:
+        if lab in meta:
+            meta[lab]["relaxed_thresholds"] = True
+    return out, meta
+
+
+def build_candidates(masks: list[ViewMask], labels: list[str], loose: set, relaxed_cfg, P: np.ndarray,
+                     normals: np.ndarray, vis: list[np.ndarray], n_pts: int, n_views: int, config,
+                     reject) -> list[dict]:
+    """Mask groups per label (:func:`~.lifting.cluster_masks`; the labels in ``loose`` at ``relaxed_cfg``)
+    with their consistent points (share ≥ ``point_share``, support layers removed), strongest first; groups
+    of fewer than ``min_views`` keyframes are rejected."""
+    cands = []
     for lab in labels:
         lm = [m for m in masks if m.label == lab]
-        cfg = config
-        groups = cluster_masks(lm, vis, n_pts, len(frames), cfg)
-        if (len({m.view for m in lm}) >= config.relax_min_keyframes
-                and not any(len(g) >= config.min_views for g in groups)):
-            cfg = relaxed_cfg  # the label is seen often but no group holds: second, looser pass (hysteresis)
-            groups = cluster_masks(lm, vis, n_pts, len(frames), cfg)
-        for g in groups:
+        cfg = relaxed_cfg if lab in loose else config
+        for g in cluster_masks(lm, vis, n_pts, n_views, cfg):
             gm = [lm[i] for i in g]
             if len(gm) < cfg.min_views:
                 reject(lab, len(gm), 0, f"masks in {len(gm)} keyframe(s) < min_views={cfg.min_views}")
@@ -112,15 +141,20 @@ def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.nd
             if len(pts):  # clean the group before it is compared with others (a chair's box holds table top)
                 ok, _ = remove_support(P[pts], normals[pts], cfg, lab)
                 pts, share = pts[ok], share[ok]
-            keep = np.ones(len(pts), bool)
-            cands.append({"label": lab, "masks": gm, "pts": pts[keep], "share": share[keep], "cfg": cfg})
-    qc["n_groups"] = len(cands)
+            cands.append({"label": lab, "masks": gm, "pts": pts, "share": share, "cfg": cfg})
     cands.sort(key=_strength)
+    return cands
+
+
+def accept_candidates(cands: list[dict], config, reject) -> list[dict]:
+    """The candidates kept as instance seeds, strongest first: too few points, redundant with stronger
+    same-label groups (a box over several objects), a duplicate of one (no shared view) or the same points as
+    a stronger group of another label (a mislabel; its votes join that group) are rejected."""
     accepted: list[dict] = []
     for c in cands:
-        if len(c["pts"]) < config.min_instance_points:
+        if len(c["pts"]) < c["cfg"].min_instance_points:
             reject(c["label"], len(c["masks"]), len(c["pts"]),
-                   f"{len(c['pts'])} consistent points < min_instance_points={config.min_instance_points}")
+                   f"{len(c['pts'])} consistent points < min_instance_points={c['cfg'].min_instance_points}")
             continue
         inter = [(a, len(np.intersect1d(a["pts"], c["pts"], assume_unique=True)))
                  for a in accepted if a["label"] == c["label"]]
@@ -148,11 +182,9 @@ def find_instances_masks(scene: Scene, mesh, obj_idx: np.ndarray, normals: np.nd
             host["absorbed"].append(c)
             reject(c["label"], len(c["masks"]), len(c["pts"]), f"same object as a stronger '{host['label']}' group")
             continue
-        c["absorbed"] = []
+        c = {**c, "absorbed": []}
         accepted.append(c)
-    out = finalise(accepted, P, normals, obj_idx, frames, vis, dets, config, reject)
-    meta = label_meta(frames, dets, masks, cands, out, rejected, vdata)
-    return out, meta
+    return accepted
 
 
 def assign_points(groups: list[dict], P: np.ndarray, margin: float = 0.15) -> np.ndarray:
@@ -213,12 +245,13 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
     :func:`fitting_label`, then the view check of :func:`instance_record`; a group that fails is rejected and
     the points are re-assigned among the others (until none fails)."""
     alive = list(groups)
+    sinks: list[dict] = []  # rejected as one box over several objects: they keep their points, output nothing
     seen = np.zeros(len(P), bool)
     for v in vis:
         seen[v] = True
     unseen = np.flatnonzero(~seen)
     while True:
-        owner = assign_points(alive, P)
+        owner = assign_points(alive + sinks, P)
         out, failed, kept = [], [], []
         for k, c0 in enumerate(alive):
             pts = np.flatnonzero(owner == k)
@@ -229,6 +262,11 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
                                   config.unseen_gap_m)
             c = fitting_label(c0, pts, P, config)
             rec, why = instance_record(c, pts, P, obj_idx, frames, vis, dets, c.get("cfg", config))
+            if rec is None and why.startswith("box footprint") and len(pts):
+                # one object bridged to a neighbour or a wall: its largest component at half the gap
+                sub = pts[largest_component(P[pts], config.cluster_gap_m / 2)]
+                rec, why2 = instance_record(c, sub, P, obj_idx, frames, vis, dets, c.get("cfg", config))
+                why = why if rec is None else None
             if rec is None:
                 failed.append((c0, len(pts), why))
             else:
@@ -247,6 +285,7 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
         for c, n, why in failed:
             reject(c["label"], len(c["masks"]), n, why)
         gone = {id(c) for c, _, _ in failed}
+        sinks += [c for c, _, why in failed if "one box over several objects" in why]
         alive = [c for c in alive if id(c) not in gone]
 
 
@@ -297,6 +336,11 @@ def instance_record(c: dict, pts: np.ndarray, P: np.ndarray, obj_idx: np.ndarray
             votes[m.label] += m.score
     fr = [frames[m.view] for m, *_ in views]
     box = oriented_box(P[pts], config.floor_snap_m)
+    lim = MAX_FOOTPRINT_M.get(c["label"])
+    if lim is not None and max(box["size"][:2]) > config.footprint_tolerance * lim:
+        return None, (f"box footprint {max(box['size'][:2]):.2f} m > {config.footprint_tolerance} × the largest "
+                      f"plausible {c['label']} ({lim} m) and no other voted label fits (one box over several "
+                      "objects)")
     recs = [{"frame": m.frame, "bbox_xyxy": m.bbox, "score": round(m.score, 4),
              "projected_bbox_xyxy": [round(x, 1) for x in proj], "iou": round(iou, 3),
              "visible_share": round(nv / len(pts), 3)} for m, proj, iou, nv in views]
