@@ -125,3 +125,22 @@ def test_separate_boxes_ignore_an_enclosing_duplicate():
     couch, carpet_fp = [280, 60, 470, 258], [20, 60, 495, 355]  # a second box around the first one
     assert separate_boxes([couch, carpet_fp]) == 1
     assert separate_boxes([[0, 0, 10, 10], [8, 0, 18, 10], [30, 0, 40, 10]]) == 3  # touching chairs: three
+
+
+def test_stage_output_independent_of_detection_order(row, tmp_path):
+    import shutil
+
+    from tests.fixtures.objects import write_detections
+    from vid2scene.scene import Scene
+
+    scene, info, _, doc = row
+    root = tmp_path / "shuffled"
+    shutil.copytree(scene.root, root)
+    shuffled = {sf: [d[i] for i in random.Random(sf).sample(range(len(d)), len(d))]
+                for sf, d in info["detections"].items()}
+    s2 = Scene(root)
+    write_detections(s2, shuffled, 320, 240)
+    run_stage(s2, "instances", PipelineConfig())
+    doc2 = json.loads((root / "instances.json").read_text())
+    key = lambda d: sorted((i["label"], tuple(i["box"]["center"]), tuple(i["box"]["size"])) for i in d["instances"])  # noqa: E731
+    assert key(doc2) == key(doc)
