@@ -11,7 +11,15 @@ Runs on a *copy* of a complete reference scene (default /work/scenes/hololens: a
   the mesh ray-cast), an instance agrees when in at least half of them some detection *of its label* has IoU ≥
   ``--iou`` with its projected box. (b) also counts views where the detector missed the object;
 * ``{"figure": "time", ...}`` — seconds per stage and per keyframe; ``{"figure": "memory", ...}`` — peak RSS;
-* ``{"figure": "scene_graph", ...}`` — relation counts.
+* ``{"figure": "scene_graph", ...}`` — relation counts;
+* ``{"figure": "evidence", ...}`` — per label: instances next to the detections' keyframe count and most boxes
+  in one keyframe (from ``instances.json`` meta), the labels in ≥ 5 keyframes without an instance (with the
+  meta's reason) and the lower-bound shortfalls (labels in ≥ 3 keyframes with fewer instances than boxes in one
+  keyframe);
+* ``{"figure": "box_sizes", ...}`` — per label the box sizes against the size priors, the widest chair;
+* ``{"figure": "stability", ...}`` — per-label counts of a second ``instances`` run on a second copy of the
+  scene (same detections, same poses: the run-to-run difference of the semantic layer alone);
+* ``{"figure": "targets", ...}`` — the issue's targets, each True / False.
 
 It also writes ``report.html`` and ``top_down.png`` (the report's top-down view) into the copy.
 
@@ -115,8 +123,11 @@ def main() -> None:
             seen_views[i["id"]].append(best)
     agree_b = [np.mean(np.asarray(v) >= args.iou) >= 0.5 for v in seen_views.values() if v]
     per_view_b = [x for v in seen_views.values() for x in v]
+    sup_ious = [v["iou"] for i in instances for v in i["views"]]
     emit(figure="agreement", iou_threshold=args.iou,
          supporting_views={"share_of_instances_median_iou_ge_thr": share_a,
+                           "share_of_views_iou_ge_thr": float(np.mean(np.asarray(sup_ious) >= args.iou))
+                           if sup_ious else None, "n_views": len(sup_ious),
                            "median_iou_per_instance": [round(x, 3) for x in med]},
          all_views_that_see_it={"min_visible_share": args.min_visible,
                                 "share_of_instances_agreeing_in_half_their_views":
@@ -151,6 +162,62 @@ def main() -> None:
              object_prior_error=None if sc["object_prior_metres_per_sfm_unit"] is None else
              round(sc["object_prior_metres_per_sfm_unit"] / true_s - 1, 4),
              combined_error=round(sc["combined"] / true_s - 1, 4), objects=sc["objects"])
+    meta = inst.get("meta", {}).get("per_label", {})
+    per_label = {lab: {"instances": m["instances"], "keyframes": m["keyframes"],
+                       "max_in_one_keyframe": m["max_in_one_keyframe"],
+                       "max_separate_in_one_keyframe": m.get("max_separate_in_one_keyframe"),
+                       "detections": m["detections"]}
+                 for lab, m in sorted(meta.items(), key=lambda kv: -kv[1]["keyframes"])}
+    missing = {lab: m["note"] for lab, m in meta.items() if m["keyframes"] >= 5 and m["instances"] == 0}
+    short = {lab: [m["instances"], m["max_in_one_keyframe"]] for lab, m in meta.items()
+             if m["keyframes"] >= 3 and m["instances"] < m["max_in_one_keyframe"]}
+    short_sep = {lab: [m["instances"], m.get("max_separate_in_one_keyframe")] for lab, m in meta.items()
+                 if m["keyframes"] >= 3 and m["instances"] < (m.get("max_separate_in_one_keyframe") or 0)}
+    emit(figure="evidence", per_label=per_label, labels_ge5_keyframes_without_instance=missing,
+         lower_bound_shortfalls_instances_vs_max_boxes=short,
+         lower_bound_shortfalls_instances_vs_max_separate_boxes=short_sep)
+    from vid2scene.instances.boxes import box_dimension
+    from vid2scene.instances.scale import SIZE_PRIORS
+
+    sizes: dict[str, list] = {}
+    for i in instances:
+        pr = SIZE_PRIORS.get(i["label"])
+        sizes.setdefault(i["label"], []).append(
+            {"size_m": i["box"]["size"], **({"prior": {"dimension": pr[0], "m": pr[1], "sigma": pr[2]},
+                                             "measured": round(box_dimension(i["box"], pr[0]), 3)} if pr else {})})
+    chair_w = [max(i["box"]["size"][:2]) for i in instances if i["label"] == "chair"]
+    emit(figure="box_sizes", per_label=sizes, widest_chair_m=max(chair_w) if chair_w else None,
+         chairs_wider_than_1_2m=sum(w > 1.2 for w in chair_w))
+    # a second instances run on a second copy (same detections and poses)
+    work2 = Path(str(work) + "_run2")
+    if work2.exists():
+        shutil.rmtree(work2)
+    shutil.copytree(work, work2, ignore=shutil.ignore_patterns("instances.json", "scene_graph.json", "tasks"))
+    t0 = time.perf_counter()
+    run_stage(Scene(work2), "instances", cfg)
+    secs2 = time.perf_counter() - t0
+    c2: dict[str, int] = {}
+    for i in Scene(work2).instances()["instances"]:
+        c2[i["label"]] = c2.get(i["label"], 0) + 1
+    labs = sorted(set(per_class) | set(c2))
+    emit(figure="stability", run1=[per_class.get(k, 0) for k in labs], run2=[c2.get(k, 0) for k in labs],
+         labels=labs, equal=all(per_class.get(k, 0) == c2.get(k, 0) for k in labs),
+         seconds_run2=round(secs2, 2), note="two instances runs on two copies of one scene (detections and poses "
+         "shared); not two full pipeline runs")
+    share_views = float(np.mean(np.asarray(sup_ious) >= args.iou)) if sup_ious else 0.0
+    n_q = None
+    emit(figure="targets",
+         instances_ge_max_boxes_for_labels_in_ge3_keyframes=not short,
+         instances_ge_max_separate_boxes_for_labels_in_ge3_keyframes=not short_sep,
+         chair_ge5=per_class.get("chair", 0) >= 5, couch_ge2=per_class.get("couch", 0) >= 2,
+         dining_table_ge2=per_class.get("dining table", 0) >= 2,
+         every_label_in_ge5_keyframes_has_instance=not missing, no_chair_wider_than_1_2m=not any(w > 1.2 for w in chair_w),
+         supporting_instance_views_matched_ge_70pct=share_views >= 0.7,
+         all_views_that_see_an_instance_matched_ge_70pct=bool(per_view_b) and
+         float(np.mean(np.asarray(per_view_b) >= args.iou)) >= 0.7, two_runs_equal=all(per_class.get(k, 0) == c2.get(k, 0)
+                                                                              for k in labs),
+         detect_plus_instances_s_per_keyframe=round((secs["detect"] + secs["instances"]) / max(n_kf, 1), 4),
+         questions="see benchmarks/tasks_hololens.py", n_questions=n_q)
     write_report(scene)
     import cv2
 

@@ -38,6 +38,29 @@ def emit(obj: dict) -> None:
     print(json.dumps(obj), flush=True)
 
 
+def consistency(rows: list[dict], inst_doc: dict) -> dict:
+    """Checks of every question against ``instances.json``: each referenced object id exists with the stated
+    label; ``object_counting`` answers equal the label's instance count; ``object_size_estimation`` answers
+    equal the longest box side (cm). Returns counts of checked / failed questions and the failures' ids."""
+    by_id = {i["id"]: i for i in inst_doc["instances"]}
+    counts: dict[str, int] = {}
+    for i in inst_doc["instances"]:
+        counts[i["label"]] = counts.get(i["label"], 0) + 1
+    bad = []
+    for r in rows:
+        ok = all(o["id"] in by_id and by_id[o["id"]]["label"] == o["label"] for o in r.get("objects", [])
+                 if o.get("id") is not None)
+        if r["question_type"] == "object_counting":
+            lab = r["objects"][0]["label"] if r.get("objects") else None
+            ok &= lab is not None and float(r["answer"]) == counts.get(lab)
+        if r["question_type"] == "object_size_estimation" and r.get("objects"):
+            b = by_id[r["objects"][0]["id"]]["box"]["size"]
+            ok &= abs(float(r["answer"]) - 100 * max(b)) <= 1.0
+        if not ok:
+            bad.append(r["id"])
+    return {"n_checked": len(rows), "n_inconsistent": len(bad), "inconsistent_ids": bad[:20]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scene", type=Path, help="scene folder (instances.json, layout.json, cameras.json, ...)")
@@ -92,6 +115,8 @@ def main() -> int:
               "n_accepted": v["n_accepted"], "n_candidates": v["n_candidates"],
               "rejected_share": v["rejected_share"], "rejected_by_reason": v["rejected_by_reason"],
               "seconds": v["seconds"]})
+
+    emit({"figure": "vqa_consistency", **consistency(rows, json.loads((work / "instances.json").read_text()))})
 
     if present["cameras.json"]:
         t0 = time.perf_counter()

@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections import Counter
 
 import numpy as np
 
 from .errors import StageFailed
 from .geometry import box_corners, box_edges, project
-from .io import atomic_path
+from .io import atomic_path, read_json
 from .scene import SFM, WORLD, Scene
 
 
@@ -88,46 +89,197 @@ def top_down_view(points: np.ndarray, centers: np.ndarray, size: int = 520, up_a
     return img
 
 
-STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
-         "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}pre{margin:0;font-size:11px}"
-         ".complete{color:green}.failed{color:#b00}.warn{color:#a60}.running,.stale,.incomplete{color:#a60}"
-         ".strip{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;font-size:11px}")
+STYLE = ("body{font-family:system-ui,sans-serif;margin:0 auto;padding:12px;max-width:1100px;line-height:1.35}"
+         "img{max-width:100%;height:auto}table{border-collapse:collapse;display:block;overflow-x:auto}"
+         "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}pre{margin:0;font-size:11px;"
+         "white-space:pre-wrap}.complete{color:green}.failed{color:#b00}.warn{color:#a60}"
+         ".running,.stale,.incomplete{color:#a60}.strip{display:flex;flex-wrap:wrap;gap:6px}"
+         "figure{margin:0;font-size:11px;max-width:100%}.cards{display:grid;gap:8px;"
+         "grid-template-columns:repeat(auto-fill,minmax(160px,1fr))}.card{border:1px solid #ddd;border-radius:6px;"
+         "padding:6px 8px}.card b{display:block;font-size:18px}.card span{font-size:12px;color:#555}"
+         ".views{display:grid;gap:8px;grid-template-columns:repeat(auto-fit,minmax(300px,1fr))}"
+         "details{margin:8px 0}summary{cursor:pointer;font-weight:600}")
 
 
 def write_report(scene: Scene) -> None:
-    """(Re)write ``report.html`` from whatever the scene folder holds now.
+    """(Re)write ``report.html`` from whatever the scene folder holds now, summary first.
+
+    Order: title and status; warnings with reasons (stage warnings from the manifest, unregistered keyframes
+    with their ``reason`` / ``figures`` from ``cameras.json``, an unobserved floor from ``layout.json``
+    ``gravity``); key figures (registered share, scale and σ, room size, objects by label, questions by type);
+    the top-down view with objects and camera path; the BEV with markers (``tasks/bev.png``); four keyframes
+    with projected boxes; then, folded (``<details>``), the object table, the keyframe strip, the camera path
+    over the sparse points and the stage table with QC. Self-contained (images inlined), phone-readable
+    (viewport meta, fluid images).
 
     Raises:
         InputError: the folder is not a scene (no readable manifest).
         StageFailed: an asset the report shows exists but cannot be read.
     """
     m = scene.read_manifest()
-    parts = status_sections(scene, m) + camera_path_sections(scene) + keyframe_strip(scene) + instances_sections(scene)
-    doc = f"<!doctype html><html><head><meta charset='utf-8'><title>vid2scene report</title><style>{STYLE}</style>" \
-          f"</head><body>{''.join(parts)}</body></html>"
+    parts = (header_section(scene, m) + warnings_section(scene, m) + key_figures_section(scene, m)
+             + views_section(scene) + details_sections(scene, m))
+    doc = ("<!doctype html><html><head><meta charset='utf-8'>"
+           "<meta name='viewport' content='width=device-width, initial-scale=1'><title>vid2scene report</title>"
+           f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     with atomic_path(scene.report_html) as tmp:
         tmp.write_text(doc)
 
 
-def status_sections(scene: Scene, m: dict) -> list[str]:
-    """Title, source and status, the failure (if any) and the table of stages from the manifest ``m``."""
+def header_section(scene: Scene, m: dict) -> list[str]:
+    """Title, source, status and the failure (if any)."""
     e = html.escape
     parts = [f"<h1>vid2scene scene: {e(scene.root.name)}</h1>",
-             f"<p>source: <code>{e(str(m['source'].get('path')))}</code> &middot; status: "
-             f"<b class='{e(m.get('status', ''))}'>{e(m.get('status', '?'))}</b></p>"]
+             f"<p id='status'>status: <b class='{e(m.get('status', ''))}'>{e(m.get('status', '?'))}</b> &middot; "
+             f"source: <code>{e(str(m['source'].get('path')))}</code></p>"]
     if m.get("failure"):
         f = m["failure"]
         parts.append(f"<p class='failed'><b>Failed in {e(f['stage'])}</b>: {e(f['reason'])}</p>")
+    return parts
+
+
+def _raw_cameras(scene: Scene) -> list[dict]:
+    try:
+        return read_json(scene.cameras_json).get("frames", []) if scene.cameras_json.is_file() else []
+    except (OSError, ValueError):
+        return []
+
+
+def _layout(scene: Scene) -> dict:
+    return scene.layout() if scene.layout_json.is_file() else {}
+
+
+def warnings_section(scene: Scene, m: dict) -> list[str]:
+    """Every stage warning (from the manifest), the unregistered keyframes grouped by ``reason`` with an example
+    of their ``figures``, and the gravity cue when the floor was not observed."""
+    e = html.escape
+    items = [f"<li><b>{e(name)}</b>: {e(w)}</li>" for name, st in m.get("stages", {}).items()
+             for w in (st.get("warnings") or [])]
+    unreg = [f for f in _raw_cameras(scene) if not f.get("registered", True)]
+    if unreg:
+        by: dict[str, list] = {}
+        for f in unreg:
+            by.setdefault(str(f.get("reason") or "no reason recorded"), []).append(f)
+        for reason, fs in sorted(by.items(), key=lambda kv: -len(kv[1])):
+            ex = fs[0].get("figures")
+            names = ", ".join(str(f.get("source_frame", f.get("name"))) for f in fs[:12])
+            items.append(f"<li><b>sfm</b>: {len(fs)} keyframe(s) not registered: {e(reason)} ({e(names)}"
+                         f"{' …' if len(fs) > 12 else ''})" + (f"; e.g. {e(json.dumps(ex))}" if ex else "") + "</li>")
+    g = _layout(scene).get("gravity") or {}
+    if g.get("floor_observed") is False:
+        items.append(f"<li><b>layout</b>: floor not observed; gravity from cue <code>{e(str(g.get('cue')))}</code>"
+                     + (f" (±{g['uncertainty_deg']}°)" if g.get("uncertainty_deg") is not None else "") + "</li>")
+    if not items:
+        return ["<h2 id='warnings'>Warnings</h2><p class='complete'>none</p>"]
+    return [f"<h2 id='warnings'>Warnings ({len(items)})</h2><ul class='warn'>{''.join(items)}</ul>"]
+
+
+def _card(value: str, what: str) -> str:
+    return f"<div class='card'><b>{html.escape(value)}</b><span>{html.escape(what)}</span></div>"
+
+
+def key_figures_section(scene: Scene, m: dict) -> list[str]:
+    """Cards: keyframes registered, scale ± σ (and its method), room size, objects by label, questions by type."""
+    cards = []
+    cams = _raw_cameras(scene)
+    if cams:
+        n_reg = sum(1 for f in cams if f.get("registered", True))
+        cards.append(_card(f"{n_reg}/{len(cams)} ({100 * n_reg / len(cams):.0f}%)", "keyframes registered"))
+    lay = _layout(scene)
+    sc = lay.get("scale") or {}
+    if sc.get("metres_per_sfm_unit") is not None:
+        sig = sc.get("sigma")
+        rel = f" ± {100 * sig / sc['metres_per_sfm_unit']:.0f}%" if sig else ""
+        cards.append(_card(f"{sc['metres_per_sfm_unit']:.4g} m/unit{rel}", f"scale ({sc.get('method', '?')})"))
+    room = lay.get("room") or {}
+    if room.get("extent_m"):
+        ex = room["extent_m"]
+        h = room.get("height_m")
+        cards.append(_card(f"{ex[0]:.1f} × {ex[1]:.1f}" + (f" × {h:.1f}" if h else "") + " m",
+                           f"room, {room.get('floor_area_m2', 0):.1f} m² floor"))
+    if scene.instances_json.is_file():
+        insts = scene.instances().get("instances", [])
+        by = Counter(i["label"] for i in insts)
+        cards.append(_card(f"{len(insts)} objects", ", ".join(f"{v} {k}" for k, v in by.most_common()) or "none"))
+    qm = scene.task_path("vqa_meta.json")
+    if qm.is_file():
+        gen = read_json(qm).get("generation", {})
+        per = {k: v.get("n_written", 0) for k, v in (gen.get("per_type") or {}).items()}
+        short = {k: k.replace("object_", "").replace("obj_", "").replace("_estimation", "") for k in per}
+        n_types = sum(1 for v in per.values() if v)
+        cards.append(_card(f"{gen.get('n_questions', sum(per.values()))} questions, {n_types} types",
+                           ", ".join(f"{short[k]} {v}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v)
+                           or "none"))
+    done = sum(1 for st in m.get("stages", {}).values() if st.get("status") == "complete")
+    cards.append(_card(f"{done}/{len(m.get('stages', {}))}", "stages complete"))
+    return [f"<h2 id='figures'>Key figures</h2><div class='cards'>{''.join(cards)}</div>"]
+
+
+def views_section(scene: Scene) -> list[str]:
+    """The top-down view with objects and camera path, the BEV with markers and four keyframes with boxes."""
+    figs = []
+    frames = []
+    if scene.cameras_json.exists() and scene.world_from_sfm() is not None:
+        frames = [f for f in scene.cameras(frame=WORLD) if f.registered]
+    if scene.instances_json.is_file() and frames:
+        doc = scene.instances()
+        figs.append("<figure><img src='" + _png_data_uri(objects_top_down(scene, doc, frames)) + "'><figcaption>"
+                    "top-down: objects (boxes, id label), camera path (blue), room (black), 1 m grid</figcaption>"
+                    "</figure>")
+    elif scene.cameras_json.exists():
+        frame = WORLD if scene.world_from_sfm() is not None else SFM
+        reg = [f for f in scene.cameras(frame=frame) if f.registered]
+        pts = scene.sparse_points(frame=frame).points if scene.sparse_points_ply.exists() else np.zeros((0, 3))
+        if len(pts) > 20000:
+            pts = pts[np.random.default_rng(0).choice(len(pts), 20000, replace=False)]
+        figs.append("<figure><img src='" + _png_data_uri(top_down_view(
+            pts, np.array([f.center_in_world for f in reg]).reshape(-1, 3))) + "'><figcaption>top-down camera "
+            "path (blue start → red) over the sparse points</figcaption></figure>")
+    bev = scene.task_path("bev.png")
+    if bev.is_file():
+        figs.append(f"<figure><img src='{jpg_data_uri(bev, 640)}'><figcaption>BEV with object markers "
+                    "(tasks/bev.png)</figcaption></figure>")
+    parts = [f"<h2 id='views'>Scene</h2><div class='views'>{''.join(figs)}</div>"] if figs else []
+    if scene.instances_json.is_file() and frames:
+        parts += projected_keyframes_section(scene, scene.instances().get("instances", []), frames, 4)
+    return parts
+
+
+def details_sections(scene: Scene, m: dict) -> list[str]:
+    """Folded: the object table, the keyframe strip, the camera path over the sparse points, the stage table."""
+    out = []
+    if scene.instances_json.is_file():
+        out.append("<details><summary>Objects table</summary>" + "".join(objects_table(scene.instances()))
+                   + "</details>")
+    strip = keyframe_strip(scene)
+    if strip:
+        out.append("<details><summary>Keyframes</summary>" + "".join(strip) + "</details>")
+    cam = camera_path_sections(scene)
+    if cam:
+        out.append("<details><summary>Camera path over the sparse points</summary>" + "".join(cam) + "</details>")
+    out += stage_table(m)
+    return out
+
+
+def stage_table(m: dict) -> list[str]:
+    """The table of stages (status, seconds, summary, warnings), each stage's QC JSON folded."""
+    e = html.escape
     rows = []
     for name, st in m.get("stages", {}).items():
         warn = "<br><span class='warn'>" + e("; ".join(st.get("warnings") or [])) + "</span>" \
             if st.get("warnings") else ""
+        qc = st.get("qc", {})
+        qc_html = f"<details><summary>QC</summary><pre>{e(json.dumps(qc, indent=1))}</pre></details>" if qc else ""
         rows.append(f"<tr><td>{e(name)}</td><td class='{e(st.get('status', ''))}'>{e(st.get('status', ''))}</td>"
                     f"<td>{st.get('seconds', 0):.1f}</td><td>{e(st.get('summary') or st.get('reason') or '')}{warn}"
-                    f"</td><td><pre>{e(json.dumps(st.get('qc', {}), indent=0))}</pre></td></tr>")
-    parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>s</th><th>result</th><th>QC</th></tr>"
-                 + "".join(rows) + "</table>")
-    return parts
+                    f"{qc_html}</td></tr>")
+    return ["<h2 id='stages'>Stages</h2><table><tr><th>stage</th><th>status</th><th>s</th><th>result / QC</th>"
+            "</tr>" + "".join(rows) + "</table>"]
+
+
+def status_sections(scene: Scene, m: dict) -> list[str]:
+    """Title, status, failure and the stage table (the header and stage table of :func:`write_report`)."""
+    return header_section(scene, m) + stage_table(m)
 
 
 def camera_path_sections(scene: Scene) -> list[str]:
@@ -257,15 +409,14 @@ def instances_sections(scene: Scene, n_keyframes: int = 4) -> list[str]:
         return []
     doc = scene.instances()
     frames = [f for f in scene.cameras(frame=WORLD) if f.registered] if scene.cameras_json.exists() else []
-    return objects_section(scene, doc, frames) + projected_keyframes_section(scene, doc.get("instances", []),
-                                                                             frames, n_keyframes)
+    return ([f"<img src='{_png_data_uri(objects_top_down(scene, doc, frames))}'>"] + objects_table(doc)
+            + projected_keyframes_section(scene, doc.get("instances", []), frames, n_keyframes))
 
 
-def objects_section(scene: Scene, doc: dict, frames: list) -> list[str]:
-    """The objects seen from above (over the video points at furniture height) and their table."""
-    e = html.escape
-    insts = doc.get("instances", [])
-    layout = scene.layout() if scene.layout_json.is_file() else {}
+def objects_top_down(scene: Scene, doc: dict, frames: list) -> np.ndarray:
+    """:func:`instances_top_down` of ``doc``'s instances over the video points at furniture height (0.1–2 m),
+    the room polygon and the camera path of the world-frame ``frames``."""
+    layout = _layout(scene)
     centers = np.array([f.center_in_world for f in frames]).reshape(-1, 3)
     pts = None
     if scene.points_ply.is_file():
@@ -273,28 +424,42 @@ def objects_section(scene: Scene, doc: dict, frames: list) -> list[str]:
         pts = pts[(pts[:, 2] > 0.1) & (pts[:, 2] < 2.0)]  # furniture height band
         if len(pts) > 60000:
             pts = pts[np.random.default_rng(0).choice(len(pts), 60000, replace=False)]
-    top = instances_top_down(insts, (layout.get("room") or {}).get("polygon_xy"), pts, centers)
+    return instances_top_down(doc.get("instances", []), (layout.get("room") or {}).get("polygon_xy"), pts, centers)
+
+
+def objects_table(doc: dict) -> list[str]:
+    """The objects' table (id, label, score, views, box size, frames, caption) and the scale line."""
+    e = html.escape
+    insts = doc.get("instances", [])
     sc = doc.get("scale") or {}
     rows = "".join(f"<tr><td>{i['id']}</td><td>{e(i['label'])}</td><td>{i['score']:.2f}</td><td>{i['n_views']}</td>"
                    f"<td>{' × '.join(f'{v:.2f}' for v in i['box']['size'])}</td><td>{i['first_frame']}–{i['last_frame']}"
                    f"</td><td>{e(i.get('caption') or '')}</td></tr>" for i in insts)
-    return [f"<h2>Objects ({len(insts)}, top-down)</h2><p>gravity-aligned boxes from <code>instances.json</code> over "
-            "mesh points at 0.1–2 m (grey), room polygon (black), camera path (blue); 1 m grid. Scale: layout "
-            f"{sc.get('layout_metres_per_sfm_unit')}, object priors {sc.get('object_prior_metres_per_sfm_unit')} "
-            f"({sc.get('n_objects_used', 0)} objects) m per SfM unit.</p><img src='{_png_data_uri(top)}'>"
-            "<table><tr><th>id</th><th>label</th><th>score</th><th>views</th><th>size (m)</th><th>frames</th>"
+    return [f"<h3>Objects ({len(insts)})</h3><p>Scale: layout {sc.get('layout_metres_per_sfm_unit')}, object "
+            f"priors {sc.get('object_prior_metres_per_sfm_unit')} ({sc.get('n_objects_used', 0)} objects) m per SfM "
+            "unit.</p><table><tr><th>id</th><th>label</th><th>score</th><th>views</th><th>size (m)</th><th>frames</th>"
             f"<th>caption</th></tr>{rows}</table>"]
 
 
+def spread_pick(by_frame: dict[int, list], n: int) -> list[int]:
+    """``n`` keyframes spread over the walk: the frames are cut into ``n`` consecutive runs and the one with most
+    supported instances of each run is taken (ties: the earlier)."""
+    frames = sorted(by_frame)
+    if len(frames) <= n:
+        return frames
+    runs = np.array_split(np.arange(len(frames)), n)
+    return [frames[max(r, key=lambda k: (len(by_frame[frames[k]]), -k))] for r in runs if len(r)]
+
+
 def projected_keyframes_section(scene: Scene, insts: list[dict], frames: list, n_keyframes: int) -> list[str]:
-    """The ``n_keyframes`` keyframes supporting most instances, with their boxes projected (world-frame
-    ``frames``) and the supporting detections."""
+    """``n_keyframes`` keyframes spread over the walk (:func:`spread_pick`), with the boxes of the instances
+    they support projected (world-frame ``frames``) and the supporting detections."""
     by_frame: dict[int, list] = {}
     for i in insts:
         for v in i["views"]:
             by_frame.setdefault(v["frame"], []).append((i, v))
     cams = {f.source_frame: f for f in frames}
-    pick = sorted(by_frame, key=lambda k: -len(by_frame[k]))[:n_keyframes]
+    pick = spread_pick(by_frame, n_keyframes)
     figs = []
     for sf in sorted(pick):
         if sf not in cams:
@@ -305,6 +470,6 @@ def projected_keyframes_section(scene: Scene, insts: list[dict], frames: list, n
         except StageFailed:
             continue
         img = keyframe_with_boxes(rgb, f, by_frame[sf])
-        figs.append(f"<figure><img src='{_png_data_uri(img)}' style='max-width:560px'><figcaption>{sf}: "
+        figs.append(f"<figure><img src='{rgb_jpg_data_uri(img, min(f.width, 560))}'><figcaption>{sf}: "
                     f"{len(by_frame[sf])} supported instances (white: detection, colour: 3D box)</figcaption></figure>")
-    return [f"<h2>Keyframes with projected boxes</h2><div class='strip'>{''.join(figs)}</div>"] if figs else []
+    return [f"<h2 id='keyframes'>Keyframes with projected boxes</h2><div class='views'>{''.join(figs)}</div>"] if figs else []

@@ -114,3 +114,54 @@ def make_backend(stage: str, backends: dict[str, type], config: BaseModel, name:
     if not ok:
         raise BackendNotInstalled(f"{stage} backend '{name}' {hint}")
     return cls(options)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# branch h18: Hugging Face weights for learned backends (detect "owlv2", instances masker "sam")
+# ---------------------------------------------------------------------------------------------------------
+def hf_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` asks for local files only."""
+    import os
+
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def weights_available(model: str) -> tuple[bool, str]:
+    """(whether ``model`` — a local folder or a Hugging Face id — can be loaded now, why not). An id counts as
+    available when its ``config.json`` is in the local cache, or when the hub may be reached (not offline)."""
+    from pathlib import Path
+
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return ((p / "config.json").is_file(), f"no weights: {p} has no config.json")
+    if p.exists() or model.startswith((".", "/", "~")):
+        return False, f"no weights: {model} is not a model folder"
+    if cached(model) or not hf_offline():
+        return True, ""
+    return False, (f"no weights: {model} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; run "
+                   f"`huggingface-cli download {model}` where the hub is reachable, or point the model option "
+                   "at a local folder")
+
+
+def cached(model: str) -> bool:
+    """Whether the Hugging Face id ``model`` has its ``config.json`` in the local cache (or is a local folder)."""
+    from pathlib import Path
+
+    if Path(model).expanduser().is_dir():
+        return (Path(model).expanduser() / "config.json").is_file()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id or an unreadable cache: not cached
+        return False
+
+
+def torch_device(device: str) -> str:
+    """``"cuda"`` when ``device`` is ``auto`` and CUDA is available, else ``device`` (``"cpu"`` for auto)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -171,3 +171,15 @@ def test_requires_detect_stage(tmp_path):
 
     with pytest.raises(StageFailed, match="detect"):
         run_stage(scene, "instances", PipelineConfig())
+
+
+def test_segments_method_still_available(built, tmp_path):
+    _, _, _, _, pristine = built
+    root = tmp_path / "seg"
+    shutil.copytree(pristine, root)
+    cfg = PipelineConfig()
+    cfg.instances.method = "segments"
+    run_stage(Scene(root), "instances", cfg)
+    doc = json.loads((root / "instances.json").read_text())
+    assert doc["meta"]["method"] == "segments"
+    assert sorted({i["label"] for i in doc["instances"]}) == sorted(o.label for o in OBJECTS)

@@ -25,7 +25,7 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generated(scene):
-    cfg = vqa.Config(max_per_type=10_000)  # keep every accepted question
+    cfg = vqa.Config(max_per_type=10_000, referring=False)  # keep every accepted question; unique names only
     return vqa.generate(scene, cfg)
 
 
@@ -291,3 +291,90 @@ def test_cli_tasks_config_file_sections(scene, tmp_path):
         assert r.exit_code == 3 and "invalid tasks config" in r.output
     r = CliRunner().invoke(app, ["tasks", str(scene), "--config", str(tmp_path / "missing.yaml")])
     assert r.exit_code == 3 and "config file not found" in r.output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# referring expressions: "the chair nearest the couch"
+# ---------------------------------------------------------------------------------------------------------
+def expected_referents(margin_m: float) -> dict[int, tuple[int, float]]:
+    """By hand from the boxes: {instance id: (anchor id, margin)} of the repeated-label instances whose best
+    anchor (a unique-label object) gives a margin ≥ ``margin_m``."""
+    labels = {}
+    for oid, lab, *_ in OBJECTS:
+        labels.setdefault(lab, []).append(oid)
+    unique = [g[0] for g in labels.values() if len(g) == 1]
+    out = {}
+    for lab, g in labels.items():
+        if len(g) < 2:
+            continue
+        for i in g:
+            best = None
+            for u in unique:
+                d = {j: box_distance(*aabb(j), *aabb(u)) for j in g}
+                m = min(v for k, v in d.items() if k != i) - d[i]
+                if best is None or m > best[1]:
+                    best = (u, m)
+            out[i] = best
+    return {i: b for i, b in out.items() if b[1] >= margin_m}
+
+
+@pytest.fixture(scope="module")
+def referring(scene):
+    return vqa.generate(scene, vqa.Config(max_per_type=10_000))
+
+
+def test_referring_expressions_name_the_right_instance(referring):
+    rows, meta = referring
+    exp = expected_referents(0.3)
+    label = {oid: lab for oid, lab, *_ in OBJECTS}
+    seen = {}
+    for r in rows:
+        for k, ref in r["figures"].get("referents", {}).items():
+            i, a = int(k), ref["anchor_id"]
+            seen[i] = a
+            # the expression in the text names the anchor, and the anchor follows the instance in objects
+            assert f"the {label[i]} nearest the {label[a]}" in r["question"]
+            assert any(o["id"] == a and o["role"] == "anchor" and o.get("of") == i for o in r["objects"])
+            assert ref["next_same_label_m"] - ref["distance_m"] >= 0.3
+    assert seen, "no referring question generated"
+    for i, a in seen.items():  # every referred instance is one the boxes say is unambiguous, with that anchor
+        assert i in exp and exp[i][0] == a, (i, a, exp.get(i))
+    # instances clearly below the margin by the boxes are never referred to
+    clear_no = {i for i, (_, m) in expected_referents(-1e9).items() if m < 0.3 - 0.05}
+    assert not clear_no & set(seen)
+    ref = meta["generation"]["referring"]
+    assert ref["n_repeated_instances"] == 5 and ref["n_referable"] == len(exp)
+    assert ref["n_questions_with_referents"] > 0
+
+
+def test_referring_answers_follow_vsi_rules(referring):
+    rows, _ = referring
+    label = {oid: lab for oid, lab, *_ in OBJECTS}
+    n = 0
+    for r in rows:
+        if "referents" not in r["figures"]:
+            continue
+        n += 1
+        main = [o for o in r["objects"] if o["role"] != "anchor"]
+        if r["question_type"] == "object_abs_distance":
+            a, b = main
+            assert r["answer"] == pytest.approx(box_distance(*aabb(a["id"]), *aabb(b["id"])), abs=0.02)
+        if r["question_type"] == "object_size_estimation":
+            _, _, _, size, _ = OBJECTS[main[0]["id"]]
+            assert r["answer"] == pytest.approx(100 * max(size), abs=1.0)
+        if r["question_type"] == "object_rel_distance":
+            ref = main[0]
+            anchor = next(o for o in r["objects"] if o["role"] == "anchor")
+            cands = [o[3:] for o in r["options"]]
+            assert label[ref["id"]] not in cands and anchor["label"] not in cands
+            d = {c: min(box_distance(*aabb(j), *aabb(ref["id"])) for j, lab, *_ in OBJECTS if lab == c) for c in cands}
+            assert r["answer"] == min(cands, key=d.get)
+    assert n >= 5
+
+
+def test_referring_rejected_when_ambiguous(scene):
+    rows, meta = vqa.generate(scene, vqa.Config(max_per_type=10_000, referring_margin_m=100.0))
+    ref = meta["generation"]["referring"]
+    assert ref["n_referable"] == 0 and ref["rejected_by_reason"] == {"no_anchor_with_margin": 5}
+    assert not any("nearest the" in r["question"] for r in rows)
+    assert ref["n_questions_with_referents"] == 0

@@ -35,6 +35,9 @@ from ..errors import StageFailed
 from ..scene import Scene
 from ..stage import StageResult, known_backend
 from .backends import BACKENDS, ONNXBackend, SSDCocoBackend
+from .owlv2 import OWLv2Backend
+
+BACKENDS["owlv2"] = OWLv2Backend  # open-vocabulary (transformers; weights from a HF id or a local folder)
 from .coco import COCO80, COCO91, COCO_ID, INDOOR_CLASSES, PERSON
 
 NAME = "detect"
@@ -49,6 +52,7 @@ class Config(BaseModel):
     backend: str = Field("ssd_coco", description=f"2D detector: one of {', '.join(BACKENDS)}")
     ssd_coco: SSDCocoBackend.Options = Field(default_factory=SSDCocoBackend.Options)
     onnx: ONNXBackend.Options = Field(default_factory=ONNXBackend.Options)
+    owlv2: OWLv2Backend.Options = Field(default_factory=OWLv2Backend.Options)
     score_threshold: float = Field(0.35, ge=0, le=1, description="keep detections with at least this score")
     person_threshold: float = Field(0.4, ge=0, le=1, description="score for a person box (people mask)")
     nms_iou: float = Field(0.5, gt=0, le=1, description="per-class NMS IoU threshold")

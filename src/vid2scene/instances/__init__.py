@@ -53,16 +53,20 @@ from .config import Config
 from .consensus import (Candidate, consensus, keep_largest_cluster, label_votes, merge_duplicates,
                         supporting_views, view_assignments)
 from .labellers import BACKENDS, caption_instances
+from .maskers import MASKERS
+from .masks import find_instances_masks
 from .scale import SIZE_PRIORS, object_scale
-from .segmentation import Segments, layout_plane_mask, segment_objects, unit_vertex_normals
+from .segmentation import (Segments, large_vertical_planes, layout_plane_mask, segment_objects,
+                           unit_vertex_normals)
 
 NAME = "instances"
 OUTPUTS = [INSTANCES_JSON]
 
 
 def backend_status() -> dict[str, str]:
-    """``{labeller: "installed" | "not installed: …"}`` of :data:`BACKENDS` (for ``vid2scene stages``)."""
-    return _backend_status(BACKENDS)
+    """``{labeller or masker: "installed" | "not installed: …" | "no weights: …"}`` of :data:`BACKENDS` and
+    :data:`~.maskers.MASKERS` (for ``vid2scene stages``; maskers prefixed ``masker:``)."""
+    return _backend_status(BACKENDS) | {f"masker:{k}": v for k, v in _backend_status(MASKERS).items()}
 
 
 @dataclass
@@ -100,7 +104,18 @@ def run(scene: Scene, config: Config) -> StageResult:
                 "n_views": len(frames)}
     warnings = [w for w in [nothing_to_do(n_dets, frames, obj_idx)] if w]
     instances: list[dict] = []
-    if not warnings:
+    meta: dict = {}
+    if not warnings and config.method == "masks":
+        normals = unit_vertex_normals(mesh)
+        if config.extra_wall_min_width_m > 0:  # walls the layout does not hold (partitions, a missed wall)
+            wall, planes = large_vertical_planes(mesh.vertices[obj_idx], normals[obj_idx],
+                                                 config.extra_wall_min_width_m, config.extra_wall_min_height_m)
+            obj_idx = obj_idx[~wall]
+            qc.update({"n_extra_wall_planes": len(planes), "n_extra_wall_vertices": int(wall.sum())})
+        instances, meta = find_instances_masks(scene, mesh, obj_idx, normals[obj_idx], frames, dets, config, qc)
+        instances = number_instances(instances)
+        warnings += evidence_warnings(meta)
+    elif not warnings:
         instances = find_instances(scene, mesh, obj_idx, frames, dets, config, qc)
         if not instances:
             warnings.append("detections found but no instance reached min_views supporting keyframes")
@@ -111,8 +126,22 @@ def run(scene: Scene, config: Config) -> StageResult:
     detector = next((d["detector"] for d in dets.values() if d), None)
     scene.write_instances({"frame": WORLD_NAME, "units": "m", "geometry": "mesh.ply",
                            "n_vertices": int(len(mesh.vertices)), "detector": detector, "instances": instances,
-                           "scale": scale})
+                           "scale": scale, "meta": {"method": config.method, "per_label": meta}})
     return stage_result(instances, scale, qc, warnings, time.perf_counter() - t0)
+
+
+def number_instances(instances: list[dict]) -> list[dict]:
+    """Records sorted by ``n_views × score`` (then label, then box centre: independent of discovery order) and
+    numbered from 0."""
+    out = sorted(instances, key=lambda d: (-round(d["n_views"] * d["score"], 6), d["label"],
+                                           tuple(d["box"]["center"])))
+    return [{"id": i, **d} for i, d in enumerate(out)]
+
+
+def evidence_warnings(meta: dict) -> list[str]:
+    """One warning per label detected in ≥ 5 keyframes that has no instance (the meta's reason quoted)."""
+    return [f"'{lab}' detected in {m['keyframes']} keyframes but no instance: {m['note']}"
+            for lab, m in meta.items() if m["keyframes"] >= 5 and m["instances"] == 0]
 
 
 def nothing_to_do(n_dets: int, frames: list, obj_idx: np.ndarray) -> str | None:

@@ -15,8 +15,8 @@ import numpy as np
 def oriented_box(points: np.ndarray, floor_snap_m: float = 0.1) -> dict:
     """Gravity-aligned box of ``N×3`` world-frame points: ``{"center", "size", "yaw_rad"}`` + ``"aabb"``.
 
-    Footprint: ``cv2.minAreaRect`` of the xy points after dropping points farther than 3 MADs (per axis) from
-    the median; local x is the longer side, ``yaw_rad`` ∈ [−π/2, π/2) is its angle from world +x about +z.
+    Footprint: ``cv2.minAreaRect`` of the xy points after dropping points more than 2 cm outside the 0.5–99.5th
+    percentiles per axis (stray points; a median/MAD rule would cut an L-shaped footprint of two visible faces); local x is the longer side, ``yaw_rad`` ∈ [−π/2, π/2) is its angle from world +x about +z.
     Height: 1st–99th percentile of z, bottom snapped to 0 when below ``floor_snap_m``. Sizes are full side
     lengths in metres (≥ 1 cm). ``aabb``: ``{"min", "max"}`` of the inlier footprint and that z range.
 
@@ -28,9 +28,8 @@ def oriented_box(points: np.ndarray, floor_snap_m: float = 0.1) -> dict:
     P = np.asarray(points, np.float64).reshape(-1, 3)
     if len(P) == 0:
         raise ValueError("oriented_box needs at least one point")
-    med = np.median(P[:, :2], axis=0)
-    mad = np.median(np.abs(P[:, :2] - med), axis=0) * 1.4826 + 1e-3
-    inl = np.all(np.abs(P[:, :2] - med) <= 3.0 * mad + 0.05, axis=1)
+    lo, hi = np.percentile(P[:, :2], [0.5, 99.5], axis=0)
+    inl = np.all((P[:, :2] >= lo - 0.02) & (P[:, :2] <= hi + 0.02), axis=1)
     Q = P[inl] if inl.sum() >= 3 else P
     (cx, cy), (w, h), _ = cv2.minAreaRect(Q[:, :2].astype(np.float32))
     corners = cv2.boxPoints(((cx, cy), (w, h), _)).astype(np.float64)

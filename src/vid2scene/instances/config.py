@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..stage import known_backend
 from .labellers import BACKENDS, OpenAICompatLabeller
+from .maskers import MASKERS, SamMasker
 
 
 class Config(BaseModel):
@@ -39,10 +40,54 @@ class Config(BaseModel):
     prior_min_score: float = Field(0.5, ge=0, le=1, description="instances used for the object-size scale")
     prior_min_views: int = Field(3, ge=1)
     prior_min_iou: float = Field(0.4, ge=0, le=1, description="median view IoU of instances used for the scale")
+    method: str = Field("masks", description="'masks': per-view detection masks lifted to 3D and clustered "
+                        "across views (instances.lifting); 'segments': mesh segments assigned to boxes "
+                        "(instances.consensus)")
+    fg_gap_rel: float = Field(0.08, ge=0, description="a box's depth layers split at gaps larger than this share "
+                              "of the depth ...")
+    fg_gap_m: float = Field(0.08, ge=0, description="... plus this many metres")
+    mask_min_points: int = Field(15, ge=1, description="smallest per-view mask (visible mesh points)")
+    link_min_points: int = Field(10, ge=1, description="points one view must see of another view's mask for "
+                                 "the pair to be compared")
+    merge_score: float = Field(0.5, gt=0, le=1, description="average consistency for two mask groups to merge")
+    point_share: float = Field(0.5, gt=0, le=1, description="a point belongs to a group when this share of the "
+                               "group's masks whose view sees it hold it")
+    min_instance_points: int = Field(30, ge=1, description="instances with fewer mesh points are dropped")
+    label_overlap: float = Field(0.5, gt=0, le=1, description="a group whose points have at least this IoU with "
+                                 "those of a stronger group of another label is the same object (its votes join "
+                                 "it)")
+    support_overhang_m: float = Field(0.12, ge=0, description="a bottom or back layer reaching this far beyond "
+                                      "the rest of the object is its support (table top, wall) and is removed")
+    unseen_gap_m: float = Field(0.05, gt=0, description="an instance grows into object points no keyframe sees "
+                                "that lie this close to it (and to each other)")
+    relax_min_keyframes: int = Field(5, ge=1, description="a label detected in this many keyframes whose masks "
+                                     "form no group gets a second pass with looser thresholds (instances.masks."
+                                     "relaxed)")
+    extra_wall_min_width_m: float = Field(1.5, ge=0, description="'masks' method: vertical planes at least this "
+                                          "wide (and extra_wall_min_height_m tall) that the layout lacks are walls "
+                                          "and removed (0 = off)")
+    extra_wall_min_height_m: float = Field(1.4, ge=0)
+    footprint_tolerance: float = Field(1.1, ge=1, description="an instance whose footprint exceeds this × its "
+                                       "label's largest plausible one (instances.scale.MAX_FOOTPRINT_M) is "
+                                       "rejected")
+    masker: str = Field("none", description="2D masks inside the boxes for the 'masks' method: " + ", ".join(MASKERS))
+    sam: SamMasker.Options = Field(default_factory=SamMasker.Options, description="options of the 'sam' masker")
     captioner: str = Field("none", description="labeller backend for captions: " + ", ".join(BACKENDS))
     openai: OpenAICompatLabeller.Options = Field(default_factory=OpenAICompatLabeller.Options,
                                                  description="options of the 'openai' labeller")
     caption_max_instances: int = Field(50, ge=0)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in ("masks", "segments"):
+            raise ValueError(f"unknown instances method {v!r}: one of masks, segments")
+        return v
+
+    @field_validator("masker")
+    @classmethod
+    def _known_masker(cls, v: str) -> str:
+        return known_backend(v, MASKERS, "instances masker")
 
     @field_validator("captioner")
     @classmethod

@@ -105,3 +105,13 @@ def object_scale(instances: list[dict], layout_scale: float | None, layout_sigma
         out["combined"] = round((w1 * layout_scale + w2 * s_obj) / (w1 + w2), 6)
         out["combined_sigma"] = round(1 / math.sqrt(w1 + w2), 6)
     return out
+
+
+#: Largest plausible footprint (longer horizontal side, metres) of common indoor classes; a group whose box
+#: exceeds its voted label's while another voted label fits is that other object (a box labelled "chair"
+#: that holds a round table and its chairs).
+MAX_FOOTPRINT_M: dict[str, float] = {
+    "chair": 1.1, "couch": 3.5, "bed": 2.6, "dining table": 4.5, "toilet": 1.0, "tv": 2.2, "refrigerator": 1.3,
+    "oven": 1.3, "microwave": 0.8, "sink": 1.5, "potted plant": 1.6, "vase": 0.8, "bottle": 0.5, "cup": 0.4,
+    "laptop": 0.6, "keyboard": 0.7, "mouse": 0.2, "book": 0.5, "backpack": 0.8, "suitcase": 1.1, "handbag": 0.7,
+    "bench": 2.5, "clock": 0.8, "bowl": 0.5, "cell phone": 0.3, "remote": 0.3, "teddy bear": 1.0}

@@ -36,6 +36,67 @@ def layout_plane_mask(vertices: np.ndarray, layout: dict, margin_m: float) -> np
     return keep
 
 
+def _largest_patch(a: np.ndarray, z: np.ndarray, cell_m: float) -> np.ndarray:
+    """Bool over in-plane coordinates ``(a, z)``: the points of the largest 8-connected component of occupied
+    ``cell_m`` cells."""
+    from scipy import ndimage
+
+    if len(a) == 0:
+        return np.zeros(0, bool)
+    q = np.stack([np.floor((a - a.min()) / cell_m), np.floor((z - z.min()) / cell_m)], 1).astype(np.int64)
+    grid = np.zeros(q.max(0) + 1, bool)
+    grid[q[:, 0], q[:, 1]] = True
+    lab, n = ndimage.label(grid, structure=np.ones((3, 3)))
+    pl = lab[q[:, 0], q[:, 1]]
+    return pl == int(np.argmax(np.bincount(pl, minlength=n + 1)[1:]) + 1)
+
+
+def large_vertical_planes(vertices: np.ndarray, normals: np.ndarray, min_width_m: float = 1.5,
+                          min_height_m: float = 1.4, dist_m: float = 0.03, max_planes: int = 8,
+                          seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """``N`` bool: True for points on a large vertical plane the layout does not hold (a partition wall, a
+    second room's wall, a wall the layout missed), and the planes found.
+
+    RANSAC (Open3D ``segment_plane``, seeded) on the points whose normals are within 20° of horizontal,
+    repeated up to ``max_planes`` times; a plane counts when its normal is within ~6° of horizontal and its
+    inliers (within ``dist_m``, normals within 30° of the plane's; the largest contiguous patch of 10 cm cells
+    in the plane) span at least ``min_width_m`` along it and
+    ``min_height_m`` in z (2nd–98th percentiles): furniture faces are narrower or lower. ``vertices``:
+    ``N×3`` world frame (z up, metres); ``normals``: ``N×3`` unit.
+    """
+    import open3d as o3d
+
+    V, Nn = np.asarray(vertices, np.float64), np.asarray(normals, np.float64)
+    out = np.zeros(len(V), bool)
+    planes: list[dict] = []
+    cand = np.flatnonzero(np.abs(Nn[:, 2]) < np.sin(np.radians(20)))
+    o3d.utility.random.seed(seed)
+    for _ in range(max_planes):
+        if len(cand) < 500:
+            break
+        pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(V[cand]))
+        model, inl = pc.segment_plane(dist_m, 3, 500)
+        n = np.asarray(model[:3], float)
+        n /= max(np.linalg.norm(n), 1e-12)
+        raw = cand[np.asarray(inl, np.int64)]
+        inl = raw[np.abs(Nn[raw] @ n) > np.cos(np.radians(30))]
+        cand = np.setdiff1d(cand, raw, assume_unique=True)
+        if len(inl) < 200:
+            continue
+        horiz = np.array([-n[1], n[0], 0.0]) / max(np.hypot(n[0], n[1]), 1e-12)
+        inl = inl[_largest_patch(V[inl] @ horiz, V[inl, 2], 0.1)]  # one contiguous surface, not coplanar faces
+        if len(inl) < 200:
+            continue
+        a = V[inl] @ horiz
+        width = float(np.subtract(*np.percentile(a, [98, 2])))
+        height = float(np.subtract(*np.percentile(V[inl, 2], [98, 2])))
+        if abs(n[2]) < 0.1 and width >= min_width_m and height >= min_height_m:
+            out[inl] = True
+            planes.append({"normal": [round(float(x), 4) for x in n], "d": round(float(model[3]), 4),
+                           "n_points": int(len(inl)), "width_m": round(width, 3), "height_m": round(height, 3)})
+    return out, planes
+
+
 def mesh_edges(triangles: np.ndarray) -> np.ndarray:
     """Unique undirected edges ``E×2`` (int64, ``a < b``) of a triangle list ``M×3``."""
     t = np.asarray(triangles, np.int64).reshape(-1, 3)

@@ -15,8 +15,14 @@ Row schema (VSI-Bench's fields first)::
      "objects": [{"id": 3, "label": "tv", "role": "reference"}, ...],
      "figures": {...}}                                      # the measurements the answer came from
 
-Question types and answer rules (world ``gravity_z_up_metric``, metres; "unique" = the only instance of its label
-in the scene, so the name is an unambiguous referent):
+Question types and answer rules (world ``gravity_z_up_metric``, metres). Objects are named so that the name is
+an unambiguous referent: "unique" below means *named* — the only instance of its label in the scene ("the
+couch"), or, with ``referring`` on, an instance of a repeated label named by its nearest uniquely named anchor
+("the chair nearest the couch") when its closest-point distance to the anchor is at least
+``referring_margin_m`` (0.3 m) below that of every other instance of its label (else it stays unnamed and is
+counted as rejected in the meta's ``generation.referring``). A referred instance's anchor follows it in
+``objects`` (role ``anchor``) and ``figures.referents`` holds both distances. VSI-Bench's answer rules apply
+unchanged to named objects; ``object_rel_distance`` never offers the reference's anchor label as a candidate.
 
 - ``object_counting`` (numeric): number of instances of a label with more than one instance.
 - ``object_abs_distance`` (numeric, metres): closest-point distance between the points (mesh vertices) of two
@@ -92,6 +98,10 @@ class Config(BaseModel):
     route_max_legs: int = Field(4, ge=1)
     route_simplify_m: float = Field(0.3, gt=0)
     landmark_radius_m: float = Field(1.0, gt=0)
+    referring: bool = Field(True, description="name an instance of a repeated label by its nearest uniquely "
+                            "named object ('the chair nearest the couch') when that is unambiguous")
+    referring_margin_m: float = Field(0.3, ge=0, description="the referred instance must be this much closer to "
+                                      "the anchor than every other instance of its label")
     nav: NavConfig = Field(default_factory=NavConfig)
     seed: int = 0
 
@@ -238,6 +248,68 @@ class _Context:
         self.points = PointCache(instances, common.mesh_vertices(scene))
         self.scene = scene
         self._nav = None
+        self.referents, self.referring_stats = self._referents()
+        self.named = self.unique + sorted((i for i in self.instances if i.id in self.referents), key=lambda i: i.id)
+
+    def _referents(self) -> tuple[dict[int, dict], dict]:
+        """Instances of repeated labels that a referring expression names unambiguously: ``{id: {"anchor",
+        "distance_m", "next_same_label_m"}}`` where the instance's closest-point distance to the uniquely
+        named ``anchor`` is at least ``referring_margin_m`` below that of every other instance of its label
+        (the anchor with the largest margin wins; ties by id). Also returns the counts of referable and
+        rejected (ambiguous) instances."""
+        out: dict[int, dict] = {}
+        stats = {"n_repeated_instances": 0, "n_referable": 0, "rejected_by_reason": {}}
+        if not self.cfg.referring:
+            return out, stats
+        rej: Counter = Counter()
+        for lab, g in self.labels.items():
+            if len(g) < 2:
+                continue
+            dist = {u.id: {j.id: self.points.distance(j.id, u.id) for j in g} for u in self.unique
+                    if u.label != lab}
+            for i in g:
+                if i.id not in self.inside:
+                    continue
+                stats["n_repeated_instances"] += 1
+                best = None
+                for u in self.unique:
+                    if u.id not in dist:
+                        continue
+                    d = dist[u.id]
+                    nxt = min(v for k, v in d.items() if k != i.id)
+                    margin = nxt - d[i.id]
+                    if margin >= self.cfg.referring_margin_m and (best is None or margin > best[0] + 1e-9):
+                        best = (margin, u, d[i.id], nxt)
+                if best is None:
+                    rej["no_anchor_with_margin" if dist else "no_unique_anchor"] += 1
+                    continue
+                out[i.id] = {"anchor": best[1], "distance_m": round(best[2], 4), "next_same_label_m": round(best[3], 4)}
+        stats["n_referable"] = len(out)
+        stats["rejected_by_reason"] = dict(sorted(rej.items()))
+        return out, stats
+
+    def the(self, i: Instance) -> str:
+        """The referring expression of a named instance: "the couch", or "the chair nearest the couch"."""
+        r = self.referents.get(i.id)
+        return f"the {i.label}" if r is None else f"the {i.label} nearest the {r['anchor'].label}"
+
+    def objs(self, pairs: list[tuple[Instance, str]]) -> list[dict]:
+        """``objects`` records of (instance, role) pairs, each referred instance followed by its anchor."""
+        out = []
+        for i, role in pairs:
+            out.append(_obj(i, role))
+            r = self.referents.get(i.id)
+            if r is not None:
+                out.append({**_obj(r["anchor"], "anchor"), "of": i.id})
+        return out
+
+    def ref_figures(self, insts: list[Instance]) -> dict:
+        """``{"referents": {id: {anchor_id, distance_m, next_same_label_m}}}`` for the referred ones (or {})."""
+        rs = {str(i.id): {"anchor_id": self.referents[i.id]["anchor"].id,
+                          "distance_m": self.referents[i.id]["distance_m"],
+                          "next_same_label_m": self.referents[i.id]["next_same_label_m"]}
+              for i in insts if i.id in self.referents}
+        return {"referents": rs} if rs else {}
 
     def navgraph(self) -> nav.NavGraph | None:
         if self._nav is None:
@@ -274,29 +346,30 @@ def gen_object_counting(ctx: _Context, rng) -> _Tally:
 
 def gen_object_abs_distance(ctx: _Context, rng) -> _Tally:
     t = _Tally()
-    for a, b in _combos(ctx.unique, 2, ctx.cfg.max_candidates, rng):
+    for a, b in _combos(ctx.named, 2, ctx.cfg.max_candidates, rng):
         d = ctx.points.distance(a.id, b.id)
         if d < ctx.cfg.abs_distance_min_m:
             t.reject("closer_than_min")
             continue
         t.accept({"question": "Measuring from the closest point of each object, what is the direct distance "
-                              f"between the {a.label} and the {b.label} (in meters)?",
+                              f"between {ctx.the(a)} and {ctx.the(b)} (in meters)?",
                   "answer": round(d, 4), "ground_truth": f"{d:.2f}",
-                  "objects": [_obj(a, "first"), _obj(b, "second")], "figures": {"closest_distance_m": round(d, 4)}})
+                  "objects": ctx.objs([(a, "first"), (b, "second")]),
+                  "figures": {"closest_distance_m": round(d, 4), **ctx.ref_figures([a, b])}})
     return t
 
 
 def gen_object_size_estimation(ctx: _Context, rng) -> _Tally:
     t = _Tally()
-    for a in ctx.unique:
+    for a in ctx.named:
         cm = float(np.max(a.size)) * 100.0
         if cm <= 0:
             t.reject("degenerate_box")
             continue
-        t.accept({"question": "What is the length of the longest dimension (length, width, or height) of the "
-                              f"{a.label}, measured in centimeters?", "answer": round(cm, 2),
-                  "ground_truth": f"{cm:.0f}", "objects": [_obj(a, "measured")],
-                  "figures": {"box_size_m": [round(float(v), 4) for v in a.size]}})
+        t.accept({"question": "What is the length of the longest dimension (length, width, or height) of "
+                              f"{ctx.the(a)}, measured in centimeters?", "answer": round(cm, 2),
+                  "ground_truth": f"{cm:.0f}", "objects": ctx.objs([(a, "measured")]),
+                  "figures": {"box_size_m": [round(float(v), 4) for v in a.size], **ctx.ref_figures([a])}})
     return t
 
 
@@ -316,19 +389,23 @@ def gen_object_rel_distance(ctx: _Context, rng) -> _Tally:
     t = _Tally()
     labels = list(ctx.labels)
     limit = ctx.cfg.max_candidates
-    if len(ctx.unique) * math.comb(max(len(labels) - 1, 0), 4) <= limit:
-        cands = [(ref, c) for ref in ctx.unique
-                 for c in itertools.combinations([lab for lab in labels if lab != ref.label], 4)]
+    def others(ref: Instance) -> list[str]:  # not its own label, nor its anchor's (that would give it away)
+        r = ctx.referents.get(ref.id)
+        return [lab for lab in labels if lab != ref.label and (r is None or lab != r["anchor"].label)]
+
+    if len(ctx.named) * math.comb(max(len(labels) - 1, 0), 4) <= limit:
+        cands = [(ref, c) for ref in ctx.named for c in itertools.combinations(others(ref), 4)]
     else:  # distinct seeded draws of (reference, four other labels)
         seen: set = set()
         cands = []
         while len(cands) < limit:
             m = 2 * (limit - len(cands)) + 8
-            refs = rng.integers(len(ctx.unique), size=m)
-            idx = np.argsort(rng.random((m, len(labels))), axis=1)[:, :5]
+            refs = rng.integers(len(ctx.named), size=m)
+            idx = np.argsort(rng.random((m, len(labels))), axis=1)[:, :6]
             for r, row in zip(refs.tolist(), idx.tolist()):
-                ref = ctx.unique[r]
-                choice = tuple(sorted([labels[i] for i in row if labels[i] != ref.label][:4]))
+                ref = ctx.named[r]
+                ok = set(others(ref))
+                choice = tuple(sorted([labels[i] for i in row if labels[i] in ok][:4]))
                 if len(choice) == 4 and (r, choice) not in seen:
                     seen.add((r, choice))
                     cands.append((ref, choice))
@@ -342,19 +419,20 @@ def gen_object_rel_distance(ctx: _Context, rng) -> _Tally:
             t.reject("margin_below_min")
             continue
         opts, gt = _mc(list(choice), order[0])
-        objs = [_obj(ref, "reference")] + [_obj(ctx.points.by_id[dist[lab][1]], "candidate") for lab in choice]
+        objs = ctx.objs([(ref, "reference")]) + [_obj(ctx.points.by_id[dist[lab][1]], "candidate")
+                                                 for lab in choice]
         t.accept({"question": "Measuring from the closest point of each object, which of these objects "
-                              f"({', '.join(choice)}) is the closest to the {ref.label}?",
+                              f"({', '.join(choice)}) is the closest to {ctx.the(ref)}?",
                   "options": opts, "ground_truth": gt, "answer": order[0], "objects": objs,
                   "figures": {"distance_m": {lab: round(dist[lab][0], 4) for lab in choice},
-                              "margin_m": round(margin, 4)}})
+                              "margin_m": round(margin, 4), **ctx.ref_figures([ref])}})
     return t
 
 
 def _gen_direction(level: str) -> Callable:
     def gen(ctx: _Context, rng) -> _Tally:
         t = _Tally()
-        for a, b, c in _combos(ctx.unique, 3, ctx.cfg.max_candidates, rng, ordered=True):
+        for a, b, c in _combos(ctx.named, 3, ctx.cfg.max_candidates, rng, ordered=True):
             ab = np.linalg.norm(b.center[:2] - a.center[:2])
             ac = np.linalg.norm(c.center[:2] - a.center[:2])
             if min(ab, ac) < ctx.cfg.direction_min_m:
@@ -365,21 +443,21 @@ def _gen_direction(level: str) -> Callable:
             if ans is None:
                 t.reject("near_boundary")
                 continue
+            ta, tb, tc = ctx.the(a), ctx.the(b), ctx.the(c)
             if level == "easy":
-                q = (f"If I am standing by the {a.label} and facing the {b.label}, is the {c.label} to the left or "
-                     f"the right of the {b.label}?")
+                q = (f"If I am standing by {ta} and facing {tb}, is {tc} to the left or the right of {tb}?")
             elif level == "medium":
-                q = (f"If I am standing by the {a.label} and facing the {b.label}, is the {c.label} to my left, "
+                q = (f"If I am standing by {ta} and facing {tb}, is {tc} to my left, "
                      "right, or back? An object is to my back if I would have to turn at least 135 degrees in "
                      "order to face it.")
             else:
-                q = (f"If I am standing by the {a.label} and facing the {b.label}, is the {c.label} to my "
+                q = (f"If I am standing by {ta} and facing {tb}, is {tc} to my "
                      "front-left, front-right, back-left, or back-right? The directions refer to the quadrants of "
                      "a Cartesian plane (if I am standing at the origin and facing along the positive y-axis).")
             opts, gt = _mc(DIRECTION_OPTIONS[level], ans)
             t.accept({"question": q, "options": opts, "ground_truth": gt, "answer": ans,
-                      "objects": [_obj(a, "position"), _obj(b, "orientation"), _obj(c, "query")],
-                      "figures": {"angle_deg": round(theta, 2)}})
+                      "objects": ctx.objs([(a, "position"), (b, "orientation"), (c, "query")]),
+                      "figures": {"angle_deg": round(theta, 2), **ctx.ref_figures([a, b, c])}})
         return t
     return gen
 
@@ -464,18 +542,21 @@ def route_landmarks(legs: list, named: list[Instance], used: set[int], radius_m:
     return marks
 
 
-def route_question(s: Instance, f: Instance, e: Instance, legs: list, marks: list[Instance]) -> str:
+def route_question(s: Instance, f: Instance, e: Instance, legs: list, marks: list[Instance],
+                   the: Callable[[Instance], str] | None = None) -> str:
     """VSI-Bench's route-planning question from start ``s`` facing ``f`` to goal ``e``: one "[please fill in]"
-    per turn, one "Go forward until the <landmark>." per leg (``marks``: the legs' end objects, goal last)."""
+    per turn, one "Go forward until the <landmark>." per leg (``marks``: the legs' end objects, goal last);
+    ``the(instance)`` names an object (default "the <label>")."""
+    the = the or (lambda i: f"the {i.label}")
     steps, k = [], 1
     for (name, _), m in zip(legs, marks):
         if name:
             steps.append(f"{k}. [please fill in]")
             k += 1
-        steps.append(f"{k}. Go forward until the {m.label}.")
+        steps.append(f"{k}. Go forward until {the(m)}.")
         k += 1
-    return (f"You are a robot beginning at the {s.label} facing the {f.label}. You want to navigate to the "
-            f"{e.label}. You will perform the following actions (Note: for each [please fill in], choose either "
+    return (f"You are a robot beginning at {the(s)} facing {the(f)}. You want to navigate to "
+            f"{the(e)}. You will perform the following actions (Note: for each [please fill in], choose either "
             "'turn back,' 'turn left,' or 'turn right.'): " + " ".join(steps) +
             " You have reached the final destination.")
 
@@ -491,11 +572,11 @@ def _turn_options(correct: str, n_turns: int, rng: np.random.Generator) -> list[
 
 def gen_route_planning(ctx: _Context, rng) -> _Tally:
     t = _Tally()
-    if len(ctx.unique) < 3:
+    if len(ctx.named) < 3:
         return t
     g = ctx.navgraph()
-    named = ctx.unique  # landmarks must be uniquely named
-    cands = _combos(ctx.unique, 3, ctx.cfg.max_route_candidates, rng, ordered=True)
+    named = ctx.named  # landmarks must be unambiguously named
+    cands = _combos(ctx.named, 3, ctx.cfg.max_route_candidates, rng, ordered=True)
     for s, f, e in cands:
         a, _ = g.approach_node(s)
         b, _ = g.approach_node(e)
@@ -531,16 +612,16 @@ def gen_route_planning(ctx: _Context, rng) -> _Tally:
             t.reject("no_landmark")
             continue
         marks.append(e)
-        q = route_question(s, f, e, legs, marks)
+        q = route_question(s, f, e, legs, marks, ctx.the)
         correct = ", ".join(turns)
         opts, gt = _mc(_turn_options(correct, len(turns), rng), correct)
         t.accept({"question": q, "options": opts, "ground_truth": gt, "answer": correct,
-                  "objects": [_obj(s, "start"), _obj(f, "facing"), _obj(e, "goal")] +
-                             [_obj(m, "landmark") for m in marks[:-1]],
+                  "objects": ctx.objs([(s, "start"), (f, "facing"), (e, "goal")] +
+                                      [(m, "landmark") for m in marks[:-1]]),
                   "figures": {"route_xy": [[round(float(v), 3) for v in p] for p in simp],
                               "turn_angles_deg": angles, "start_yaw_rad": round(start_yaw, 4),
                               "path_length_m": round(float(np.sum(np.linalg.norm(np.diff(xy, axis=0), axis=1))), 3),
-                              "graph_nodes": [int(n) for n in path]}})
+                              "graph_nodes": [int(n) for n in path], **ctx.ref_figures([s, f, e] + marks[:-1])}})
     return t
 
 
@@ -613,6 +694,9 @@ def generate(scene, config: Config | None = None) -> tuple[list[dict], dict]:
                         "seconds": round(time.perf_counter() - ts, 3)}
     meta = {"dataset": cfg.dataset, "scene_name": ctx.name, **scene_meta(ctx),
             "generation": {"seed": cfg.seed, "n_questions": len(rows), "per_type": stats,
+                           "referring": {**ctx.referring_stats,
+                                         "n_questions_with_referents": sum(1 for r in rows
+                                                                           if "referents" in r["figures"])},
                            "seconds": round(time.perf_counter() - t0, 3),
                            "config": cfg.model_dump(mode="json")}}
     return rows, meta
