@@ -120,18 +120,21 @@ def main() -> int:
 
     if present["cameras.json"]:
         t0 = time.perf_counter()
-        data, _ = vln.generate(work, vln.Config(seed=args.seed))
+        docs, _ = vln.generate(work, vln.Config(seed=args.seed))
         secs = time.perf_counter() - t0
+        episodes = docs["dataset"]["episodes"]
+        actions = {e["episode_id"]: docs["gt"][str(e["episode_id"])]["actions"] for e in episodes}
         errs = []
-        for e in data["episodes"]:
+        for e in episodes:
             path, _ = nav.replay_actions(vln.habitat_to_world(e["start_position"])[:2],
-                                         vln.yaw_from_quat_xyzw(e["start_rotation"]), e["actions"])
+                                         vln.yaw_from_quat_xyzw(e["start_rotation"]), actions[e["episode_id"]])
             errs.append(float(np.linalg.norm(path[-1] - vln.habitat_to_world(e["goals"][0]["position"])[:2])))
-        emit({"figure": "vln", "n_episodes": len(data["episodes"]), "rejected": data["rejected"],
+        extra = docs["extra"]["episodes"]
+        emit({"figure": "vln", "n_episodes": len(episodes), "rejected": docs["extra"]["rejected"],
               "replay_end_error_m_max": round(max(errs), 3) if errs else None,
-              "n_templates_used": len({e["instruction"]["template"] for e in data["episodes"]}),
-              "mean_actions": round(float(np.mean([len(e["actions"]) for e in data["episodes"]])), 1)
-              if data["episodes"] else None, "seconds": round(secs, 3)})
+              "n_templates_used": len({extra[str(e["episode_id"])]["template"] for e in episodes}),
+              "mean_actions": round(float(np.mean([len(a) for a in actions.values()])), 1)
+              if episodes else None, "seconds": round(secs, 3)})
 
     if rows:
         oracle = [{"id": r["id"], "prediction": r["ground_truth"]} for r in rows]
