@@ -19,6 +19,8 @@ Frames outside the shot(s) chosen by ``shots`` are ``outside_shot``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,7 +43,8 @@ class Config(BaseModel):
     bright_max_share: float = Field(0.6, description="share of saturated pixels above this is 'overexposed'")
     frozen_max_diff: float = Field(0.6, ge=0, description="mean abs grey diff to previous frame below this = frozen")
     letterbox_max_luma: float = Field(18.0, description="rows/cols darker than this at the border are bars")
-    min_usable_frames: int = Field(10, ge=1)
+    min_usable_frames: int = Field(10, ge=1, description="fewer passing frames reject the input; with a short "
+                                   "input the need is min(this, half the frames in the shot, at least 3)")
 
 
 def frame_stats(rgb: np.ndarray, bar_luma: float = 18.0) -> tuple[dict, np.ndarray, tuple[int, int, int, int]]:
@@ -89,8 +92,8 @@ def run(scene: Scene, config: Config) -> StageResult:
     ranges = _chosen_ranges(scene)
     rows, boxes = score_frames(scene, config.letterbox_max_luma)
     in_shot = np.array([any(a <= r["source_frame"] <= b for a, b in ranges) for r in rows])
-    give_verdicts(rows, in_shot, config)
     info = scene.video_info()
+    give_verdicts(rows, in_shot, config, relative_blur=info.get("kind") != "images")
     letterbox = measure_letterbox(boxes, in_shot, info["working_width"], info["working_height"])
     counts = count_reasons(rows)
     out = {"frames": rows, **letterbox, "counts": counts, "thresholds": config.model_dump()}
@@ -115,11 +118,12 @@ def score_frames(scene: Scene, bar_luma: float) -> tuple[list[dict], list[tuple[
     return rows, boxes
 
 
-def give_verdicts(rows: list[dict], in_shot: np.ndarray, config: Config) -> None:
+def give_verdicts(rows: list[dict], in_shot: np.ndarray, config: Config, relative_blur: bool = True) -> None:
     """Set ``verdict`` and ``reason`` of every row in place (first failing check wins: outside_shot, dark,
-    overexposed, frozen, blurry)."""
+    overexposed, frozen, blurry). ``relative_blur=False`` (photos: neighbours are unrelated views) keeps only
+    the absolute ``blur_min_var`` floor."""
     blur = np.array([r["blur_var"] for r in rows])
-    local_med = _local_median(blur, in_shot, config.blur_window)
+    local_med = _local_median(blur, in_shot, config.blur_window) if relative_blur else np.zeros(len(rows))
     for i, r in enumerate(rows):
         reason = None
         if not in_shot[i]:
@@ -162,7 +166,7 @@ def count_reasons(rows: list[dict]) -> dict[str, int]:
 def _check_usable(counts: dict[str, int], n_in: int, config: Config) -> None:
     """Raise RejectedInput when fewer than ``min_usable_frames`` frames pass, naming the dominant cause."""
     n_ok = counts.get("ok", 0)
-    if n_ok >= config.min_usable_frames:
+    if n_ok >= usable_frames_needed(n_in, config.min_usable_frames):
         return
     bad = {k: v for k, v in counts.items() if k not in ("ok", "outside_shot")}
     cause = max(bad, key=bad.get) if bad else "none in the chosen shot"
@@ -170,7 +174,14 @@ def _check_usable(counts: dict[str, int], n_in: int, config: Config) -> None:
         raise RejectedInput(f"insufficient camera motion: {bad['frozen']} of {n_in} frames in the chosen shot "
                             "are unchanged from the previous frame (static camera or frozen video)")
     raise RejectedInput(f"too few usable frames: {n_ok} of {n_in} in the chosen shot pass "
-                        f"(need {config.min_usable_frames}; most rejected as '{cause}')")
+                        f"(need {usable_frames_needed(n_in, config.min_usable_frames)}; most rejected as "
+                        f"'{cause}')")
+
+
+def usable_frames_needed(n_in_shot: int, min_usable_frames: int) -> int:
+    """Passing frames a shot of ``n_in_shot`` frames needs: ``min_usable_frames``, lowered for short inputs to
+    half the shot (at least 3), so a 13-photo folder or a 3-second clip is judged on its own frames."""
+    return int(min(min_usable_frames, max(3, math.ceil(0.5 * n_in_shot))))
 
 
 def _result(out: dict, rows: list[dict], in_shot: np.ndarray) -> StageResult:
