@@ -445,7 +445,7 @@ def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
 def camera_axes_up(frames: list[CameraFrame]) -> tuple[np.ndarray, float]:
     """Up from the registered cameras' axes, robust to a camera pitched down: a hand-held or head-mounted
     camera keeps its x (right) axis nearly horizontal whatever its pitch, so up is the direction most orthogonal
-    to every right axis — the eigenvector of the smallest eigenvalue of ``(1/n) Σ x_i x_iᵀ − 0.05 ū ūᵀ`` (``ū``
+    to every right axis — the eigenvector of the smallest eigenvalue of ``(1/n) Σ x_i x_iᵀ − 0.01 ū ūᵀ`` (``ū``
     the mean −y axis, :func:`camera_up`, which breaks the tie when the right axes barely turn and gives the sign).
 
     Returns (unit up ``(3,)`` in the SfM frame, spread: the second-smallest eigenvalue of the right axes' scatter,
@@ -453,7 +453,7 @@ def camera_axes_up(frames: list[CameraFrame]) -> tuple[np.ndarray, float]:
     X = np.array([f.cam_from_world[0, :3] for f in frames if f.registered], np.float64)
     u = camera_up(frames)
     S = X.T @ X / len(X)
-    n = np.linalg.eigh(S - 0.05 * np.outer(u, u))[1][:, 0]
+    n = np.linalg.eigh(S - 0.01 * np.outer(u, u))[1][:, 0]
     spread = float(np.sort(np.linalg.eigvalsh(S))[1])
     return (n if n @ u >= 0 else -n), spread
 
