@@ -15,6 +15,11 @@ For every frame that ``ingest`` kept, ``quality.json`` records::
   ``keyframes`` crops them away. ``portrait`` — the picture (after cropping bars) is taller than wide.
 
 Frames outside the shot(s) chosen by ``shots`` are ``outside_shot``.
+
+The indoor filter (:mod:`vid2scene.quality.indoor`) gives up to ``indoor.max_frames`` frames of the chosen shot(s)
+a ``scene_type`` (``indoor`` / ``outdoor`` / ``not_walkthrough``) with ``scene_reasons``; ``quality.json``'s
+``indoor`` section holds the counts and the decision. An outdoor or not-a-walkthrough input is rejected
+(:class:`~vid2scene.errors.RejectedInput`) with the reason, after ``quality.json`` is written.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import progress
-from .errors import RejectedInput
-from .scene import Scene
-from .stage import StageResult
+from .. import progress
+from ..errors import RejectedInput
+from ..scene import Scene
+from ..stage import StageResult
+from . import indoor as indoor_filter
 
 NAME = "quality"
 OUTPUTS = ["quality.json"]
@@ -43,6 +49,8 @@ class Config(BaseModel):
     bright_max_share: float = Field(0.6, description="share of saturated pixels above this is 'overexposed'")
     frozen_max_diff: float = Field(0.6, ge=0, description="mean abs grey diff to previous frame below this = frozen")
     letterbox_max_luma: float = Field(18.0, description="rows/cols darker than this at the border are bars")
+    indoor: indoor_filter.Config = Field(default_factory=indoor_filter.Config, description="the indoor filter "
+                                  "(vid2scene.quality.indoor): reject outdoor / not-a-walkthrough inputs")
     min_usable_frames: int = Field(10, ge=1, description="fewer passing frames reject the input; with a short "
                                    "input the need is min(this, half the frames in the shot, at least 3)")
 
@@ -96,10 +104,60 @@ def run(scene: Scene, config: Config) -> StageResult:
     give_verdicts(rows, in_shot, config, relative_blur=info.get("kind") != "images")
     letterbox = measure_letterbox(boxes, in_shot, info["working_width"], info["working_height"])
     counts = count_reasons(rows)
-    out = {"frames": rows, **letterbox, "counts": counts, "thresholds": config.model_dump()}
+    usable = np.array([r["verdict"] == "ok" for r in rows]) & in_shot
+    scene_type = classify_scene(scene, rows, usable if usable.any() else in_shot, letterbox["letterbox"],
+                                config.indoor) if config.indoor.enabled else None
+    out = {"frames": rows, **letterbox, "counts": counts, "indoor": scene_type,
+           "thresholds": config.model_dump(mode="json")}
     scene.write_quality(out)
     _check_usable(counts, int(in_shot.sum()), config)
+    if scene_type is not None:
+        _check_indoor(scene_type)
     return _result(out, rows, in_shot)
+
+
+def classify_scene(scene: Scene, rows: list[dict], mask: np.ndarray, crop: dict,
+                   config: indoor_filter.Config) -> dict:
+    """The indoor filter over up to ``config.max_frames`` frames evenly spaced among those of ``mask`` (the
+    usable frames of the chosen shot(s)), letterbox bars ``crop`` (``{"top", "bottom", "left", "right"}`` px)
+    cut away; sets ``scene_type`` (and ``scene_reasons``) on their rows. Returns ``quality.json``'s ``indoor`` section:
+    ``{"backend", "n_frames", "counts", "decision": None | "outdoor" | "not_walkthrough", "reasons"}``.
+
+    Raises:
+        BackendNotInstalled: the configured backend cannot run.
+    """
+    idx = np.nonzero(mask)[0] if mask.any() else np.arange(len(rows))
+    idx = idx[np.unique(np.linspace(0, len(idx) - 1, min(len(idx), config.max_frames)).round().astype(int))]
+    backend = indoor_filter.make_backend(config)
+
+    def content(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        return rgb[crop["top"]: h - crop["bottom"], crop["left"]: w - crop["right"]]
+
+    verdicts = backend.classify([content(scene.frame_image(rows[i]["source_frame"])) for i in idx])
+    for i, v in zip(idx, verdicts):
+        rows[i]["scene_type"], rows[i]["scene_reasons"] = v["verdict"], v["reasons"]
+    decision, counts = indoor_filter.decide(verdicts, config)
+    reasons: dict[str, int] = {}
+    for v in verdicts:
+        if decision is not None and v["verdict"] == decision:
+            for r in v["reasons"]:
+                key = r.split(" (")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+    return {"backend": config.backend, "n_frames": len(verdicts), "counts": counts, "decision": decision,
+            "reasons": reasons}
+
+
+def _check_indoor(doc: dict) -> None:
+    """Raise RejectedInput when the indoor filter decided the input is outdoor or not a walkthrough."""
+    if doc["decision"] is None:
+        return
+    c, n = doc["counts"], doc["n_frames"]
+    why = ", ".join(f"{k} in {v}" for k, v in sorted(doc["reasons"].items(), key=lambda kv: -kv[1])[:3])
+    if doc["decision"] == "outdoor":
+        raise RejectedInput(f"outdoor: {c['outdoor']} of {c['outdoor'] + c['indoor']} frames that show a place look "
+                            f"outdoor ({why}); vid2scene lifts indoor walkthroughs")
+    raise RejectedInput(f"not a walkthrough: {c['not_walkthrough']} of {n} frames show no place ({why})")
 
 
 def score_frames(scene: Scene, bar_luma: float) -> tuple[list[dict], list[tuple[int, int, int, int]]]:
