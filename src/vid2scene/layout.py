@@ -471,35 +471,57 @@ def line_segments(grey: np.ndarray, min_length: float) -> np.ndarray:
 
 
 def vanishing_up(normals: np.ndarray, weights: np.ndarray, prior: np.ndarray, start_deg: float,
-                 inlier_deg: float) -> tuple[np.ndarray, int, float] | None:
-    """The vertical vanishing direction from interpretation planes of line segments: the unit ``d`` minimising
-    ``Σ w_i (n_i·d)²`` over the segments whose plane contains ``d`` (``asin|n_i·d| <`` a threshold narrowed from
-    ``start_deg`` to ``inlier_deg``; iteratively re-selected, starting from ``prior``) — the least-squares
-    vanishing point of Kosecka & Zhang (2002) on the Gaussian sphere.
+                 inlier_deg: float, iterations: int = 500, seed: int = 0) -> tuple[np.ndarray, int, float] | None:
+    """The vertical vanishing direction from interpretation planes of line segments (Kosecka & Zhang 2002, on
+    the Gaussian sphere): RANSAC over pairs of segments (the candidate ``d = n_i × n_j``, kept only within
+    ``start_deg`` of ``prior``) scoring the weight of the segments whose plane contains ``d`` within
+    ``inlier_deg``, then the least-squares direction of the best inliers — the unit ``d`` minimising
+    ``Σ w_i (n_i·d)²`` (re-selected three times).
 
     Args:
         normals: ``M×3`` unit normals of the planes through each camera centre and segment (SfM frame).
         weights: ``M`` segment weights (lengths).
-        prior: unit up the search starts from (sign reference).
+        prior: unit up the search stays near (sign reference).
+        seed: RANSAC seed (deterministic).
 
     Returns:
         (unit up, inlier count, RMS residual in degrees), or None with fewer than 20 inliers or a degenerate set
         (every plane alike: the direction is not fixed).
     """
-    d = prior / np.linalg.norm(prior)
-    thr = start_deg
-    for _ in range(8):
-        r = np.degrees(np.arcsin(np.clip(np.abs(normals @ d), 0, 1)))
-        inl = r < thr
+    prior = prior / np.linalg.norm(prior)
+    rng = np.random.default_rng(seed)
+    m = len(normals)
+    if m < 20:
+        return None
+    sin_in = math.sin(math.radians(inlier_deg))
+    cos_start = math.cos(math.radians(start_deg))
+    best, best_score = None, 0.0
+    pairs = rng.integers(0, m, size=(iterations, 2))
+    for i, j in pairs:
+        d = np.cross(normals[i], normals[j])
+        nd = np.linalg.norm(d)
+        if nd < 1e-6:
+            continue
+        d /= nd
+        if d @ prior < 0:
+            d = -d
+        if d @ prior < cos_start:
+            continue
+        score = float(weights[np.abs(normals @ d) < sin_in].sum())
+        if score > best_score:
+            best, best_score = d, score
+    if best is None:
+        return None
+    d = best
+    for _ in range(3):
+        inl = np.abs(normals @ d) < sin_in
         if inl.sum() < 20:
             return None
         N, w = normals[inl], weights[inl]
-        M = (N * w[:, None]).T @ N
-        ev, V = np.linalg.eigh(M)
+        ev, V = np.linalg.eigh((N * w[:, None]).T @ N)
         if ev[1] < 1e-3 * ev[2]:
             return None
         d = V[:, 0] if V[:, 0] @ prior >= 0 else -V[:, 0]
-        thr = max(inlier_deg, thr * 0.5)
     r = np.degrees(np.arcsin(np.clip(np.abs(normals @ d), 0, 1)))
     inl = r < inlier_deg
     if inl.sum() < 20:
@@ -553,7 +575,8 @@ def prior_cues(scene: Scene, frames: list[CameraFrame], config: Config) -> list[
         cues.append({"cue": "camera_axes", "up_in_sfm": cam_u, "sigma_deg": sigma, "right_axis_spread": spread})
     if "vanishing_points" in config.gravity_cues:
         N, wts = segment_planes(scene, frames, cam_u, config)
-        vp = vanishing_up(N, wts, cam_u, config.vp_vertical_tol_deg, config.vp_inlier_deg) if len(N) >= 20 else None
+        vp = vanishing_up(N, wts, cam_u, config.vp_vertical_tol_deg, config.vp_inlier_deg, seed=config.seed) \
+            if len(N) >= 20 else None
         if vp is not None:
             d, n_inl, rms = vp
             sigma = config.vp_sigma_deg * max(1.0, rms / config.vp_inlier_deg * 2.0) * max(1.0, math.sqrt(200 / n_inl))
