@@ -61,6 +61,13 @@ def test_textured_room_is_indoor(tmp_path):
     assert q["indoor"]["decision"] is None and q["indoor"]["counts"]["indoor"] >= 0.8 * q["indoor"]["n_frames"]
 
 
+def test_random_noise_is_unknown_not_outdoor():
+    from tests.fixtures.room import random_texture
+
+    v = indoor.HeuristicBackend().classify_one(np.ascontiguousarray(random_texture(240, 320)))
+    assert v["verdict"] == "unknown" and "too little structure" in v["reasons"][0]
+
+
 def test_blank_frames_are_not_a_walkthrough():
     b = indoor.HeuristicBackend()
     v = b.classify([np.full((240, 320, 3), 128, np.uint8), np.zeros((240, 320, 3), np.uint8)])
@@ -71,7 +78,8 @@ def test_blank_frames_are_not_a_walkthrough():
 def test_decide_counts_outdoor_among_frames_that_show_a_place():
     v = [{"verdict": k} for k in ["outdoor"] * 3 + ["not_walkthrough"] * 4 + ["indoor"] * 2]
     decision, counts = indoor.decide(v, indoor.Config())
-    assert decision == "outdoor" and counts == {"indoor": 2, "outdoor": 3, "not_walkthrough": 4}
+    assert decision == "outdoor" and counts == {"indoor": 2, "outdoor": 3, "not_walkthrough": 4, "unknown": 0}
+    assert indoor.decide([{"verdict": "unknown"}] * 5, indoor.Config())[0] is None  # nothing to judge by
     assert indoor.decide([{"verdict": "indoor"}] * 3 + [{"verdict": "outdoor"}] * 2, indoor.Config())[0] is None
 
 
@@ -153,7 +161,7 @@ def test_clip_backend_from_a_local_folder(tiny_clip, monkeypatch, tmp_path):
     assert len(v) == 5
     for x in v:
         assert x["verdict"] in indoor.VERDICTS
-        p = [x["cues"][f"p_{k}"] for k in indoor.VERDICTS]
+        p = [x["cues"][f"p_{k}"] for k in indoor.ClipBackend.PROMPTS]
         assert abs(sum(p) - 1) < 1e-3 and x["reasons"][0].startswith("CLIP: ")
     # through the stage: quality.json records the backend
     scene = scene_from_images(tmp_path / "room", room_frames(12))

@@ -41,7 +41,7 @@ from .. import stage
 from ..errors import BackendNotInstalled, InputError
 from ..stage import Options
 
-VERDICTS = ("indoor", "outdoor", "not_walkthrough")
+VERDICTS = ("indoor", "outdoor", "not_walkthrough", "unknown")
 
 
 class HeuristicBackend:
@@ -61,6 +61,9 @@ class HeuristicBackend:
                                         "walkthrough (blank, title card, covered lens)")
         max_dark_share: float = Field(0.9, gt=0, le=1, description="more near-black pixels than this share: not "
                                       "a walkthrough (black frame, a caption on black)")
+        min_judge_evidence: float = Field(0.15, ge=0, description="indoor evidence below this (no straight "
+                                          "lines at all) and little sky/vegetation: too little to judge "
+                                          "(``unknown``, counted for neither side: noise, a plain surface)")
 
     def __init__(self, options: "HeuristicBackend.Options | None" = None):
         self.options = options or self.Options()
@@ -74,7 +77,8 @@ class HeuristicBackend:
         return [self.classify_one(f) for f in frames]
 
     def classify_one(self, rgb: np.ndarray) -> dict:
-        """The verdict of one frame: ``not_walkthrough`` when near-blank or near-black; else ``outdoor`` when the
+        """The verdict of one frame: ``not_walkthrough`` when near-blank or near-black; ``unknown`` when it has
+        neither straight structure nor sky/vegetation (nothing to judge by); else ``outdoor`` when the
         indoor evidence (straight Manhattan structure: ``line_share / line_ref + straightness /
         straightness_ref``) exceeds the outdoor evidence (``sky_share / sky_ref + vegetation_share /
         vegetation_ref``) by less than ``min_margin``; else ``indoor``."""
@@ -87,6 +91,10 @@ class HeuristicBackend:
         e_in = c["line_share"] / o.line_ref + c["straightness"] / o.straightness_ref
         e_out = c["sky_share"] / o.sky_ref + c["vegetation_share"] / o.vegetation_ref
         c = dict(c, indoor_evidence=round(e_in, 3), outdoor_evidence=round(e_out, 3))
+        if e_in < o.min_judge_evidence and e_out < 0.5:
+            return {"verdict": "unknown", "reasons": [f"too little structure to judge (no straight lines: "
+                                                      f"evidence {e_in:.2f}; sky/vegetation {e_out:.2f})"],
+                    "cues": c}
         if e_in - e_out >= o.min_margin:
             return {"verdict": "indoor", "reasons": [f"straight structure {e_in:.2f} vs sky/vegetation "
                                                      f"{e_out:.2f}"], "cues": c}
@@ -260,12 +268,13 @@ def make_backend(config: Config):
 def decide(verdicts: list[dict], config: Config) -> tuple[str | None, dict]:
     """The video-level decision from per-frame verdicts: (``"outdoor"`` / ``"not_walkthrough"`` / None, counts
     ``{verdict: n}``). Not a walkthrough: more than ``max_not_walkthrough_share`` of all frames are; outdoor:
-    more than ``max_outdoor_share`` of the frames that show a place (indoor or outdoor) are outdoor."""
+    more than ``max_outdoor_share`` of the frames that show a place (indoor or outdoor) are outdoor; frames too
+    plain to judge (``unknown``) count for neither."""
     counts = {k: sum(v["verdict"] == k for v in verdicts) for k in VERDICTS}
     n = max(len(verdicts), 1)
     n_place = counts["indoor"] + counts["outdoor"]  # frames that show a place at all
-    if counts["not_walkthrough"] / n > config.max_not_walkthrough_share or n_place == 0:
+    if counts["not_walkthrough"] / n > config.max_not_walkthrough_share:
         return "not_walkthrough", counts
-    if counts["outdoor"] / n_place > config.max_outdoor_share:
+    if n_place and counts["outdoor"] / n_place > config.max_outdoor_share:
         return "outdoor", counts
     return None, counts
