@@ -306,3 +306,15 @@ def test_fresh_run_says_not_run_yet_for_every_stage(tmp_path, clip):
                  on_stage=lambda n, a, w: seen.append((n, a, w)))
     assert seen == [("ingest", "skip", "complete"), ("shots", "run", "config changed"),
                     ("quality", "run", "previous status 'stale'")]
+
+
+# ---- stage warnings are listed by info ----------------------------------------------------------------------
+
+def test_info_lists_stage_warnings(tmp_path, clip):
+    out = tmp_path / "s"
+    run_pipeline(clip, out, fast_cfg(), until="ingest")
+    Scene(out).update_manifest(lambda m: m["stages"]["ingest"].update(
+        warnings=["no floor plane seen: gravity from [vanishing_points] (±2.0°)"]))
+    r = cli("info", out)
+    assert r.exit_code == 0
+    assert "warning: ingest: no floor plane seen: gravity from [vanishing_points] (±2.0°)" in r.stdout.replace("\n", "")
