@@ -8,16 +8,27 @@ gives the same result):
 2. Planes: sequential RANSAC (Open3D ``segment_plane``, seeded) with a threshold relative to the scene size,
    each plane refitted by least squares on its inliers; planes whose inliers are degenerate (a line) are
    ignored. Camera up = mean of the cameras' −y axes in the world.
-3. Floor: among near-horizontal planes (normal within ``horizontal_tol_deg`` of camera up) with most cameras
-   above them and enough support, the lowest. None → :class:`StageFailed`. Ceiling: the highest such plane with
-   the cameras below it. Walls: near-vertical planes.
-4. Gravity: the floor normal is refit (IRLS, Huber) on every point within a wide band of the RANSAC floor (a
-   warped video floor tilts a thin RANSAC patch by degrees), then made orthogonal to the wall normals
-   (Manhattan: walls are vertical; :func:`manhattan_up`) unless that moves it by more than
-   ``max_manhattan_correction_deg``. Rotation: floor normal → +z; the normal of the best-supported wall → +x (Manhattan yaw; PCA of the floor
+3. Gravity cues that need no plane (:func:`prior_cues`): the cameras' axes (``camera_axes``, the weakest: the
+   direction most orthogonal to every camera's right axis, robust to a camera pitched down) and the vertical
+   vanishing direction of line segments (OpenCV's LSD) in up to ``vp_max_keyframes`` keyframes
+   (``vanishing_points``: RANSAC over pairs of interpretation planes, then least squares). Their combination is
+   the reference up for classifying planes.
+4. Floor: among near-horizontal planes (normal within ``horizontal_tol_deg`` of that up) with most cameras
+   above them and enough support, the lowest; ceiling: the highest such plane with the cameras below it; walls:
+   near-vertical planes. The floor normal is refit (IRLS, Huber) on every point within a wide band of the
+   RANSAC floor (a warped video floor tilts a thin RANSAC patch by degrees), then made orthogonal to the wall
+   normals (Manhattan: walls are vertical; :func:`manhattan_up`) unless that moves it by more than
+   ``max_manhattan_correction_deg`` — the ``floor`` cue. Other horizontal planes (ceiling, tables, counters)
+   vote with their normals (``horizontal_planes``). Every cue is combined by inverse variance
+   (:func:`combine_cues`, sigmas ``*_sigma_deg``) into up. No floor plane (or ``floor`` left out of
+   ``gravity_cues``): up from the other cues (made orthogonal to the walls), the floor height from the lowest
+   horizontal support, else the lowest points, else the camera-height prior (:func:`fallback_floor`),
+   ``floor_observed: false`` and a stage warning — never a failed scene.
+   Rotation: up → +z; the normal of the best-supported wall → +x (Manhattan yaw; PCA of the floor
    points without walls). Scale s (metres per SfM unit): user ``metric_scale``, else inverse-variance
-   combination of the priors camera height above the floor (1.55 ± 0.15 m) and floor-to-ceiling height
-   (2.6 ± 0.3 m, only with a ceiling plane). Translation: floor at z = 0, room footprint's min corner at x = y = 0.
+   combination of the priors camera height above the floor (1.55 ± 0.15 m; its sigma grows with the floor
+   height's uncertainty when the floor is not seen) and floor-to-ceiling height (2.6 ± 0.3 m, only with a
+   ceiling plane). Translation: floor at z = 0, room footprint's min corner at x = y = 0.
 5. Footprint: occupancy grid (``grid_m``) of all points between floor and ceiling, closed, holes filled,
    opened (``footprint_open_m``: spurs through doors, thin bridges),
    largest component → polygon (Douglas–Peucker), floor area, extent.
@@ -33,10 +44,15 @@ normal ``n``)::
      "scale": {"metres_per_sfm_unit": s, "sigma": σ, "method": "user" | "priors",
                "estimates": [{"source": "camera_height" | "ceiling_height", "value": s_i, "sigma": σ_i,
                               "measured_sfm": sfm units, "prior_m": m, "prior_sigma_m": m}]},
-     "gravity": {"camera_up_vs_floor_normal_deg": deg, "up_in_sfm": [3],
-                 "method": "floor_refit+walls" | "floor_refit" | "floor_ransac", "walls_used": n,
-                 "correction_vs_ransac_floor_deg": deg},
-     "floor": {"normal": [0,0,1], "d": 0, "n_inliers": n, "rms_m": m},
+     "gravity": {"camera_up_vs_floor_normal_deg": deg, "up_in_sfm": [3] (the cameras' mean up),
+                 "method": "floor_refit+walls+cues" | "floor_refit" | ... | "cues", "walls_used": n,
+                 "correction_vs_ransac_floor_deg": deg, "floor_observed": bool,
+                 "cue": "floor+vanishing_points+..." (cues by weight), "uncertainty_deg": deg,
+                 "cues": [{"cue", "up_in_sfm", "sigma_deg", "weight", "angle_to_up_deg", ...}],
+                 "floor_up_in_sfm": [3] (the up used: +z of the world)},
+     "floor": {"normal": [0,0,1], "d": 0, "n_inliers": n, "rms_m": m | null, "observed": bool,
+               "height_cue": "floor_plane" | "horizontal_support" | "lowest_points" | "camera_height_prior",
+               "height_uncertainty_m": m},
      "ceiling": {"normal": [3], "d": d, "height_m": m, "n_inliers": n} | null,
      "walls": [{"normal": [3], "d": d, "n_inliers": n, "length_m": m}],
      "room": {"polygon_xy": [[x, y], ...], "floor_area_m2": a, "extent_m": [sx, sy], "height_m": h,
