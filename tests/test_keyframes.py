@@ -41,7 +41,9 @@ def _sideways(n: int = N, width: int = W, height: int = H, step_m: float = STEP_
 
 def _cfg(**keyframes):
     # 40 frames at 3.5 px/frame give 9 keyframes at THRESHOLD: lower min_keyframes (default 10).
-    return fast_config(keyframes={"min_keyframes": 4, "min_disparity": THRESHOLD, **keyframes})
+    # The frames are a sequence saved as images: select by disparity, not every image.
+    return fast_config(keyframes={"min_keyframes": 4, "min_disparity": THRESHOLD, "image_folder": "disparity",
+                                  **keyframes})
 
 
 @pytest.fixture(scope="module")

@@ -259,12 +259,14 @@ def test_scene_from_another_input_is_refused_and_left_alone(scene_copy, clips):
 
 
 def test_overwrite_replaces_a_scene_from_another_input(scene_copy, clips):
-    (scene_copy / "leftover.txt").write_text("from the old scene")
+    (scene_copy / "notes.txt").write_text("the user's own file")  # not vid2scene's: it stays
+    (scene_copy / "frames_all" / "stray.jpg").write_bytes(b"old frame")  # inside a vid2scene folder: goes
     report, seen = run(clips["other"], scene_copy, fast_cfg(), overwrite=True)
     assert set(seen.values()) == {"run"}
     m = Scene(scene_copy).read_manifest()
     assert m["source"]["path"] == str(clips["other"].resolve())
-    assert not (scene_copy / "leftover.txt").exists()
+    assert (scene_copy / "notes.txt").read_text() == "the user's own file"
+    assert not (scene_copy / "frames_all" / "stray.jpg").exists()
     assert all(m["stages"][s]["status"] == "complete" for s in EARLY + ["keyframes"])
 
 

@@ -112,9 +112,15 @@ def test_letterbox_bars_measured_within_2px(tmp_path, bars):
     assert all(r["verdict"] == "ok" for r in q["frames"]), [r["reason"] for r in q["frames"]]
 
 
+def _no_indoor_cfg():
+    # The synthetic room rendered this small (180 / 120 px wide) has too few straight segments for the
+    # heuristic indoor filter (it calls it outdoor); these tests are about bars and orientation only.
+    return fast_config(quality={"indoor": {"enabled": False}})
+
+
 def test_portrait_frames(tmp_path):
     scene = scene_from_images(tmp_path, _walk_frames(20, 180, 320))
-    run_stages(scene, _cfg(), "quality")
+    run_stages(scene, _no_indoor_cfg(), "quality")
     q = scene.quality()
     assert q["portrait"] is True
     assert q["has_letterbox"] is False
@@ -131,7 +137,7 @@ def test_portrait_content_in_a_landscape_frame(tmp_path):
         canvas[:, left: left + cw] = rgb
         frames.append(canvas)
     scene = scene_from_images(tmp_path, frames)
-    run_stages(scene, _cfg(), "quality")
+    run_stages(scene, _no_indoor_cfg(), "quality")
     q = scene.quality()
     assert abs(q["letterbox"]["left"] - left) <= 2 and abs(q["letterbox"]["right"] - (W - cw - left)) <= 2
     assert q["letterbox"]["top"] == 0 and q["letterbox"]["bottom"] == 0

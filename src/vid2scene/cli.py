@@ -12,7 +12,9 @@ from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__, progress
 from .errors import InputError, Vid2SceneError
@@ -32,8 +34,14 @@ T = TypeVar("T")
 
 
 def _fail(err: Vid2SceneError) -> NoReturn:
-    console.print(f"[bold red]error[/]: {err}", highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("error", "bold red"), f": {err}"), highlight=False, soft_wrap=True)
     raise typer.Exit(err.exit_code)
+
+
+def _os_error(e: OSError) -> InputError:
+    """An OS error met outside a stage (output path is a file, permission denied) as a one-line input error."""
+    what = e.strerror or str(e) or type(e).__name__
+    return InputError(f"{what}: {e.filename}" if e.filename else what)
 
 
 def _checked(fn: Callable[[], T], as_json: bool = False, to_json: Callable[[T], Any] = lambda r: r,
@@ -45,6 +53,8 @@ def _checked(fn: Callable[[], T], as_json: bool = False, to_json: Callable[[T], 
         res = fn()
     except Vid2SceneError as e:
         _fail(e)
+    except OSError as e:
+        _fail(_os_error(e))
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=indent))
         return None
@@ -52,11 +62,14 @@ def _checked(fn: Callable[[], T], as_json: bool = False, to_json: Callable[[T], 
 
 
 def _parse_intrinsics(text: str) -> list[float]:
+    """``"fx,fy,cx,cy"`` → four finite positive floats. Raises InputError otherwise (also for ``""``)."""
+    import math
+
     try:
         vals = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
         vals = []
-    if len(vals) != 4 or min(vals) <= 0:
+    if len(vals) != 4 or not all(math.isfinite(v) and v > 0 for v in vals):
         raise InputError(f"--intrinsics wants 'fx,fy,cx,cy' in source-image pixels (positive numbers), got {text!r}")
     return vals
 
@@ -64,7 +77,7 @@ def _parse_intrinsics(text: str) -> list[float]:
 def _stage_table(manifest: dict) -> Table:
     from .pipeline import STAGES
 
-    t = Table(title=f"scene: {manifest.get('status', '?')}", title_justify="left")
+    t = Table(title=Text(f"scene: {manifest.get('status', '?')}"), title_justify="left")
     for col in ("stage", "status", "seconds", "result"):
         t.add_column(col, overflow="fold")
     for name in STAGES:
@@ -73,10 +86,12 @@ def _stage_table(manifest: dict) -> Table:
             t.add_row(name, "-", "", "")
             continue
         colour = {"complete": "green", "failed": "red"}.get(st.get("status"), "yellow")
-        text = st.get("summary") or st.get("reason") or ""
+        text = Text(str(st.get("summary") or st.get("reason") or ""))
         if st.get("warnings"):
-            text += " [yellow](" + "; ".join(st["warnings"]) + ")[/]"
-        t.add_row(name, f"[{colour}]{st.get('status')}[/]", f"{st.get('seconds', 0):.1f}", text)
+            text.append(" (" + "; ".join(map(str, st["warnings"])) + ")", style="yellow")
+        seconds = st.get("seconds")
+        t.add_row(name, Text(str(st.get("status")), style=colour),
+                  f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "", text)
     return t
 
 
@@ -98,26 +113,44 @@ def run(
 
     progress.set_enabled(not quiet)
     try:
-        overrides = {"sfm": {"known_intrinsics": _parse_intrinsics(intrinsics)}} if intrinsics else None
+        overrides = {"sfm": {"known_intrinsics": _parse_intrinsics(intrinsics)}} if intrinsics is not None else None
         cfg = load_config(config, preset, overrides)
 
         def on_stage(name: str, action: str, why: str) -> None:
             if action == "skip":
-                console.print(f"[dim]{name}: skipped ({why})[/]")
+                console.print(Text(f"{name}: skipped ({why})", style="dim"), highlight=False)
             else:
-                console.print(f"[bold cyan]{name}[/] ({why})")
+                console.print(Text.assemble((name, "bold cyan"), f" ({why})"), highlight=False)
 
         report = run_pipeline(input, output, cfg, until=until, overwrite=overwrite, on_stage=on_stage)
-    except Vid2SceneError as e:
+    except (Vid2SceneError, OSError) as e:
         from .scene import Scene
 
+        err = _os_error(e) if isinstance(e, OSError) else e
         s = Scene(output)
-        if s.exists():
-            console.print(_stage_table(s.read_manifest()))
-        _fail(e)
+        try:
+            if s.exists() and s.manifest_readable():
+                console.print(_stage_table(s.read_manifest()))
+        except OSError:
+            pass
+        _fail(err)
         return
     out.print(_stage_table(report.scene.read_manifest()))
-    out.print(f"scene folder: {report.scene.root}  (open {report.scene.report_html.name})")
+    for line in _warning_lines(report.scene.read_manifest()):
+        console.print(Text(line, style="yellow"), highlight=False, soft_wrap=True)
+    out.print(Text(f"scene folder: {report.scene.root}  (open {report.scene.report_html.name})"), highlight=False)
+
+
+def _warning_lines(manifest: dict) -> list[str]:
+    """``"warning: <stage>: <text>"`` for every stage warning recorded in the manifest, in stage order."""
+    from .stage import STAGES
+
+    lines = []
+    for name in STAGES:
+        st = manifest.get("stages", {}).get(name) or {}
+        for w in st.get("warnings") or []:
+            lines.append(f"warning: {name}: {w}")
+    return lines
 
 
 @app.command()
@@ -130,15 +163,19 @@ def info(scene_dir: Path = typer.Argument(..., help="scene folder"),
     if as_json:
         typer.echo(json.dumps(m, indent=1))
     else:
-        out.print(f"source: {m['source'].get('path')} ({m['source'].get('kind')})", highlight=False)
+        out.print(Text(f"source: {m['source'].get('path')} ({m['source'].get('kind')})"), highlight=False)
         out.print(_stage_table(m))
         for name, qc in m.get("qc", {}).items():
-            out.print(f"[bold]{name}[/] QC: " + json.dumps(qc), highlight=False, soft_wrap=True)
-    if m.get("failure"):
-        f = m["failure"]
+            out.print(Text.assemble((str(name), "bold"), " QC: " + json.dumps(qc)), highlight=False, soft_wrap=True)
+        for line in _warning_lines(m):
+            out.print(Text(line, style="yellow"), highlight=False, soft_wrap=True)
+    f = m.get("failure")
+    if isinstance(f, dict) and f:
         if not as_json:
-            out.print(f"[bold red]failed in {f['stage']}[/]: {f['reason']}", highlight=False)
-        raise typer.Exit(f.get("exit_code", 4))
+            out.print(Text.assemble((f"failed in {f.get('stage')}", "bold red"), f": {f.get('reason')}"),
+                      highlight=False)
+        code = f.get("exit_code", 4)
+        raise typer.Exit(code if isinstance(code, int) else 4)
 
 
 @app.command()
@@ -154,7 +191,7 @@ def stages() -> None:
         mod = stage_module(name)
         status = (mod.backend_status() if hasattr(mod, "backend_status")
                   else backend_status(mod.BACKENDS) if hasattr(mod, "BACKENDS") else {})
-        back = ", ".join(f"{k}: {'[green]installed[/]' if v == 'installed' else '[yellow]' + v + '[/]'}"
+        back = ", ".join(f"{k}: {'[green]installed[/]' if v == 'installed' else '[yellow]' + escape(v) + '[/]'}"
                          for k, v in status.items()) or "-"
         t.add_row(name, ", ".join(mod.OUTPUTS), back)
     out.print(t)
@@ -196,7 +233,8 @@ def tasks(scene_dir: Path = typer.Argument(..., help="scene folder with instance
                    to_json=lambda r: {name: result.qc for name, result in r.items()})
     for name, result in (res or {}).items():
         outs = ", ".join(GENERATORS[name].OUTPUTS)
-        out.print(f"[bold]{name}[/] -> {outs}: " + json.dumps(result.qc), highlight=False, soft_wrap=True)
+        out.print(Text.assemble((name, "bold"), f" -> {outs}: " + json.dumps(result.qc)), highlight=False,
+                  soft_wrap=True)
 
 
 @app.command("synth-layout")
@@ -210,9 +248,9 @@ def synth_layout(scene_dir: Path = typer.Argument(..., help="scene folder with i
     res = _checked(lambda: run_synth(scene_dir, config), as_json,
                    to_json=lambda r: {"summary": r.summary, "qc": r.qc, "warnings": r.warnings})
     if res is not None:
-        out.print(res.summary, highlight=False, soft_wrap=True)
+        out.print(res.summary, highlight=False, soft_wrap=True, markup=False)
         for w in res.warnings:
-            out.print(f"[yellow]warning:[/] {w}", highlight=False)
+            out.print(Text.assemble(("warning:", "yellow"), f" {w}"), highlight=False)
 
 
 @app.command("eval-vqa")
@@ -276,10 +314,14 @@ def build(
     s = _checked(lambda: build_dataset(sources, output, load_config(config, preset), opts))
     out.print(f"ran {len(s.ran)} videos ({len(s.completed)} complete, {len(s.failed)} failed); skipped "
               f"{len(s.skipped_complete)} complete and {len(s.skipped_failed)} failed before "
-              f"(--retry-failed re-runs them); {s.wall_s:.1f} s", highlight=False)
+              f"(--retry-failed re-runs them); {s.wall_s:.1f} s", highlight=False, markup=False)
     for tid, why in s.failed.items():
-        out.print(f"[red]failed[/] {tid}: {why}", highlight=False, soft_wrap=True)
-    out.print(f"dataset: {s.dataset_dir}  (index.parquet, report.html)", highlight=False)
+        out.print(Text.assemble(("failed", "red"), f" {tid}: {why}"), highlight=False, soft_wrap=True)
+    out.print(f"dataset: {s.dataset_dir}  (index.parquet, report.html)", highlight=False, markup=False)
+    if s.failed and not s.completed:
+        console.print(Text(f"error: every one of the {len(s.failed)} videos run failed", style="bold red"),
+                      highlight=False)
+        raise typer.Exit(4)
 
 
 @app.command("dataset-info")
@@ -305,12 +347,13 @@ def dataset_info(dataset_dir: Path = typer.Argument(..., help="dataset folder ma
         t.add_column("count")
         t.add_column("stage: reason", overflow="fold")
         for k, n in s["failure_reasons"].items():
-            t.add_row(str(n), k)
+            t.add_row(str(n), Text(str(k)))
         out.print(t)
     if s["median_of_complete"]:
-        out.print("median of complete scenes: " + json.dumps(s["median_of_complete"]), highlight=False, soft_wrap=True)
+        out.print("median of complete scenes: " + json.dumps(s["median_of_complete"]), highlight=False, soft_wrap=True,
+                  markup=False)
     out.print(f"index: {Path(dataset_dir) / 'index.parquet'}  report: {Path(dataset_dir) / 'report.html'}",
-              highlight=False)
+              highlight=False, markup=False)
 
 
 def main() -> None:  # pragma: no cover

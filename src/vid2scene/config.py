@@ -85,7 +85,21 @@ def load_config(config_file: str | Path | None = None, preset: str | None = None
     if preset not in PRESETS:
         raise InputError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     merged = deep_merge(deep_merge(PRESETS[preset], data), overrides or {})
-    return validate_config(PipelineConfig, merged)
+    cfg = validate_config(PipelineConfig, merged)
+    check_intrinsics(getattr(cfg.sfm, "known_intrinsics", None), "sfm.known_intrinsics")
+    return cfg
+
+
+def check_intrinsics(values, where: str) -> None:
+    """Raise InputError unless ``values`` is None or four finite, positive numbers (fx, fy, cx, cy in pixels)."""
+    import math
+
+    if values is None:
+        return
+    vals = list(values)
+    if len(vals) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in vals):
+        raise InputError(f"invalid config value {where}: wants four finite positive numbers fx, fy, cx, cy "
+                         f"(pixels), got {vals}")
 
 
 def validate_config(model: type[BaseModel], data: dict, what: str = "config") -> BaseModel:

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import io, progress
-from .errors import InputError
+from .errors import InputError, StageFailed
 from .scene import Scene
 from .stage import StageResult
 
@@ -52,8 +52,17 @@ def describe_source(path: str | Path) -> dict:
         InputError: the path does not exist, or is a folder without images.
     """
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"input not found: {p}")
+    try:
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+        if not p.is_dir() and not p.is_file():
+            raise InputError(f"input is not a regular file or folder (device, pipe or socket): {p}")
+        return _describe(p)
+    except OSError as e:
+        raise InputError(f"cannot read input {p}: {e.strerror or e}") from e
+
+
+def _describe(p: Path) -> dict:
     if p.is_dir():
         images = list_images(p)
         listing = "\n".join(f"{f.name}\t{f.stat().st_size}" for f in images)
@@ -212,7 +221,12 @@ class FrameWriter:
         return bool(self.config.max_frames and len(self.kept) >= self.config.max_frames)
 
     def save(self, source_frame: int, t: float, rgb: np.ndarray) -> None:
-        io.write_image_rgb(self.scene.frame_path(source_frame), rgb, jpeg_quality=self.config.jpeg_quality)
+        """Write one frame. Raises StageFailed with the OS reason when the write fails (full disk, ...)."""
+        path = self.scene.frame_path(source_frame)
+        try:
+            io.write_image_rgb_checked(path, rgb, jpeg_quality=self.config.jpeg_quality)
+        except OSError as e:
+            raise StageFailed(NAME, f"cannot write frame {path}: {e.strerror or e}") from e
         self.kept.append({"source_frame": source_frame, "timestamp_s": round(t, 6)})
         if self.size is None:
             self.size = (int(rgb.shape[1]), int(rgb.shape[0]))

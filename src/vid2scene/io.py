@@ -407,3 +407,26 @@ def post_json(url: str, body: dict, *, api_key: str | None = None, timeout_s: fl
         except _json.JSONDecodeError as e:
             last = f"reply is not JSON ({e})"
     raise StageFailed(stage, f"{what}: cannot get an answer from {url}: {last} (after {retries + 1} tries)")
+
+
+# ---- h11: image writes that report the operating system's reason -------------------------------------------
+def write_image_rgb_checked(path: str | os.PathLike, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Atomically write an ``H×W×3`` uint8 RGB image (.jpg or .png by suffix), encoding in memory
+    (``cv2.imencode``) and writing with Python's file I/O, so that a failed write (full disk, no permission)
+    raises :class:`OSError` carrying the OS reason (``errno``/``strerror``), not a bare False from
+    ``cv2.imwrite``.
+
+    Raises:
+        OSError: the image could not be encoded or written (the OS error of the write).
+    """
+    import cv2
+
+    suffix = Path(path).suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if suffix in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix or ".png", cv2.cvtColor(np.asarray(rgb, np.uint8), cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise OSError(f"cannot encode image {path} as {suffix}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buf.tobytes())
+            f.flush()

@@ -8,17 +8,29 @@ measure it (``reason: "track_loss"``: the frame before the loss is taken, so con
 overlap). The first and last usable frames are keyframes too. If more than ``max_keyframes`` result, the
 threshold is raised and selection repeated.
 
+The threshold adapts to the input: ``min_disparity`` is where it starts; when that gives fewer keyframes than
+the target (``target_keyframes_per_s`` × the duration, at least ``min_keyframes``, at most the candidates) it is
+lowered step by step down to ``min_disparity_floor``; when even that gives too few and the candidates are few
+(≤ ``use_all_below``), every candidate is a keyframe (``reason: "all"``). An image folder (``video.json`` kind
+``images``: photos, not a sequence) uses every usable image (``reason: "image"``) up to ``max_keyframes``
+(``image_folder: disparity`` selects among them as among video frames).
+Rejection is kept for what cannot work: a static camera (features never move ``static_max_disparity`` of the
+image) and fewer than 3 usable frames.
+
 Writes ``frames/NNNNNN.jpg`` (letterbox bars from ``quality`` cropped away) and ``keyframes.json``::
 
     {"keyframes": [{"source_frame", "timestamp_s", "reason", "disparity_rel", "tracked_share"}],
      "min_disparity": float, "crop": {"top","bottom","left","right"}, "width", "height", "n_candidates"}
 
-Raises ``RejectedInput`` for a static camera ("insufficient camera motion") or too few keyframes.
+Raises ``RejectedInput`` for a static camera ("insufficient camera motion") or fewer than 3 usable frames.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,9 +47,20 @@ OUTPUTS = ["frames", "keyframes.json"]
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     min_disparity: float = Field(0.08, gt=0, lt=1,
-                                 description="median track displacement since last keyframe, share of long side")
+                                 description="median track displacement since last keyframe, share of long side "
+                                 "(the starting threshold; lowered for short inputs)")
     max_keyframes: int = Field(300, ge=2)
-    min_keyframes: int = Field(10, ge=2)
+    min_keyframes: int = Field(10, ge=2, description="target at least this many keyframes (the threshold is "
+                               "lowered, or every candidate used); fewer is a warning, not a rejection")
+    target_keyframes_per_s: float = Field(0.5, ge=0, description="target keyframes per second of input")
+    min_disparity_floor: float = Field(0.02, gt=0, lt=1, description="the threshold is never lowered below this")
+    use_all_below: int = Field(40, ge=0, description="with at most this many usable frames and too few keyframes "
+                               "at the floor threshold, every usable frame is a keyframe")
+    image_folder: Literal["all", "disparity"] = Field("all", description="an image folder: every usable image "
+                                                      "is a keyframe (photos), or select by disparity (a frame "
+                                                      "sequence saved as images)")
+    static_max_disparity: float = Field(0.015, gt=0, lt=1, description="features moving less than this share of "
+                                        "the image over the whole input: a static camera (rejected)")
     n_features: int = Field(400, ge=20, description="corners tracked from each keyframe")
     min_tracked_share: float = Field(0.35, gt=0, lt=1, description="below this share of surviving tracks: track loss")
     track_long_side: int = Field(480, ge=64, description="tracking resolution (long side px)")
@@ -166,28 +189,92 @@ def run(scene: Scene, config: Config) -> StageResult:
     """Select keyframes among the frames ``quality`` accepted; write ``frames/`` and ``keyframes.json``.
 
     Raises:
-        StageFailed: ``quality`` has not completed, or a frame is unreadable.
-        RejectedInput: "insufficient camera motion" (the median track displacement never reaches the
-            threshold: a static camera or a tripod shot) or "too few usable keyframes".
+        StageFailed: ``quality`` has not completed, or a frame is unreadable / cannot be written (OS reason).
+        RejectedInput: "insufficient camera motion" (the median track displacement never reaches
+            ``static_max_disparity``: a static camera or a tripod shot) or fewer than 3 usable frames.
     """
     scene.require("quality")
     q = scene.quality()
     cand = [r for r in q["frames"] if r["verdict"] == "ok"]
-    if len(cand) < 2:
+    if len(cand) < 3:
         raise RejectedInput(f"too few usable keyframes: only {len(cand)} usable frame(s)")
     crop = q.get("letterbox") or {"top": 0, "bottom": 0, "left": 0, "right": 0}
-    chosen, thr, capped, max_disp = _select_capped(scene, cand, crop, config)
-    _check_enough(chosen, cand, thr, max_disp, config)
-    records, size = write_keyframe_images(scene, cand, chosen, crop)
+    images = scene.video_info().get("kind") == "images"
+    sel = choose_keyframes(scene, cand, crop, config, images)
+    records, size = write_keyframe_images(scene, cand, sel.chosen, crop)
     reasons: dict[str, int] = {}
     for r in records:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    scene.write_keyframes({"keyframes": records, "min_disparity": thr, "capped": capped, "crop": crop,
-                           "width": size[0], "height": size[1], "n_candidates": len(cand), "reasons": reasons})
-    qc = {"n_keyframes": len(records), "n_candidates": len(cand), "min_disparity": round(thr, 4),
-          "reasons": reasons, "capped": capped}
-    return StageResult(qc=qc, summary=f"{len(records)} keyframes from {len(cand)} usable frames "
-                       f"(threshold {100 * thr:.1f}% of the long side)")
+    scene.write_keyframes({"keyframes": records, "min_disparity": sel.threshold, "capped": sel.capped,
+                           "adapted": sel.adapted, "target": sel.target, "crop": crop, "width": size[0],
+                           "height": size[1], "n_candidates": len(cand), "reasons": reasons})
+    qc = {"n_keyframes": len(records), "n_candidates": len(cand), "min_disparity": round(sel.threshold, 4),
+          "reasons": reasons, "capped": sel.capped, "adapted": sel.adapted, "target": sel.target,
+          "max_disparity_rel": round(sel.max_disp, 4)}
+    warnings = []
+    if len(records) < config.min_keyframes:
+        warnings.append(f"only {len(records)} keyframes (< min_keyframes={config.min_keyframes}): a short input "
+                        "or little motion; SfM may register few")
+    how = ("every usable image of the folder" if sel.adapted == "images" else
+           "every usable frame (few frames)" if sel.adapted == "all" else
+           f"threshold {100 * sel.threshold:.1f}% of the long side"
+           + (f", lowered from {100 * config.min_disparity:.1f}%" if sel.adapted == "lowered" else ""))
+    return StageResult(qc=qc, summary=f"{len(records)} keyframes from {len(cand)} usable frames ({how})",
+                       warnings=warnings)
+
+
+@dataclass
+class Selection:
+    """The outcome of :func:`choose_keyframes`: chosen candidates (``select_keyframes`` records), the threshold
+    used, whether the cap raised it, how it adapted (``"none" | "lowered" | "all" | "images"``), the target
+    count and the largest displacement seen (share of the long side)."""
+
+    chosen: list[dict]
+    threshold: float
+    capped: bool
+    adapted: str
+    target: int
+    max_disp: float
+
+
+def keyframe_target(n_candidates: int, duration_s: float, config: Config) -> int:
+    """Keyframes to aim for: ``target_keyframes_per_s`` × duration, at least ``min_keyframes``, at most the
+    candidates and ``max_keyframes``."""
+    want = max(config.min_keyframes, math.ceil(config.target_keyframes_per_s * max(duration_s, 0.0)))
+    return int(min(want, n_candidates, config.max_keyframes))
+
+
+def choose_keyframes(scene: Scene, cand: list[dict], crop: dict, config: Config, images: bool = False) -> Selection:
+    """The adaptive selection described in the module docstring.
+
+    Raises:
+        RejectedInput: a static camera (largest displacement below ``static_max_disparity``).
+    """
+    duration = float(cand[-1]["timestamp_s"] - cand[0]["timestamp_s"])
+    target = keyframe_target(len(cand), duration, config)
+    thr = config.min_disparity
+    chosen, thr, capped, max_disp = _select_capped(scene, cand, crop, config, thr)
+    if max_disp < config.static_max_disparity and not any(c["reason"] == "track_loss" for c in chosen):
+        raise RejectedInput(f"insufficient camera motion: features moved at most {100 * max_disp:.1f}% of the "
+                            f"image over {duration:.1f} s (a moving camera needs "
+                            f"{100 * config.static_max_disparity:.1f}%); a static camera gives no parallax for SfM")
+    if images and config.image_folder == "all" and len(cand) <= config.max_keyframes:
+        kept = {c["index"]: c for c in chosen}
+        chosen = [dict(kept.get(i, {"index": i, "disparity_rel": None, "tracked_share": None}), reason="image")
+                  for i in range(len(cand))]
+        return Selection(chosen, thr, False, "images", len(cand), max_disp)
+    adapted = "none"
+    while len(chosen) < target and thr > config.min_disparity_floor and not capped:
+        # the count falls roughly in proportion to the threshold: aim at the target, at most halve per step
+        thr = max(config.min_disparity_floor, thr * max(0.5, min(0.85, len(chosen) / target)))
+        chosen, thr, capped, max_disp = _select_capped(scene, cand, crop, config, thr)
+        adapted = "lowered"
+    if len(chosen) < target and len(cand) <= config.use_all_below:
+        kept = {c["index"]: c for c in chosen}
+        chosen = [kept.get(i, {"index": i, "reason": "all", "disparity_rel": None, "tracked_share": None})
+                  for i in range(len(cand))]
+        adapted = "all"
+    return Selection(chosen, thr, capped, adapted, target, max_disp)
 
 
 def _cropped(rgb: np.ndarray, crop: dict) -> np.ndarray:
@@ -196,17 +283,17 @@ def _cropped(rgb: np.ndarray, crop: dict) -> np.ndarray:
     return rgb[crop["top"]: h - crop["bottom"], crop["left"]: w - crop["right"]]
 
 
-def _select_capped(scene: Scene, cand: list[dict], crop: dict, config: Config
+def _select_capped(scene: Scene, cand: list[dict], crop: dict, config: Config, thr: float
                    ) -> tuple[list[dict], float, bool, float]:
-    """:func:`select_keyframes` over the candidates, raising the threshold until at most ``max_keyframes``
-    result. Returns (chosen, threshold used, whether it was raised, largest displacement)."""
+    """:func:`select_keyframes` over the candidates at threshold ``thr``, raising the threshold until at most
+    ``max_keyframes`` result. Returns (chosen, threshold used, whether the cap raised it, largest
+    displacement)."""
 
     # Grey thumbnails for tracking are small (≤ 480 px: ~170 KB each); stream them, never hold all frames.
     def grays():
         for r in cand:
             yield _gray_small(_cropped(scene.frame_image(r["source_frame"]), crop), config.track_long_side)[0]
 
-    thr = config.min_disparity
     chosen, max_disp = select_keyframes(grays(), thr, config.n_features, config.min_tracked_share, len(cand))
     capped = False
     while len(chosen) > config.max_keyframes:
@@ -214,20 +301,6 @@ def _select_capped(scene: Scene, cand: list[dict], crop: dict, config: Config
         capped = True
         chosen, max_disp = select_keyframes(grays(), thr, config.n_features, config.min_tracked_share, len(cand))
     return chosen, thr, capped, max_disp
-
-
-def _check_enough(chosen: list[dict], cand: list[dict], thr: float, max_disp: float, config: Config) -> None:
-    """Raise RejectedInput for a static camera or fewer than ``min_keyframes`` keyframes."""
-    n_moving = sum(1 for c in chosen if c["reason"] in ("disparity", "track_loss"))
-    duration = cand[-1]["timestamp_s"] - cand[0]["timestamp_s"]
-    if n_moving == 0 and max_disp < thr:
-        raise RejectedInput(f"insufficient camera motion: features moved at most {100 * max_disp:.1f}% of the "
-                            f"image over {duration:.1f} s (keyframe threshold {100 * thr:.1f}%); a static camera "
-                            "gives no parallax for SfM")
-    if len(chosen) < config.min_keyframes:
-        raise RejectedInput(f"too few usable keyframes: {len(chosen)} < min_keyframes={config.min_keyframes} "
-                            f"(camera moved {100 * max_disp:.1f}% of the image at most; lower "
-                            "keyframes.min_disparity for short clips)")
 
 
 def write_keyframe_images(scene: Scene, cand: list[dict], chosen: list[dict], crop: dict
@@ -246,7 +319,7 @@ def write_keyframe_images(scene: Scene, cand: list[dict], chosen: list[dict], cr
         sf = r["source_frame"]
         if any_crop:
             rgb = _cropped(scene.frame_image(sf), crop)
-            io.write_image_rgb(scene.keyframe_path(sf), rgb, jpeg_quality=95)
+            io.write_image_rgb_checked(scene.keyframe_path(sf), rgb, jpeg_quality=95)
             size = (rgb.shape[1], rgb.shape[0])
         else:
             _link(scene.frame_path(sf), scene.keyframe_path(sf))

@@ -8,16 +8,27 @@ gives the same result):
 2. Planes: sequential RANSAC (Open3D ``segment_plane``, seeded) with a threshold relative to the scene size,
    each plane refitted by least squares on its inliers; planes whose inliers are degenerate (a line) are
    ignored. Camera up = mean of the cameras' −y axes in the world.
-3. Floor: among near-horizontal planes (normal within ``horizontal_tol_deg`` of camera up) with most cameras
-   above them and enough support, the lowest. None → :class:`StageFailed`. Ceiling: the highest such plane with
-   the cameras below it. Walls: near-vertical planes.
-4. Gravity: the floor normal is refit (IRLS, Huber) on every point within a wide band of the RANSAC floor (a
-   warped video floor tilts a thin RANSAC patch by degrees), then made orthogonal to the wall normals
-   (Manhattan: walls are vertical; :func:`manhattan_up`) unless that moves it by more than
-   ``max_manhattan_correction_deg``. Rotation: floor normal → +z; the normal of the best-supported wall → +x (Manhattan yaw; PCA of the floor
+3. Gravity cues that need no plane (:func:`prior_cues`): the cameras' axes (``camera_axes``, the weakest: the
+   direction most orthogonal to every camera's right axis, robust to a camera pitched down) and the vertical
+   vanishing direction of line segments (OpenCV's LSD) in up to ``vp_max_keyframes`` keyframes
+   (``vanishing_points``: RANSAC over pairs of interpretation planes, then least squares). Their combination is
+   the reference up for classifying planes.
+4. Floor: among near-horizontal planes (normal within ``horizontal_tol_deg`` of that up) with most cameras
+   above them and enough support, the lowest; ceiling: the highest such plane with the cameras below it; walls:
+   near-vertical planes. The floor normal is refit (IRLS, Huber) on every point within a wide band of the
+   RANSAC floor (a warped video floor tilts a thin RANSAC patch by degrees), then made orthogonal to the wall
+   normals (Manhattan: walls are vertical; :func:`manhattan_up`) unless that moves it by more than
+   ``max_manhattan_correction_deg`` — the ``floor`` cue. Other horizontal planes (ceiling, tables, counters)
+   vote with their normals (``horizontal_planes``). Every cue is combined by inverse variance
+   (:func:`combine_cues`, sigmas ``*_sigma_deg``) into up. No floor plane (or ``floor`` left out of
+   ``gravity_cues``): up from the other cues (made orthogonal to the walls), the floor height from the lowest
+   horizontal support, else the lowest points, else the camera-height prior (:func:`fallback_floor`),
+   ``floor_observed: false`` and a stage warning — never a failed scene.
+   Rotation: up → +z; the normal of the best-supported wall → +x (Manhattan yaw; PCA of the floor
    points without walls). Scale s (metres per SfM unit): user ``metric_scale``, else inverse-variance
-   combination of the priors camera height above the floor (1.55 ± 0.15 m) and floor-to-ceiling height
-   (2.6 ± 0.3 m, only with a ceiling plane). Translation: floor at z = 0, room footprint's min corner at x = y = 0.
+   combination of the priors camera height above the floor (1.55 ± 0.15 m; its sigma grows with the floor
+   height's uncertainty when the floor is not seen) and floor-to-ceiling height (2.6 ± 0.3 m, only with a
+   ceiling plane). Translation: floor at z = 0, room footprint's min corner at x = y = 0.
 5. Footprint: occupancy grid (``grid_m``) of all points between floor and ceiling, closed, holes filled,
    opened (``footprint_open_m``: spurs through doors, thin bridges),
    largest component → polygon (Douglas–Peucker), floor area, extent.
@@ -33,10 +44,15 @@ normal ``n``)::
      "scale": {"metres_per_sfm_unit": s, "sigma": σ, "method": "user" | "priors",
                "estimates": [{"source": "camera_height" | "ceiling_height", "value": s_i, "sigma": σ_i,
                               "measured_sfm": sfm units, "prior_m": m, "prior_sigma_m": m}]},
-     "gravity": {"camera_up_vs_floor_normal_deg": deg, "up_in_sfm": [3],
-                 "method": "floor_refit+walls" | "floor_refit" | "floor_ransac", "walls_used": n,
-                 "correction_vs_ransac_floor_deg": deg},
-     "floor": {"normal": [0,0,1], "d": 0, "n_inliers": n, "rms_m": m},
+     "gravity": {"camera_up_vs_floor_normal_deg": deg, "up_in_sfm": [3] (the cameras' mean up),
+                 "method": "floor_refit+walls+cues" | "floor_refit" | ... | "cues", "walls_used": n,
+                 "correction_vs_ransac_floor_deg": deg, "floor_observed": bool,
+                 "cue": "floor+vanishing_points+..." (cues by weight), "uncertainty_deg": deg,
+                 "cues": [{"cue", "up_in_sfm", "sigma_deg", "weight", "angle_to_up_deg", ...}],
+                 "floor_up_in_sfm": [3] (the up used: +z of the world)},
+     "floor": {"normal": [0,0,1], "d": 0, "n_inliers": n, "rms_m": m | null, "observed": bool,
+               "height_cue": "floor_plane" | "horizontal_support" | "lowest_points" | "camera_height_prior",
+               "height_uncertainty_m": m},
      "ceiling": {"normal": [3], "d": d, "height_m": m, "n_inliers": n} | null,
      "walls": [{"normal": [3], "d": d, "n_inliers": n, "length_m": m}],
      "room": {"polygon_xy": [[x, y], ...], "floor_area_m2": a, "extent_m": [sx, sy], "height_m": h,
@@ -89,6 +105,22 @@ class Config(BaseModel):
                                     "(walls are vertical), weighted by support; ignored if it moves the normal by "
                                     "more than max_manhattan_correction_deg")
     max_manhattan_correction_deg: float = Field(5.0, gt=0)
+    gravity_cues: list[Literal["floor", "horizontal_planes", "vanishing_points", "camera_axes"]] = Field(
+        ["floor", "horizontal_planes", "vanishing_points", "camera_axes"],
+        description="cues combined for the up direction (weights from their sigmas); 'floor' off = the fallback")
+    floor_sigma_deg: float = Field(1.0, gt=0, description="gravity cue sigma: the refit floor plane")
+    horizontal_sigma_deg: float = Field(4.0, gt=0, description="gravity cue sigma: other horizontal planes "
+                                        "(ceiling, tables, counters), for the best-supported one")
+    vp_sigma_deg: float = Field(2.0, gt=0, description="gravity cue sigma: vertical vanishing direction of "
+                                "line segments at best (grows with the segments' residual spread)")
+    camera_sigma_deg: float = Field(10.0, gt=0, description="gravity cue sigma: the cameras' axes (weakest)")
+    vp_max_keyframes: int = Field(40, ge=1, description="keyframes (evenly spaced) searched for line segments")
+    vp_min_length_rel: float = Field(0.06, gt=0, lt=1, description="shortest line segment, share of the image "
+                                     "diagonal")
+    vp_vertical_tol_deg: float = Field(30.0, gt=0, lt=90, description="segments within this angle of the "
+                                       "prior's vertical direction in the image are vertical candidates")
+    vp_inlier_deg: float = Field(2.0, gt=0, description="a segment supports an up direction when its "
+                                 "interpretation plane contains it within this angle")
     seed: int = 0
 
 
@@ -301,20 +333,27 @@ class Structure:
     ref: float                   # median point-to-camera-centroid distance (SfM units)
     threshold: float             # RANSAC inlier distance (SfM units)
     planes: list[dict]
-    floor: dict
+    floor: dict | None           # the floor plane; None when no floor is seen
     ceiling: dict | None
     walls: list[dict]
 
 
 @dataclass
 class Gravity:
-    """The refit floor plane ``n·x + d = 0`` (SfM frame) and how it was found."""
+    """The floor plane ``n·x + d = 0`` (SfM frame, ``n`` = up) and how it was found: the combined cues, whether
+    a floor plane was seen, the cue that gave the floor height, uncertainties (degrees, SfM units)."""
 
     normal: np.ndarray
     d: float
     method: str
     walls_used: int
     refit_deg: float
+    floor_observed: bool = True
+    cue: str = "floor"
+    uncertainty_deg: float = 0.0
+    cues: list = None  # type: ignore[assignment]
+    floor_cue: str = "floor_plane"
+    height_sigma_sfm: float = 0.0
 
 
 @dataclass
@@ -330,25 +369,33 @@ class Scale:
 
 
 def run(scene: Scene, config: Config) -> StageResult:
-    """Find the floor, gravity, metric scale and room footprint; write ``layout.json`` (``world_from_sfm``).
+    """Find gravity, the floor, metric scale and the room footprint; write ``layout.json`` (``world_from_sfm``).
+
+    A scene whose floor is not seen still gets a layout: gravity from the other cues, the floor height from the
+    lowest horizontal support (or the lowest points, or the camera-height prior), ``floor_observed: false`` and a
+    stage warning.
 
     Raises:
         StageFailed: ``fusion`` has not completed or ``points.ply`` / ``cameras.json`` is missing; no registered
-            cameras; no floor plane (too few points, degenerate cloud, no near-horizontal plane below the
-            cameras); no metric scale (no ``metric_scale`` and no prior); no room footprint.
+            cameras; fewer than 100 points or a degenerate cloud; no metric scale (no ``metric_scale`` and no
+            prior); no room footprint.
     """
     scene.require("fusion")
     pts, reg = inputs(scene)
     centres = np.array([f.center_in_world for f in reg])
     up = camera_up(reg)
-    st = find_structure(pts, centres, up, config)
-    grav = gravity(pts, st, config)
-    R = gravity_rotation(grav.normal, st.walls, st.sample[st.floor["inliers"]], reg[0].cam_from_world[2, :3])
+    cues = prior_cues(scene, reg, config)
+    up0 = combine_cues(cues, up)[0] if cues else up
+    st = find_structure(pts, centres, up0, config)
+    grav = gravity(pts, st, centres, cues, up0, config)
+    floor_pts = st.sample[st.floor["inliers"]] if st.floor is not None and len(st.floor["inliers"]) >= 3 else \
+        st.sample
+    R = gravity_rotation(grav.normal, st.walls, floor_pts, reg[0].cam_from_world[2, :3])
     sc = metric_scale(centres, st, grav, config)
     T, room = world_frame(pts, R, sc, grav, config)
     doc = layout_doc(T, R, sc, st, grav, up, room, len(reg))
     scene.write_layout(doc)
-    return summarise(doc, sc, st, room)
+    return summarise(doc, sc, st, room, grav)
 
 
 def inputs(scene: Scene) -> tuple[np.ndarray, list[CameraFrame]]:
@@ -363,63 +410,308 @@ def inputs(scene: Scene) -> tuple[np.ndarray, list[CameraFrame]]:
     if not reg:
         raise StageFailed(NAME, "no registered cameras")
     if len(pts) < 100:
-        raise StageFailed(NAME, f"no floor plane found: only {len(pts)} points in points.ply")
+        raise StageFailed(NAME, f"no layout: only {len(pts)} points in points.ply (need 100)")
     return pts, reg
 
 
 def find_structure(pts: np.ndarray, centres: np.ndarray, up: np.ndarray, config: Config) -> Structure:
-    """Sequential RANSAC planes on a seeded subsample, then the floor, ceiling and walls among them (wall
-    normals face the cameras).
+    """Sequential RANSAC planes on a seeded subsample, then the floor (None when none is seen), ceiling and
+    walls among them (wall normals face the cameras), classified against ``up``.
 
     Raises:
-        StageFailed: a degenerate cloud, or no floor plane.
+        StageFailed: a degenerate cloud (all points at the cameras, or every plane degenerate: points on a line).
     """
     rng = np.random.default_rng(config.seed)
     sample = pts if len(pts) <= config.max_ransac_points else \
         pts[np.sort(rng.choice(len(pts), config.max_ransac_points, replace=False))]
     ref = float(np.median(np.linalg.norm(sample - centres.mean(0), axis=1)))
     if not ref > 0:
-        raise StageFailed(NAME, "no floor plane found: degenerate point cloud (all points at the cameras)")
+        raise StageFailed(NAME, "no layout: degenerate point cloud (all points at the cameras)")
+    _, sv, _ = np.linalg.svd(sample - sample.mean(0), full_matrices=False)
+    if sv[1] < 0.05 * sv[0]:
+        raise StageFailed(NAME, "no layout: degenerate point cloud (the points lie along a line)")
     thr = config.plane_threshold_rel * ref
     with progress.bar("layout: planes", total=None):
         planes = detect_planes(sample, thr, config)
     floor, ceiling = choose_floor_ceiling(planes, up, centres, config.horizontal_tol_deg)
-    if floor is None:
-        kinds = ", ".join(f"{len(p['inliers'])} pts{' (degenerate)' if p['degenerate'] else ''} at "
-                          f"{math.degrees(math.acos(min(1.0, abs(float(p['normal'] @ up))))):.0f}° from up"
-                          for p in planes) or "none"
-        raise StageFailed(NAME, "no floor plane found: no well-supported, non-degenerate near-horizontal plane "
-                                f"below the cameras (planes: {kinds})")
+    if "floor" not in config.gravity_cues and floor is not None:
+        # the floor cue is disabled (what a scene without a visible floor gets): its plane is no cue at all
+        planes = [p for p in planes if p is not floor]
+        floor = None
+    ref_up = floor["normal"] if floor is not None else up
     sin_v = math.sin(math.radians(config.vertical_tol_deg))
     walls = [p for p in planes if p is not floor and p is not ceiling and not p["degenerate"]
-             and abs(float(p["normal"] @ floor["normal"])) < sin_v]
+             and abs(float(p["normal"] @ ref_up)) < sin_v]
     for w in walls:  # wall normals face the cameras (into the room)
         if w["normal"] @ centres.mean(0) + w["d"] < 0:
             w["normal"], w["d"] = -w["normal"], -w["d"]
     return Structure(sample, ref, thr, planes, floor, ceiling, walls)
 
 
-def gravity(pts: np.ndarray, st: Structure, config: Config) -> Gravity:
-    """The floor normal refit over a wide band (:func:`refit_floor`), then made orthogonal to the walls
-    (:func:`manhattan_up`) unless that moves it by more than ``max_manhattan_correction_deg``. The floor plane
-    of ``st`` is updated to the result."""
-    n_ransac = n_f = st.floor["normal"]
-    d_f = st.floor["d"]
-    if config.floor_refit_band_rel > 0:
-        n_f, d_f, _ = refit_floor(pts, n_f, d_f, config.floor_refit_band_rel * st.ref, st.threshold)
-    method = "floor_refit" if config.floor_refit_band_rel > 0 else "floor_ransac"
-    walls_used = 0
-    if config.manhattan_gravity and st.walls:
-        n_m = manhattan_up(n_f, st.walls)
-        corr = math.degrees(math.acos(min(1.0, float(n_m @ n_f))))
-        if corr <= config.max_manhattan_correction_deg:
-            c_f = -d_f * n_f  # keep the floor through the same point: the band's centroid height does not change
-            n_f, d_f = n_m, -float(n_m @ c_f)
-            method += "+walls"
-            walls_used = len(st.walls)
-    st.floor["normal"], st.floor["d"] = n_f, d_f
-    refit_deg = math.degrees(math.acos(min(1.0, float(n_f @ n_ransac))))
-    return Gravity(n_f, d_f, method, walls_used, refit_deg)
+# ---------------------------------------------------------------------------------------------------------
+# gravity cues
+# ---------------------------------------------------------------------------------------------------------
+def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle between two directions (degrees, 0..180)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    c = float(a @ b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12)
+    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
+
+
+def camera_axes_up(frames: list[CameraFrame]) -> tuple[np.ndarray, float]:
+    """Up from the registered cameras' axes, robust to a camera pitched down: a hand-held or head-mounted
+    camera keeps its x (right) axis nearly horizontal whatever its pitch, so up is the direction most orthogonal
+    to every right axis — the eigenvector of the smallest eigenvalue of ``(1/n) Σ x_i x_iᵀ − 0.01 ū ūᵀ`` (``ū``
+    the mean −y axis, :func:`camera_up`, which breaks the tie when the right axes barely turn and gives the sign).
+
+    Returns (unit up ``(3,)`` in the SfM frame, spread: the second-smallest eigenvalue of the right axes' scatter,
+    0 when the camera never turns, ~0.5 when it turns all round)."""
+    X = np.array([f.cam_from_world[0, :3] for f in frames if f.registered], np.float64)
+    u = camera_up(frames)
+    S = X.T @ X / len(X)
+    n = np.linalg.eigh(S - 0.01 * np.outer(u, u))[1][:, 0]
+    spread = float(np.sort(np.linalg.eigvalsh(S))[1])
+    return (n if n @ u >= 0 else -n), spread
+
+
+def line_segments(grey: np.ndarray, min_length: float) -> np.ndarray:
+    """Line segments ``M×4`` float (x1, y1, x2, y2 pixels) of a grey ``H×W`` uint8 image by OpenCV's line segment
+    detector (LSD, von Gioi et al. 2012), at least ``min_length`` px long."""
+    import cv2
+
+    lines = cv2.createLineSegmentDetector().detect(grey)[0]
+    if lines is None:
+        return np.zeros((0, 4), np.float64)
+    L = lines.reshape(-1, 4).astype(np.float64)
+    return L[np.hypot(L[:, 2] - L[:, 0], L[:, 3] - L[:, 1]) >= min_length]
+
+
+def vanishing_up(normals: np.ndarray, weights: np.ndarray, prior: np.ndarray, start_deg: float,
+                 inlier_deg: float, iterations: int = 500, seed: int = 0) -> tuple[np.ndarray, int, float] | None:
+    """The vertical vanishing direction from interpretation planes of line segments (Kosecka & Zhang 2002, on
+    the Gaussian sphere): RANSAC over pairs of segments (the candidate ``d = n_i × n_j``, kept only within
+    ``start_deg`` of ``prior``) scoring the weight of the segments whose plane contains ``d`` within
+    ``inlier_deg``, then the least-squares direction of the best inliers — the unit ``d`` minimising
+    ``Σ w_i (n_i·d)²`` (re-selected three times).
+
+    Args:
+        normals: ``M×3`` unit normals of the planes through each camera centre and segment (SfM frame).
+        weights: ``M`` segment weights (lengths).
+        prior: unit up the search stays near (sign reference).
+        seed: RANSAC seed (deterministic).
+
+    Returns:
+        (unit up, inlier count, RMS residual in degrees), or None with fewer than 20 inliers or a degenerate set
+        (every plane alike: the direction is not fixed).
+    """
+    prior = prior / np.linalg.norm(prior)
+    rng = np.random.default_rng(seed)
+    m = len(normals)
+    if m < 20:
+        return None
+    sin_in = math.sin(math.radians(inlier_deg))
+    cos_start = math.cos(math.radians(start_deg))
+    best, best_score = None, 0.0
+    pairs = rng.integers(0, m, size=(iterations, 2))
+    for i, j in pairs:
+        d = np.cross(normals[i], normals[j])
+        nd = np.linalg.norm(d)
+        if nd < 1e-6:
+            continue
+        d /= nd
+        if d @ prior < 0:
+            d = -d
+        if d @ prior < cos_start:
+            continue
+        score = float(weights[np.abs(normals @ d) < sin_in].sum())
+        if score > best_score:
+            best, best_score = d, score
+    if best is None:
+        return None
+    d = best
+    for _ in range(3):
+        inl = np.abs(normals @ d) < sin_in
+        if inl.sum() < 20:
+            return None
+        N, w = normals[inl], weights[inl]
+        ev, V = np.linalg.eigh((N * w[:, None]).T @ N)
+        if ev[1] < 1e-3 * ev[2]:
+            return None
+        d = V[:, 0] if V[:, 0] @ prior >= 0 else -V[:, 0]
+    r = np.degrees(np.arcsin(np.clip(np.abs(normals @ d), 0, 1)))
+    inl = r < inlier_deg
+    if inl.sum() < 20:
+        return None
+    return d, int(inl.sum()), float(np.sqrt(np.average(r[inl] ** 2, weights=weights[inl])))
+
+
+def segment_planes(scene: Scene, frames: list[CameraFrame], prior: np.ndarray, config: Config
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Interpretation-plane normals (``M×3``, SfM frame) and lengths (``M``) of the line segments in up to
+    ``vp_max_keyframes`` evenly spaced registered keyframes that could be vertical: their plane contains
+    ``prior`` within ``vp_vertical_tol_deg``. Keyframes that cannot be read are skipped."""
+    import cv2
+
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), config.vp_max_keyframes)).round().astype(int))
+    sin_tol = math.sin(math.radians(config.vp_vertical_tol_deg))
+    normals, lengths = [], []
+    for i in idx:
+        f = frames[int(i)]
+        try:
+            rgb = scene.keyframe_image(f.source_frame)
+        except (OSError, StageFailed):
+            continue
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        h, w = grey.shape
+        sx, sy = f.width / w, f.height / h  # keyframe image → camera pixels (same size unless resized)
+        L = line_segments(grey, config.vp_min_length_rel * math.hypot(w, h))
+        if not len(L):
+            continue
+        Kinv = np.linalg.inv(f.K)
+        p1 = np.c_[L[:, 0] * sx, L[:, 1] * sy, np.ones(len(L))] @ Kinv.T
+        p2 = np.c_[L[:, 2] * sx, L[:, 3] * sy, np.ones(len(L))] @ Kinv.T
+        n_cam = np.cross(p1, p2)
+        n_cam /= np.maximum(np.linalg.norm(n_cam, axis=1, keepdims=True), 1e-12)
+        n_w = n_cam @ f.cam_from_world[:3, :3]  # R^T n for each row
+        keep = np.abs(n_w @ prior) < sin_tol
+        normals.append(n_w[keep])
+        lengths.append(np.hypot(L[keep, 2] - L[keep, 0], L[keep, 3] - L[keep, 1]))
+    if not normals:
+        return np.zeros((0, 3)), np.zeros(0)
+    return np.concatenate(normals), np.concatenate(lengths)
+
+
+def prior_cues(scene: Scene, frames: list[CameraFrame], config: Config) -> list[dict]:
+    """The gravity cues that need no plane: the cameras' axes (weakest) and the vertical vanishing direction
+    of line segments in the keyframes. Each cue: ``{"cue", "up_in_sfm" (3,), "sigma_deg", "weight", ...}``."""
+    cues = []
+    cam_u, spread = camera_axes_up(frames)
+    if "camera_axes" in config.gravity_cues:
+        sigma = config.camera_sigma_deg * (1.0 if spread > 0.05 else 2.0)  # little turning: pitch not fixed
+        cues.append({"cue": "camera_axes", "up_in_sfm": cam_u, "sigma_deg": sigma, "right_axis_spread": spread})
+    if "vanishing_points" in config.gravity_cues:
+        N, wts = segment_planes(scene, frames, cam_u, config)
+        vp = vanishing_up(N, wts, cam_u, config.vp_vertical_tol_deg, config.vp_inlier_deg, seed=config.seed) \
+            if len(N) >= 20 else None
+        if vp is not None:
+            d, n_inl, rms = vp
+            sigma = config.vp_sigma_deg * max(1.0, rms / config.vp_inlier_deg * 2.0) * max(1.0, math.sqrt(200 / n_inl))
+            cues.append({"cue": "vanishing_points", "up_in_sfm": d, "sigma_deg": sigma, "n_segments": int(len(N)),
+                         "n_inliers": n_inl, "rms_deg": round(rms, 3)})
+    return cues
+
+
+def combine_cues(cues: list[dict], sign_ref: np.ndarray) -> tuple[np.ndarray, float]:
+    """Inverse-variance weighted mean of unit up vectors (each cue's ``up_in_sfm`` flipped to agree with
+    ``sign_ref``; weight ``1/sigma_deg²`` written into each cue). Returns (unit up, sigma in degrees:
+    ``1/√Σw``, at least the weighted RMS angle of the cues to the mean over √n)."""
+    U = np.array([np.asarray(c["up_in_sfm"], float) * (1 if np.asarray(c["up_in_sfm"]) @ sign_ref >= 0 else -1)
+                  for c in cues])
+    w = np.array([1.0 / c["sigma_deg"] ** 2 for c in cues])
+    for c, wi in zip(cues, w):
+        c["weight"] = float(wi)
+    u = (U * w[:, None]).sum(0)
+    u /= np.linalg.norm(u)
+    ang = np.array([angle_deg(x, u) for x in U])
+    sigma = max(1.0 / math.sqrt(w.sum()), math.sqrt(float(np.average(ang ** 2, weights=w)) / max(len(cues), 1)))
+    return u, sigma
+
+
+def gravity(pts: np.ndarray, st: Structure, centres: np.ndarray, cues: list[dict], up0: np.ndarray,
+            config: Config) -> Gravity:
+    """Up and the floor plane from every cue. With a floor plane: its normal refit over a wide band
+    (:func:`refit_floor`) and made orthogonal to the walls (:func:`manhattan_up`) unless that moves it by more than
+    ``max_manhattan_correction_deg`` — the ``floor`` cue. Other horizontal planes (ceiling, tables) vote with
+    their normals (``horizontal_planes``). All cues are combined (:func:`combine_cues`); the floor plane is kept
+    through its refit centroid. Without a floor: the combined up, made orthogonal to the walls, and the floor
+    height from :func:`fallback_floor`. ``st.floor`` is updated to the result (a plane record in either case)."""
+    cues = [dict(c) for c in cues]
+    method, walls_used, refit_deg = "", 0, 0.0
+    c_f = None
+    if st.floor is not None:
+        n_ransac = n_f = st.floor["normal"]
+        d_f = st.floor["d"]
+        if config.floor_refit_band_rel > 0:
+            n_f, d_f, _ = refit_floor(pts, n_f, d_f, config.floor_refit_band_rel * st.ref, st.threshold)
+        method = "floor_refit" if config.floor_refit_band_rel > 0 else "floor_ransac"
+        if config.manhattan_gravity and st.walls:
+            n_m = manhattan_up(n_f, st.walls)
+            if angle_deg(n_m, n_f) <= config.max_manhattan_correction_deg:
+                method += "+walls"
+                walls_used = len(st.walls)
+                n_f = n_m
+        c_f = -d_f * n_f if abs(d_f) > 0 else np.zeros(3)
+        refit_deg = angle_deg(n_f, n_ransac)
+        cues.append({"cue": "floor", "up_in_sfm": n_f, "sigma_deg": config.floor_sigma_deg,
+                     "n_inliers": len(st.floor["inliers"]), "method": method})
+        ref_up = n_f
+    else:
+        ref_up = up0
+    if "horizontal_planes" in config.gravity_cues:
+        cos_tol = math.cos(math.radians(config.horizontal_tol_deg))
+        others = [p for p in st.planes if p is not st.floor and not p["degenerate"]
+                  and abs(float(p["normal"] @ ref_up)) >= cos_tol]
+        if others:
+            W = np.array([len(p["inliers"]) for p in others], float)
+            U = np.array([p["normal"] * np.sign(p["normal"] @ ref_up) for p in others])
+            u = (U * W[:, None]).sum(0)
+            cues.append({"cue": "horizontal_planes", "up_in_sfm": u / np.linalg.norm(u),
+                         "sigma_deg": config.horizontal_sigma_deg, "n_planes": len(others),
+                         "n_inliers": int(W.sum())})
+    if not cues:
+        cues.append({"cue": "camera_up_mean", "up_in_sfm": up0, "sigma_deg": 2 * config.camera_sigma_deg})
+    up, sigma = combine_cues(cues, ref_up)
+    if st.floor is None and config.manhattan_gravity and st.walls:
+        n_m = manhattan_up(up, st.walls)
+        if angle_deg(n_m, up) <= config.max_manhattan_correction_deg:
+            up, walls_used = n_m, len(st.walls)
+    for c in cues:
+        c["angle_to_up_deg"] = round(angle_deg(c["up_in_sfm"], up), 3)
+        c["up_in_sfm"] = np.round(np.asarray(c["up_in_sfm"], float), 6).tolist()
+        c["sigma_deg"] = round(float(c["sigma_deg"]), 3)
+    cue = "+".join(c["cue"] for c in sorted(cues, key=lambda c: -c["weight"]))
+    if st.floor is not None:
+        d = -float(up @ c_f)
+        st.floor["normal"], st.floor["d"] = up, d
+        heights = st.sample[st.floor["inliers"]] @ up + d
+        h_sigma = float(np.std(heights)) if len(heights) else 0.0
+        return Gravity(up, d, method + ("+cues" if len(cues) > 1 else ""), walls_used, refit_deg, True, cue,
+                       sigma, cues, "floor_plane", h_sigma)
+    d, floor_cue, h_sigma, support = fallback_floor(st, centres, up, config)
+    st.floor = {"normal": up, "d": d, "inliers": support, "rms": float("nan"), "degenerate": False}
+    return Gravity(up, d, "cues", walls_used, 0.0, False, cue, sigma, cues, floor_cue, h_sigma)
+
+
+def fallback_floor(st: Structure, centres: np.ndarray, up: np.ndarray, config: Config
+                   ) -> tuple[float, str, float, np.ndarray]:
+    """Floor height when no floor plane is seen: ``n·x + d = 0`` with ``n = up``. In order: the lowest
+    near-horizontal plane with most cameras above it (``horizontal_support``: a table, a counter — the floor is
+    at or below it); the lowest points (1st percentile of the heights of the points below the cameras,
+    ``lowest_points``); the camera-height prior (``camera_height_prior``: the cameras' median height minus the
+    prior height, scaled by a 2 m typical camera-to-surface distance). Returns (d, cue, height sigma in SfM
+    units, indices into ``st.sample`` of the supporting points)."""
+    cos_tol = math.cos(math.radians(config.horizontal_tol_deg))
+    h_cam = float(np.median(centres @ up))
+    best = None
+    for p in st.planes:
+        if p["degenerate"] or abs(float(p["normal"] @ up)) < cos_tol:
+            continue
+        hp = float(np.median(st.sample[p["inliers"]] @ up))
+        if np.mean(centres @ up > hp) >= 0.8 and (best is None or hp < best[0]):
+            best = (hp, p)
+    z = st.sample @ up
+    if best is not None:
+        hp, p = best
+        return -hp, "horizontal_support", float(np.std(st.sample[p["inliers"]] @ up)) + 0.3 * (h_cam - hp), \
+            p["inliers"]
+    below = np.nonzero(z < h_cam)[0]
+    if len(below) >= 50:
+        hp = float(np.percentile(z[below], 1.0))
+        sel = below[z[below] <= hp + st.threshold]
+        return -hp, "lowest_points", 0.3 * (h_cam - hp), sel
+    depth_prior_m = 2.0
+    h_sfm = config.camera_height_m * st.ref / depth_prior_m
+    return -(h_cam - h_sfm), "camera_height_prior", 0.5 * h_sfm, np.zeros(0, np.int64)
 
 
 def metric_scale(centres: np.ndarray, st: Structure, grav: Gravity, config: Config) -> Scale:
@@ -431,11 +723,13 @@ def metric_scale(centres: np.ndarray, st: Structure, grav: Gravity, config: Conf
     """
     h_sfm = float(np.median(centres @ grav.normal + grav.d))
     estimates = []
-    if "camera_height" in config.scale_priors:
+    if "camera_height" in config.scale_priors and h_sfm > 0:
         v = config.camera_height_m / h_sfm
-        estimates.append({"source": "camera_height", "value": v, "sigma": v * config.camera_height_sigma_m /
-                          config.camera_height_m, "measured_sfm": h_sfm, "prior_m": config.camera_height_m,
-                          "prior_sigma_m": config.camera_height_sigma_m})
+        rel = math.hypot(config.camera_height_sigma_m / config.camera_height_m,
+                         0.0 if grav.floor_observed else grav.height_sigma_sfm / h_sfm)
+        estimates.append({"source": "camera_height", "value": v, "sigma": v * rel, "measured_sfm": h_sfm,
+                          "prior_m": config.camera_height_m, "prior_sigma_m": config.camera_height_sigma_m,
+                          "floor_observed": grav.floor_observed})
     ceil_sfm = None
     if st.ceiling is not None:
         ceil_sfm = float(np.median(st.sample[st.ceiling["inliers"]] @ grav.normal + grav.d))
@@ -481,9 +775,11 @@ def plane_doc(p: dict, T: np.ndarray, R: np.ndarray, sample: np.ndarray) -> dict
     d_w = s * float(p["d"]) - float(n_w @ T[:3, 3])
     Q = geometry.apply_transform(T, sample[p["inliers"]])
     horiz = np.cross([0.0, 0.0, 1.0], n_w)
-    length = float(np.ptp(Q @ horiz / max(np.linalg.norm(horiz), 1e-9))) if np.linalg.norm(horiz) > 1e-6 else None
+    length = float(np.ptp(Q @ horiz / max(np.linalg.norm(horiz), 1e-9))) \
+        if np.linalg.norm(horiz) > 1e-6 and len(Q) else None
+    rms = None if not np.isfinite(p["rms"]) else round(s * p["rms"], 5)
     return {"normal": np.round(n_w, 6).tolist(), "d": round(d_w, 5), "n_inliers": len(p["inliers"]),
-            "rms_m": round(s * p["rms"], 5), **({"length_m": round(length, 4)} if length is not None else {})}
+            "rms_m": rms, **({"length_m": round(length, 4)} if length is not None else {})}
 
 
 def layout_doc(T: np.ndarray, R: np.ndarray, sc: Scale, st: Structure, grav: Gravity, up: np.ndarray, room: dict,
@@ -497,8 +793,12 @@ def layout_doc(T: np.ndarray, R: np.ndarray, sc: Scale, st: Structure, grav: Gra
         "scale": {"metres_per_sfm_unit": s, "sigma": sc.sigma, "method": sc.method, "estimates": sc.estimates},
         "gravity": {"camera_up_vs_floor_normal_deg": round(gravity_deg, 3), "up_in_sfm": up.tolist(),
                     "method": grav.method, "walls_used": grav.walls_used,
-                    "correction_vs_ransac_floor_deg": round(grav.refit_deg, 3)},
-        "floor": {k: v for k, v in floor_out.items() if k != "length_m"},
+                    "correction_vs_ransac_floor_deg": round(grav.refit_deg, 3),
+                    "floor_observed": bool(grav.floor_observed), "cue": grav.cue,
+                    "uncertainty_deg": round(float(grav.uncertainty_deg), 3), "cues": grav.cues or [],
+                    "floor_up_in_sfm": np.round(grav.normal, 8).tolist()},
+        "floor": dict({k: v for k, v in floor_out.items() if k != "length_m"}, observed=bool(grav.floor_observed),
+                      height_cue=grav.floor_cue, height_uncertainty_m=round(s * float(grav.height_sigma_sfm), 4)),
         "ceiling": None if st.ceiling is None else dict(plane_doc(st.ceiling, T, R, st.sample),
                                                         height_m=round(s * sc.ceiling_sfm, 4)),
         "walls": [plane_doc(w, T, R, st.sample) for w in st.walls],
@@ -509,8 +809,8 @@ def layout_doc(T: np.ndarray, R: np.ndarray, sc: Scale, st: Structure, grav: Gra
     }
 
 
-def summarise(doc: dict, sc: Scale, st: Structure, room: dict) -> StageResult:
-    """The stage's QC figures and summary line."""
+def summarise(doc: dict, sc: Scale, st: Structure, room: dict, grav: Gravity) -> StageResult:
+    """The stage's QC figures, summary line and warnings (a fallback layout is a warning, not a failure)."""
     s, extent, room_h, area = sc.s, room["extent"], room["height"], room["area"]
     qc = {"metres_per_sfm_unit": round(s, 6), "scale_sigma": round(sc.sigma, 6), "scale_method": sc.method,
           "scale_estimates": {e["source"]: round(e["value"], 6) for e in sc.estimates},
@@ -518,7 +818,21 @@ def summarise(doc: dict, sc: Scale, st: Structure, room: dict) -> StageResult:
           "n_planes": len(st.planes), "n_walls": len(st.walls),
           "ceiling_found": st.ceiling is not None, "room_height_m": round(room_h, 3),
           "floor_area_m2": round(area, 3), "extent_m": np.round(extent, 3).tolist(),
-          "camera_height_m": round(s * sc.camera_height_sfm, 3), "plane_threshold_sfm": round(st.threshold, 6)}
-    return StageResult(qc=qc, summary=f"floor + {len(st.walls)} walls{' + ceiling' if st.ceiling else ''}; room "
+          "camera_height_m": round(s * sc.camera_height_sfm, 3), "plane_threshold_sfm": round(st.threshold, 6),
+          "floor_observed": grav.floor_observed, "gravity_cue": grav.cue,
+          "gravity_uncertainty_deg": round(float(grav.uncertainty_deg), 3), "floor_height_cue": grav.floor_cue,
+          "floor_height_uncertainty_m": doc["floor"]["height_uncertainty_m"]}
+    warnings = []
+    if not grav.floor_observed:
+        warnings.append(f"no floor plane seen: gravity from {grav.cue} (±{grav.uncertainty_deg:.1f}°), floor height "
+                        f"from {grav.floor_cue} (±{doc['floor']['height_uncertainty_m']:.2f} m); metric scale "
+                        "and heights are less certain")
+    worst = max((c for c in grav.cues or [] if c["cue"] != "camera_axes"), key=lambda c: c["angle_to_up_deg"],
+                default=None)
+    if worst is not None and worst["angle_to_up_deg"] > 3 * max(worst["sigma_deg"], 1.0):
+        warnings.append(f"gravity cues disagree: {worst['cue']} is {worst['angle_to_up_deg']:.1f}° from the "
+                        "combined up")
+    what = "floor" if grav.floor_observed else f"floor from {grav.floor_cue}"
+    return StageResult(qc=qc, summary=f"{what} + {len(st.walls)} walls{' + ceiling' if st.ceiling else ''}; room "
                        f"{extent[0]:.2f} × {extent[1]:.2f} × {room_h:.2f} m, {area:.1f} m²; scale {s:.4g} m/unit "
-                       f"({sc.method})")
+                       f"({sc.method})", warnings=warnings)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from . import __version__, progress
 from .config import PipelineConfig
-from .errors import StageFailed, Vid2SceneError
-from .scene import Scene, config_hash, now_iso
+from .errors import InputError, StageFailed, Vid2SceneError
+from .scene import Scene, SceneLock, config_hash, now_iso
 from .stage import STAGES, StageResult, stage_module
 
 def peak_rss_mb() -> float:
@@ -86,6 +86,10 @@ def run_stage(scene: Scene, name: str, config: PipelineConfig) -> StageResult:
     except Vid2SceneError as e:
         _record_failure(scene, name, e, time.perf_counter() - t0)
         raise
+    except OSError as e:  # a full disk, a permission change: the OS reason, not an internal error
+        err = StageFailed(name, f"file system error: {os_reason(e)}")
+        _record_failure(scene, name, err, time.perf_counter() - t0)
+        raise err from e
     except Exception as e:  # a bug or a library error: keep the traceback, report one line
         log = scene.logs_dir / f"{name}.traceback.txt"
         log.parent.mkdir(exist_ok=True)
@@ -136,9 +140,13 @@ def run_pipeline(input_path: str | Path, scene_dir: str | Path, config: Pipeline
                  until: str | None = None, overwrite: bool = False, on_stage=None) -> RunReport:
     """Run ``ingest`` .. ``until`` (default: all stages) for one input into ``scene_dir``.
 
+    The scene folder is locked (:class:`~vid2scene.scene.SceneLock`) for the whole run, so a second run on
+    the same folder refuses instead of treating this one's running stage as crashed.
     ``on_stage(name, action, reason)`` is called before each stage (for CLI messages).
 
     Raises:
+        InputError: a missing/unreadable input, an unusable output folder (a file, no permission: the OS
+            reason in one line), or a folder locked by another run.
         InputError / RejectedInput / StageFailed / BackendNotInstalled: as recorded in ``manifest.json``;
         the scene is never marked complete after an error.
     """
@@ -147,18 +155,38 @@ def run_pipeline(input_path: str | Path, scene_dir: str | Path, config: Pipeline
     config = config or PipelineConfig()
     stages = STAGES if until is None else STAGES[: STAGES.index(stage_module(until).NAME) + 1]
     source = describe_source(input_path)
-    scene = Scene.create(scene_dir, source, overwrite=overwrite)
-    report = RunReport(scene)
-    _run_stages(scene, stages, config, overwrite, "--overwrite" if overwrite else "", on_stage, report)
+    lock = SceneLock(scene_dir)
+    try:
+        lock.acquire()
+        scene = Scene.create(scene_dir, source, overwrite=overwrite)
+    except OSError as e:
+        lock.release()
+        raise InputError(f"cannot use output folder {scene_dir}: {os_reason(e)}") from e
+    except BaseException:
+        lock.release()
+        raise
+    try:
+        report = RunReport(scene)
+        _run_stages(scene, stages, config, overwrite, "--overwrite" if overwrite else "", on_stage, report)
+    finally:
+        lock.release()
     return report
+
+
+def os_reason(e: OSError) -> str:
+    """One line for an OS error: ``"<strerror>: <path>"`` (e.g. ``"Permission denied: /data/x"``)."""
+    what = e.strerror or str(e) or type(e).__name__
+    return f"{what}: {e.filename}" if e.filename else what
 
 
 def _run_stages(scene: Scene, stages: list[str], config: PipelineConfig, force: bool, force_why: str,
                 on_stage, report: RunReport) -> None:
     for name in stages:
         run_it, why = needs_run(scene, name, config)
-        if force:
+        if force and not run_it:
             run_it, why = True, force_why or "an earlier stage re-ran"
+        elif force and force_why:
+            why = force_why
         if on_stage:
             on_stage(name, "run" if run_it else "skip", why)
         if not run_it:
@@ -274,4 +302,5 @@ def _finish(scene: Scene) -> None:
 
         write_report(scene)
     except Exception as e:  # the report must never turn a good run into a failure
-        progress.console.print(f"[yellow]warning: report.html not written: {e}")
+        progress.console.print(f"warning: report.html not written: {e}", style="yellow", markup=False,
+                               highlight=False)

@@ -68,6 +68,29 @@ SCENE_GRAPH_JSON = "scene_graph.json"
 TASKS = "tasks"
 REPORT_HTML = "report.html"
 LOGS = "logs"
+SUBSCENES = "subscenes"
+#: The lock file of a scene folder held by a running ``run`` (:class:`SceneLock`).
+LOCK = ".vid2scene.lock"
+#: Top-level entries of a scene folder that vid2scene writes (everything :meth:`Scene.clear` may remove).
+WRITTEN = frozenset({MANIFEST_JSON, VIDEO_JSON, FRAMES_ALL, SHOTS_JSON, QUALITY_JSON, KEYFRAMES_JSON, FRAMES,
+                     DETECTIONS, SFM_DIR, CAMERAS_JSON, SPARSE_POINTS_PLY, TRANSFORMS_JSON, DEPTH, MESH_PLY,
+                     POINTS_PLY, LAYOUT_JSON, INSTANCES_JSON, SCENE_GRAPH_JSON, TASKS, REPORT_HTML, LOGS,
+                     SUBSCENES, ".sfm.tmp"})
+
+
+def is_written(name: str) -> bool:
+    """Whether a top-level entry ``name`` of a scene folder is one vid2scene writes (:data:`WRITTEN`, or an
+    in-progress temporary ``.NAME.tmp.*`` of :func:`vid2scene.io.atomic_path`)."""
+    return name in WRITTEN or (name.startswith(".") and ".tmp" in name)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved; symlinks followed)."""
+    try:
+        p, f = path.expanduser().resolve(), folder.expanduser().resolve()
+    except OSError:
+        return False
+    return p == f or f in p.parents
 
 
 def frame_name(source_frame: int, ext: str = ".jpg") -> str:
@@ -258,12 +281,34 @@ class Scene:
 
     # ---- manifest --------------------------------------------------------------------------------------
     def read_manifest(self) -> dict:
+        """The manifest (a JSON object with at least ``source``, ``stages``, ``qc``, ``status``).
+
+        Raises:
+            InputError: no manifest, or it is unreadable, not JSON, or not an object (``--overwrite``
+                rebuilds the scene then).
+        """
         if not self.exists():
             raise InputError(f"not a scene folder (no {MANIFEST_JSON}): {self.root}")
         try:
-            return io.read_json(self.manifest_path)
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"unreadable {self.manifest_path}: {e}") from e
+            m = io.read_json(self.manifest_path)
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise InputError(f"unreadable {self.manifest_path}: {e}; pass --overwrite to rebuild the scene") from e
+        if not isinstance(m, dict) or not isinstance(m.get("stages", {}), dict) \
+                or not isinstance(m.get("source", {}), dict) or not isinstance(m.get("qc", {}), dict):
+            raise InputError(f"corrupt {self.manifest_path}: not a vid2scene manifest object; pass --overwrite "
+                             "to rebuild the scene")
+        m.setdefault("stages", {})
+        m.setdefault("qc", {})
+        m.setdefault("source", {})
+        return m
+
+    def manifest_readable(self) -> bool:
+        """Whether the manifest exists and is a readable manifest object."""
+        try:
+            self.read_manifest()
+        except InputError:
+            return False
+        return True
 
     def write_manifest(self, manifest: dict) -> None:
         io.write_json(self.manifest_path, manifest)
@@ -278,23 +323,36 @@ class Scene:
     def create(cls, root: str | Path, source: dict, overwrite: bool = False) -> "Scene":
         """Open or create the scene folder for ``source`` (``{"path", "kind", "sha256", "size_bytes"}``).
 
+        With ``overwrite``, a scene made from another input, or one whose manifest is corrupt, is cleared
+        first (:meth:`clear`: only what vid2scene wrote is removed).
+
         Raises:
-            InputError: the folder holds a scene made from another input (different sha256) and
-                ``overwrite`` is False, or the path exists and is not a scene folder and is not empty.
+            InputError: the folder holds a scene made from another input (different sha256), or a corrupt
+                manifest, and ``overwrite`` is False; the path exists and is not a scene folder and is not
+                empty; with ``overwrite``, the input lies inside the folder to be cleared.
         """
         scene = cls(root)
+        src_path = source.get("path")
+        if overwrite and src_path and _inside(Path(src_path), scene.root) and scene.exists():
+            raise InputError(f"refusing --overwrite: the input {src_path} lies inside the scene folder "
+                             f"{scene.root}; move it out or choose another output folder")
         if scene.exists():
-            old = scene.read_manifest().get("source", {})
-            if old.get("sha256") != source.get("sha256"):
+            if not scene.manifest_readable():
                 if not overwrite:
-                    raise InputError(f"{scene.root} holds a scene made from another input ({old.get('path')}); "
-                                     "choose another output folder or pass --overwrite")
+                    scene.read_manifest()  # raises the reason
                 scene.clear()
             else:
-                if source.get("path") and old.get("path") != source["path"]:  # same content, moved or renamed
-                    scene.update_manifest(lambda m: m["source"].update(path=source["path"]))
-                return scene
-        elif scene.root.exists() and any(scene.root.iterdir()):
+                old = scene.read_manifest().get("source", {})
+                if old.get("sha256") != source.get("sha256"):
+                    if not overwrite:
+                        raise InputError(f"{scene.root} holds a scene made from another input ({old.get('path')}); "
+                                         "choose another output folder or pass --overwrite")
+                    scene.clear()
+                else:
+                    if src_path and old.get("path") != src_path:  # same content, moved or renamed
+                        scene.update_manifest(lambda m: m["source"].update(path=src_path))
+                    return scene
+        elif scene.root.exists() and any(p.name != LOCK for p in scene.root.iterdir()):
             # Never empty a folder that is not a scene, even with --overwrite (it could be a home folder).
             raise InputError(f"{scene.root} exists, is not empty and is not a scene folder; "
                              "choose another output folder")
@@ -307,9 +365,16 @@ class Scene:
         return scene
 
     def clear(self) -> None:
-        """Remove everything in the folder (only called on an explicit ``--overwrite``)."""
+        """Remove what vid2scene wrote in the folder (the entries of :data:`WRITTEN` and in-progress
+        temporaries); anything else — a user's own file — stays. Only called on an explicit ``--overwrite``."""
         for p in self.root.iterdir():
+            if p.name == LOCK or not is_written(p.name):
+                continue
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+    def lock(self) -> "SceneLock":
+        """A :class:`SceneLock` on this folder (use as a context manager)."""
+        return SceneLock(self.root)
 
     # ---- stage status ----------------------------------------------------------------------------------
     def stage_info(self, stage: str) -> dict:
@@ -623,3 +688,97 @@ class Scene:
     def task_path(self, rel: str) -> Path:
         """Path of a task asset under ``tasks/`` (folders created on write by :mod:`vid2scene.io`)."""
         return self.tasks_dir / rel
+
+
+class SceneLock:
+    """An exclusive lock on a scene folder: the file ``.vid2scene.lock`` holding ``{"pid", "host", "started"}``,
+    created with ``O_CREAT | O_EXCL`` (atomic on local and NFSv3+ file systems), removed on release.
+
+    A lock left by a process that no longer runs on this host (crash, kill -9) is stale and taken over; a lock
+    held by a live process, or by another host (whose processes cannot be checked), makes :meth:`acquire`
+    raise :class:`InputError` naming the holder. Use as ``with Scene(root).lock(): ...``.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.path = self.root / LOCK
+        self.held = False
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        import os
+
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by someone else
+            return True
+        try:  # a zombie (exited, not yet reaped: an orphan in a container without an init) is not alive
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
+
+    def holder(self) -> dict | None:
+        """The lock file's content (``{"pid", "host", "started"}``; ``{}`` when unreadable), None when absent."""
+        try:
+            d = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def _stale(self, d: dict) -> bool:
+        import socket
+
+        if not d:  # unreadable: a writer died between create and write, or garbage; stale after a minute
+            try:
+                return _dt.datetime.now().timestamp() - self.path.stat().st_mtime > 60
+            except FileNotFoundError:
+                return True
+        return d.get("host") == socket.gethostname() and not self._alive(int(d.get("pid", -1)))
+
+    def acquire(self) -> "SceneLock":
+        """Take the lock (creating the folder's parents as needed).
+
+        Raises:
+            InputError: another live run holds the folder (the message names its PID, host and start time).
+            OSError: the folder cannot be created or written.
+        """
+        import os
+        import socket
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()})
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                d = self.holder()
+                if d is None:
+                    continue
+                if self._stale(d):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                who = f"PID {d.get('pid', '?')} on host {d.get('host', '?')} since {d.get('started', '?')}" \
+                    if d else "a process whose lock file is being written"
+                raise InputError(f"scene folder {self.root} is in use by another vid2scene run ({who}); wait for "
+                                 f"it to finish, or delete {self.path} if that run is gone")
+            with os.fdopen(fd, "w") as f:
+                f.write(body)
+            self.held = True
+            return self
+        raise InputError(f"cannot lock scene folder {self.root}: the lock file {self.path} keeps changing")
+
+    def release(self) -> None:
+        """Remove the lock file if this object holds it."""
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "SceneLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

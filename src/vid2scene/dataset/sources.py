@@ -99,7 +99,9 @@ def read_sources(spec: str | Path) -> list[Source]:
         raise InputError(f"sources not found: {spec}")
     out: list[Source] = []
     if spec.is_dir():
-        out = [_make(str(p), spec) for p in sorted(spec.iterdir()) if p.is_file() and p.suffix.lower() in VIDEO_EXTS]
+        # iterdir() yields paths that already start with ``spec``: resolve them, never join them to it again
+        out = [_make(str(p.resolve()), spec) for p in sorted(spec.iterdir())
+               if p.is_file() and p.suffix.lower() in VIDEO_EXTS]
     elif spec.suffix.lower() == ".csv":
         with open(spec, newline="") as f:
             reader = csv.DictReader(f)

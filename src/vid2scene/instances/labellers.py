@@ -4,8 +4,10 @@
 ``/v1/chat/completions`` endpoint (vLLM, llama.cpp server, Ollama, LM Studio, OpenAI itself). Its options
 (``instances.openai``), each falling back to the environment when not set: ``base_url`` /
 ``VID2SCENE_VLM_BASE_URL`` (e.g. ``http://127.0.0.1:8000/v1``; ``/v1`` is appended when missing), ``model`` /
-``VID2SCENE_VLM_MODEL``, ``api_key`` / ``VID2SCENE_VLM_API_KEY`` (sent as ``Authorization: Bearer``; never
-written to the scene). Each request carries one JPEG crop as a base64 ``data:`` URL in an ``image_url``
+``VID2SCENE_VLM_MODEL``, ``api_key`` / ``VID2SCENE_VLM_API_KEY`` / ``OPENAI_API_KEY`` (sent as
+``Authorization: Bearer``; a pydantic ``SecretStr`` excluded from every dump, so it is never written to the
+manifest or a dataset's ``dataset.json`` nor part of the config hash; worker processes read it from the
+environment). Each request carries one JPEG crop as a base64 ``data:`` URL in an ``image_url``
 content part, asks for JSON ``{"label": ..., "caption": ...}``, and is retried (``retries`` more times,
 exponential back-off from ``backoff_s``) on connection errors, timeouts, HTTP 429 and 5xx. A server that stays
 unreachable raises :class:`~vid2scene.errors.StageFailed` with a one-line reason; a missing base URL raises
@@ -19,13 +21,14 @@ import json
 import os
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from ..errors import BackendNotInstalled, StageFailed
 from ..io import post_json
 from ..stage import Options, make_backend
 
 ENV_BASE_URL, ENV_MODEL, ENV_API_KEY = "VID2SCENE_VLM_BASE_URL", "VID2SCENE_VLM_MODEL", "VID2SCENE_VLM_API_KEY"
+ENV_OPENAI_API_KEY = "OPENAI_API_KEY"  # read when VID2SCENE_VLM_API_KEY is not set
 PROMPT = ("This image is a crop around one object in an indoor scene; a detector called it '{hint}'. "
           "Reply with JSON only: {{\"label\": <short lower-case object name>, \"caption\": <one sentence "
           "describing the object: colour, material, state>}}.")
@@ -60,7 +63,9 @@ class OpenAICompatLabeller:
         base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
                                      f"(env {ENV_BASE_URL})")
         model: str | None = Field(None, description=f"model name (env {ENV_MODEL})")
-        api_key: str | None = Field(None, description=f"API key (env {ENV_API_KEY}); not written anywhere")
+        api_key: SecretStr | None = Field(None, exclude=True, repr=False,
+                                          description=f"API key (env {ENV_API_KEY} or {ENV_OPENAI_API_KEY}); a "
+                                          "secret: never serialised (manifest, dataset.json) nor hashed")
         timeout_s: float = Field(30.0, gt=0)
         retries: int = Field(2, ge=0)
         backoff_s: float = Field(0.5, ge=0, description="first retry's wait; doubled for each further one")
@@ -74,7 +79,8 @@ class OpenAICompatLabeller:
         base = base_url.rstrip("/")
         self.url = (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
         self.model = o.model or os.environ.get(ENV_MODEL) or "default"
-        self._key = o.api_key or os.environ.get(ENV_API_KEY)
+        self._key = (o.api_key.get_secret_value() if o.api_key is not None else None) or \
+            os.environ.get(ENV_API_KEY) or os.environ.get(ENV_OPENAI_API_KEY)
         self.timeout_s, self.retries, self.backoff_s = float(o.timeout_s), int(o.retries), float(o.backoff_s)
         self.stage = stage
 

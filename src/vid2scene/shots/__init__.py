@@ -22,7 +22,8 @@ Backends (the registry :data:`BACKENDS`, names as users type them; built by
 * ``transnetv2`` (default) — TransNetV2 (Souček & Lokoč 2020), the shot detector of SceneVerse++;
 * ``adaptive`` — PySceneDetect's AdaptiveDetector, as LAM3C uses.
 
-Shots shorter than ``min_shot_s`` are unusable. ``emit="longest"`` chooses the longest usable shot,
+Shots shorter than ``min_shot_s`` are unusable. An image folder (``video.json`` ``kind: "images"``) is one
+shot by definition: no detection, no minimum duration. ``emit="longest"`` chooses the longest usable shot,
 ``emit="all"`` every usable shot (the pipeline forks one scene per chosen shot). No usable shot raises
 :class:`~vid2scene.errors.RejectedInput`.
 """
@@ -152,8 +153,10 @@ def run(scene: Scene, config: Config) -> StageResult:
         StageFailed: ``ingest`` has not produced its frame index (or kept no frames).
         RejectedInput: no shot lasts ``min_shot_s`` (``shots.json`` is still written, with ``chosen: []``).
     """
-    backend = make_backend(config)
     frames, video = _ingested(scene)
+    if video.get("kind") == "images":
+        return _image_folder_shot(scene, frames, video, config)
+    backend = make_backend(config)
     fps = _kept_fps(frames, float(video.get("fps") or 0.0))
     spans = backend.detect((scene.frame_image(f.source_frame) for f in frames), len(frames), fps)
     shots = build_shots(spans, frames, video, config.min_shot_s)
@@ -166,6 +169,16 @@ def run(scene: Scene, config: Config) -> StageResult:
                             f"min_shot_s={config.min_shot_s:g}")
     return StageResult(qc=_qc(shots, chosen), summary=_summary(shots, chosen, config),
                        warnings=backend.warnings(fps))
+
+
+def _image_folder_shot(scene: Scene, frames: list[FrameRecord], video: dict, config: Config) -> StageResult:
+    """An image folder is one shot by definition (photos have no cuts and no duration): every kept image, no
+    detector, no minimum duration; ``shots.json`` says ``detector: "none (image folder)"``."""
+    shot = build_shots(np.array([[0, len(frames) - 1]]), frames, video, 0.0)[0]
+    shot.update(usable=True, reason=None)
+    scene.write_shots({"detector": "none (image folder)", "threshold": None, "shots": [shot], "emit": config.emit,
+                       "min_shot_s": None, "chosen": [0]})
+    return StageResult(qc=_qc([shot], [0]), summary=f"image folder: one shot of {len(frames)} images")
 
 
 def _ingested(scene: Scene) -> tuple[list[FrameRecord], dict]:

@@ -15,17 +15,25 @@ For every frame that ``ingest`` kept, ``quality.json`` records::
   ``keyframes`` crops them away. ``portrait`` — the picture (after cropping bars) is taller than wide.
 
 Frames outside the shot(s) chosen by ``shots`` are ``outside_shot``.
+
+The indoor filter (:mod:`vid2scene.quality.indoor`) gives up to ``indoor.max_frames`` frames of the chosen shot(s)
+a ``scene_type`` (``indoor`` / ``outdoor`` / ``not_walkthrough``) with ``scene_reasons``; ``quality.json``'s
+``indoor`` section holds the counts and the decision. An outdoor or not-a-walkthrough input is rejected
+(:class:`~vid2scene.errors.RejectedInput`) with the reason, after ``quality.json`` is written.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import progress
-from .errors import RejectedInput
-from .scene import Scene
-from .stage import StageResult
+from .. import progress
+from ..errors import RejectedInput
+from ..scene import Scene
+from ..stage import StageResult
+from . import indoor as indoor_filter
 
 NAME = "quality"
 OUTPUTS = ["quality.json"]
@@ -41,7 +49,10 @@ class Config(BaseModel):
     bright_max_share: float = Field(0.6, description="share of saturated pixels above this is 'overexposed'")
     frozen_max_diff: float = Field(0.6, ge=0, description="mean abs grey diff to previous frame below this = frozen")
     letterbox_max_luma: float = Field(18.0, description="rows/cols darker than this at the border are bars")
-    min_usable_frames: int = Field(10, ge=1)
+    indoor: indoor_filter.Config = Field(default_factory=indoor_filter.Config, description="the indoor filter "
+                                  "(vid2scene.quality.indoor): reject outdoor / not-a-walkthrough inputs")
+    min_usable_frames: int = Field(10, ge=1, description="fewer passing frames reject the input; with a short "
+                                   "input the need is min(this, half the frames in the shot, at least 3)")
 
 
 def frame_stats(rgb: np.ndarray, bar_luma: float = 18.0) -> tuple[dict, np.ndarray, tuple[int, int, int, int]]:
@@ -89,14 +100,64 @@ def run(scene: Scene, config: Config) -> StageResult:
     ranges = _chosen_ranges(scene)
     rows, boxes = score_frames(scene, config.letterbox_max_luma)
     in_shot = np.array([any(a <= r["source_frame"] <= b for a, b in ranges) for r in rows])
-    give_verdicts(rows, in_shot, config)
     info = scene.video_info()
+    give_verdicts(rows, in_shot, config, relative_blur=info.get("kind") != "images")
     letterbox = measure_letterbox(boxes, in_shot, info["working_width"], info["working_height"])
     counts = count_reasons(rows)
-    out = {"frames": rows, **letterbox, "counts": counts, "thresholds": config.model_dump()}
+    usable = np.array([r["verdict"] == "ok" for r in rows]) & in_shot
+    scene_type = classify_scene(scene, rows, usable if usable.any() else in_shot, letterbox["letterbox"],
+                                config.indoor) if config.indoor.enabled else None
+    out = {"frames": rows, **letterbox, "counts": counts, "indoor": scene_type,
+           "thresholds": config.model_dump(mode="json")}
     scene.write_quality(out)
     _check_usable(counts, int(in_shot.sum()), config)
+    if scene_type is not None:
+        _check_indoor(scene_type)
     return _result(out, rows, in_shot)
+
+
+def classify_scene(scene: Scene, rows: list[dict], mask: np.ndarray, crop: dict,
+                   config: indoor_filter.Config) -> dict:
+    """The indoor filter over up to ``config.max_frames`` frames evenly spaced among those of ``mask`` (the
+    usable frames of the chosen shot(s)), letterbox bars ``crop`` (``{"top", "bottom", "left", "right"}`` px)
+    cut away; sets ``scene_type`` (and ``scene_reasons``) on their rows. Returns ``quality.json``'s ``indoor`` section:
+    ``{"backend", "n_frames", "counts", "decision": None | "outdoor" | "not_walkthrough", "reasons"}``.
+
+    Raises:
+        BackendNotInstalled: the configured backend cannot run.
+    """
+    idx = np.nonzero(mask)[0] if mask.any() else np.arange(len(rows))
+    idx = idx[np.unique(np.linspace(0, len(idx) - 1, min(len(idx), config.max_frames)).round().astype(int))]
+    backend = indoor_filter.make_backend(config)
+
+    def content(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        return rgb[crop["top"]: h - crop["bottom"], crop["left"]: w - crop["right"]]
+
+    verdicts = backend.classify([content(scene.frame_image(rows[i]["source_frame"])) for i in idx])
+    for i, v in zip(idx, verdicts):
+        rows[i]["scene_type"], rows[i]["scene_reasons"] = v["verdict"], v["reasons"]
+    decision, counts = indoor_filter.decide(verdicts, config)
+    reasons: dict[str, int] = {}
+    for v in verdicts:
+        if decision is not None and v["verdict"] == decision:
+            for r in v["reasons"]:
+                key = r.split(" (")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+    return {"backend": config.backend, "n_frames": len(verdicts), "counts": counts, "decision": decision,
+            "reasons": reasons}
+
+
+def _check_indoor(doc: dict) -> None:
+    """Raise RejectedInput when the indoor filter decided the input is outdoor or not a walkthrough."""
+    if doc["decision"] is None:
+        return
+    c, n = doc["counts"], doc["n_frames"]
+    why = ", ".join(f"{k} in {v}" for k, v in sorted(doc["reasons"].items(), key=lambda kv: -kv[1])[:3])
+    if doc["decision"] == "outdoor":
+        raise RejectedInput(f"outdoor: {c['outdoor']} of {c['outdoor'] + c['indoor']} frames that show a place look "
+                            f"outdoor ({why}); vid2scene lifts indoor walkthroughs")
+    raise RejectedInput(f"not a walkthrough: {c['not_walkthrough']} of {n} frames show no place ({why})")
 
 
 def score_frames(scene: Scene, bar_luma: float) -> tuple[list[dict], list[tuple[int, int, int, int]]]:
@@ -115,11 +176,12 @@ def score_frames(scene: Scene, bar_luma: float) -> tuple[list[dict], list[tuple[
     return rows, boxes
 
 
-def give_verdicts(rows: list[dict], in_shot: np.ndarray, config: Config) -> None:
+def give_verdicts(rows: list[dict], in_shot: np.ndarray, config: Config, relative_blur: bool = True) -> None:
     """Set ``verdict`` and ``reason`` of every row in place (first failing check wins: outside_shot, dark,
-    overexposed, frozen, blurry)."""
+    overexposed, frozen, blurry). ``relative_blur=False`` (photos: neighbours are unrelated views) keeps only
+    the absolute ``blur_min_var`` floor."""
     blur = np.array([r["blur_var"] for r in rows])
-    local_med = _local_median(blur, in_shot, config.blur_window)
+    local_med = _local_median(blur, in_shot, config.blur_window) if relative_blur else np.zeros(len(rows))
     for i, r in enumerate(rows):
         reason = None
         if not in_shot[i]:
@@ -162,7 +224,7 @@ def count_reasons(rows: list[dict]) -> dict[str, int]:
 def _check_usable(counts: dict[str, int], n_in: int, config: Config) -> None:
     """Raise RejectedInput when fewer than ``min_usable_frames`` frames pass, naming the dominant cause."""
     n_ok = counts.get("ok", 0)
-    if n_ok >= config.min_usable_frames:
+    if n_ok >= usable_frames_needed(n_in, config.min_usable_frames):
         return
     bad = {k: v for k, v in counts.items() if k not in ("ok", "outside_shot")}
     cause = max(bad, key=bad.get) if bad else "none in the chosen shot"
@@ -170,7 +232,14 @@ def _check_usable(counts: dict[str, int], n_in: int, config: Config) -> None:
         raise RejectedInput(f"insufficient camera motion: {bad['frozen']} of {n_in} frames in the chosen shot "
                             "are unchanged from the previous frame (static camera or frozen video)")
     raise RejectedInput(f"too few usable frames: {n_ok} of {n_in} in the chosen shot pass "
-                        f"(need {config.min_usable_frames}; most rejected as '{cause}')")
+                        f"(need {usable_frames_needed(n_in, config.min_usable_frames)}; most rejected as "
+                        f"'{cause}')")
+
+
+def usable_frames_needed(n_in_shot: int, min_usable_frames: int) -> int:
+    """Passing frames a shot of ``n_in_shot`` frames needs: ``min_usable_frames``, lowered for short inputs to
+    half the shot (at least 3), so a 13-photo folder or a 3-second clip is judged on its own frames."""
+    return int(min(min_usable_frames, max(3, math.ceil(0.5 * n_in_shot))))
 
 
 def _result(out: dict, rows: list[dict], in_shot: np.ndarray) -> StageResult:
