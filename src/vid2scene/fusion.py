@@ -67,8 +67,11 @@ class Config(BaseModel):
                                            "that one voxel spans this many pixels at the median depth (never "
                                            "enlarged); None = at the stored size. The depth maps carry no detail "
                                            "finer than their working resolution (depth.max_size)")
-    workers: int | None = Field(None, ge=1, description="threads preparing the depth maps (read, people mask, "
-                                "edges, back-projection); None = $VID2SCENE_WORKERS or the available cores")
+    workers: int | None = Field(1, ge=1, description="threads preparing the depth maps (read, people mask, "
+                                "edges, back-projection) while the main thread integrates; None = "
+                                "$VID2SCENE_WORKERS or the available cores. 1 by default: most of that work holds "
+                                "the GIL (Open3D calls) and competes with Open3D's own OpenMP threads (hololens: "
+                                "21 s with 1, 27 s with 2 on a loaded machine)")
     mask_people: bool = Field(True, description="zero depth under the person boxes that detect found (refined "
                                                 "by depth) so walking people leave no ghosts")
 
