@@ -170,10 +170,11 @@ def make_long_clip(video: Path, out: Path, seconds: float = LONG_SECONDS) -> Pat
     return out
 
 
-def export_checkout(rev: str, dest: Path) -> Path:
-    """``src/`` of revision ``rev`` of this repository under ``dest`` (``git archive``; no worktree is added)."""
+def export_checkout(rev: str, dest: Path, repo: Path = ROOT) -> Path:
+    """``src/`` of revision ``rev`` of the git repository ``repo`` under ``dest`` (``git archive``; no worktree
+    is added), so that edits to the working tree during a long run do not leak into it."""
     dest.mkdir(parents=True)
-    arch = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], capture_output=True, check=True).stdout
+    arch = subprocess.run(["git", "-C", str(repo), "archive", rev, "src"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
     return dest / "src"
 
@@ -244,6 +245,8 @@ def main() -> None:
     ap.add_argument("--inputs", nargs="+", default=["sample", "hololens", "long"],
                     choices=["sample", "hololens", "long"])
     ap.add_argument("--before", help="also time this revision's src/ (e.g. caa3648), side by side")
+    ap.add_argument("--after", default=None, help="time this revision's src/ as 'after' (default: the working "
+                    "tree as it is, read at each run)")
     ap.add_argument("--skip-baseline", action="store_true", help="no plain-pycolmap yardstick")
     ap.add_argument("--no-fidelity", action="store_true", help="timings only")
     ap.add_argument("--keep", type=Path, help="keep the scene folders here (default: a temporary folder)")
@@ -261,7 +264,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="v2s_speed_") as tmp:
         work = a.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        checkouts = {"after": ROOT / "src"}
+        checkouts = {"after": export_checkout(a.after, work / f"checkout_{a.after}") if a.after else ROOT / "src"}
         if a.before:
             checkouts = {"before": export_checkout(a.before, work / f"checkout_{a.before}"), **checkouts}
         videos = {"sample": SAMPLE, "hololens": holo}
