@@ -11,7 +11,11 @@ images and the person boxes of ``detect`` (``Scene.people_boxes``); writes, in t
   voxel downsampling, statistical outlier removal, normals (Open3D, oriented towards the nearest camera).
 
 The voxel size and truncation default to fractions of the median depth (``voxel = median depth / 100``), which
-works in SfM units; both are config-overridable and the values used are recorded in the QC figures.
+works in SfM units; both are config-overridable and the values used are recorded in the QC figures. The depth
+maps are integrated at the size the voxel needs, ``pixels_per_voxel`` pixels across one voxel at the median depth
+(:func:`integration_scale`; about the depth stage's working resolution by default), not at the keyframe size
+they are stored at: the TSDF has no use for finer samples and integrating them costs time. ``points.ply`` is
+back-projected from the stored maps.
 
 People. A walking person must leave no ghost in the mesh: inside each person box of ``detect`` the person is
 the foreground depth band, cut at depth discontinuities (:func:`person_mask`), and its depth is zeroed before
@@ -352,8 +356,7 @@ class Prepared:
 def prepare_frame(scene: Scene, c: CameraFrame, grid: Grid, config: Config, mask_people: bool) -> Prepared | None:
     """Read one depth map, zero its people and its unconfident / too far pixels, back-project its non-edge
     pixels (at the stored size, every ``point_stride``-th pixel) and resize depth (:func:`resize_depth`) and colour
-    (area) to
-    the integration size (``grid.scale``); None when nothing is left.
+    (area) to the integration size (``grid.scale``); None when nothing is left.
 
     Raises:
         StageFailed: the depth map or keyframe is missing.
