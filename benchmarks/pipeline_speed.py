@@ -21,7 +21,9 @@ imports that checkout. Figures:
   ``profile``: those steps mapped to decode, feature extraction, matching, mapping, plane sweep, consistency,
   TSDF integration, mesh extraction, ray casting, segmentation;
 * ``wall_s``, ``min_per_min`` (compute minutes per minute of video), ``s_per_keyframe``, ``peak_rss_mb`` (the
-  worker's ru_maxrss: the whole run in one process);
+  worker's ru_maxrss: the whole run in one process); ``cpu_s`` / ``stage_cpu_s`` / ``cpu_min_per_min`` /
+  ``cpu_s_per_keyframe``: CPU seconds of the worker (all its threads), which a loaded machine disturbs far less
+  than wall time (but which does not show the gain of using two cores);
 * fidelity (``sample``, ``hololens``): registered share and ATE RMSE (cm, Sim(3)-aligned, as in
   ``sfm_hololens.py``), instances, generated questions and VLN episodes (``tasks_hololens.py``, which works on
   a copy); on ``hololens`` also depth AbsRel / coverage at the ground-truth scale and mesh F-score@5 cm (as in
@@ -114,14 +116,21 @@ def worker(video: Path, scene_dir: Path) -> None:
 
     steps = install_step_timer(progress)
     progress.set_enabled(False)
-    t0 = time.perf_counter()
+    marks: list[tuple[str, float]] = []
+
+    def on_stage(name, action, reason):  # CPU seconds of this process (all threads) at each stage's start
+        marks.append((name, time.process_time()))
+
+    t0, c0 = time.perf_counter(), time.process_time()
     err = None
     try:
-        run_pipeline(video, scene_dir, load_config(None, "default"), overwrite=True)
+        run_pipeline(video, scene_dir, load_config(None, "default"), overwrite=True, on_stage=on_stage)
     except Exception as e:  # recorded, the figures so far are still printed
         err = f"{type(e).__name__}: {e}"
-    wall = time.perf_counter() - t0
-    print(json.dumps({"wall_s": wall, "steps_s": steps, "error": err,
+    wall, cpu = time.perf_counter() - t0, time.process_time()
+    ends = [c for _, c in marks[1:]] + [cpu]
+    stage_cpu = {name: round(e - c, 2) for (name, c), e in zip(marks, ends)}
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu - c0, "stage_cpu_s": stage_cpu, "steps_s": steps, "error": err,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
 
 
@@ -143,7 +152,9 @@ def run_worker(src: Path, video: Path, scene_dir: Path) -> dict:
         if s:
             profile[name] = round(s, 2)
     duration = float(vid["duration_s"])
-    return {"wall_s": round(r["wall_s"], 1), "video_s": duration, "n_keyframes": n_kf,
+    return {"wall_s": round(r["wall_s"], 1), "cpu_s": round(r["cpu_s"], 1), "video_s": duration, "n_keyframes": n_kf,
+            "cpu_min_per_min": round(r["cpu_s"] / duration, 2), "cpu_s_per_keyframe": round(r["cpu_s"] / max(n_kf, 1), 3),
+            "stage_cpu_s": r["stage_cpu_s"],
             "min_per_min": round(r["wall_s"] / duration, 2), "s_per_keyframe": round(r["wall_s"] / max(n_kf, 1), 3),
             "peak_rss_mb": round(r["peak_rss_mb"], 1), "stage_s": stage_s,
             "stage_peak_rss_mb": {k: v.get("peak_rss_mb") for k, v in man["stages"].items()},
@@ -247,6 +258,8 @@ def main() -> None:
     ap.add_argument("--before", help="also time this revision's src/ (e.g. caa3648), side by side")
     ap.add_argument("--after", default=None, help="time this revision's src/ as 'after' (default: the working "
                     "tree as it is, read at each run)")
+    ap.add_argument("--only", choices=["before", "after"], help="run only this checkout (e.g. two invocations at "
+                    "once, so that before and after see the same machine load)")
     ap.add_argument("--skip-baseline", action="store_true", help="no plain-pycolmap yardstick")
     ap.add_argument("--no-fidelity", action="store_true", help="timings only")
     ap.add_argument("--keep", type=Path, help="keep the scene folders here (default: a temporary folder)")
@@ -267,6 +280,8 @@ def main() -> None:
         checkouts = {"after": export_checkout(a.after, work / f"checkout_{a.after}") if a.after else ROOT / "src"}
         if a.before:
             checkouts = {"before": export_checkout(a.before, work / f"checkout_{a.before}"), **checkouts}
+        if a.only:
+            checkouts = {k: v for k, v in checkouts.items() if k == a.only}
         videos = {"sample": SAMPLE, "hololens": holo}
         if "long" in a.inputs:
             videos["long"] = make_long_clip(holo, work / "hololens_fwd_bwd_60s.mp4")
