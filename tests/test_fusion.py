@@ -171,3 +171,41 @@ def test_fusion_masks_the_people_of_detect_and_warns_without_detections(tmp_path
     assert r.qc["person_pixels_masked"] > 0 and not r.warnings
     r_off = fusion.run(scene, fusion.Config(mask_people=False))
     assert r_off.qc["person_pixels_masked"] == 0 and not r_off.warnings
+
+
+def test_resize_depth_interpolates_smooth_surfaces_and_keeps_edges():
+    x = np.linspace(1.0, 2.0, 100, dtype=np.float32)
+    d = np.tile(x, (60, 1))
+    d[:, 50:] += 3.0  # a discontinuity
+    d[:5] = 0  # unknown
+    r = fusion.resize_depth(d, (61, 37))
+    assert r.shape == (37, 61)
+    u = (np.arange(61) + 0.5) * 100 / 61 - 0.5  # source column of each new pixel centre
+    want = np.interp(u, np.arange(100), x) + 3.0 * (u >= 50)
+    row = r[20]
+    far = np.abs(u - 49.5) > 1
+    np.testing.assert_allclose(row[far], want[far], rtol=1e-4)
+    assert set(np.round(row[~far], 3)) <= set(np.round(d[20], 3))  # at the edge: an existing depth, no mix
+    assert (r[:2] == 0).all()
+
+
+def test_integration_scale_couples_pixels_to_the_voxel():
+    cams = [type("C", (), {"K": [[500.0, 0, 270], [0, 500.0, 180], [0, 0, 1]]})()]
+    # voxel 0.04 at depth 4 with f = 500: 5 pixels per voxel at full size
+    assert fusion.integration_scale(cams, 4.0, 0.04, 3.0) == pytest.approx(0.6)
+    assert fusion.integration_scale(cams, 4.0, 0.04, 10.0) == 1.0  # never enlarged
+    assert fusion.integration_scale(cams, 4.0, 0.04, None) == 1.0
+
+
+def test_reduced_integration_size_keeps_the_surface(tmp_path):
+    full = make_dense_scene(tmp_path / "full")
+    fusion.run(full, fusion.Config(pixels_per_voxel=None))
+    small = make_dense_scene(tmp_path / "small")
+    qc = fusion.run(small, fusion.Config(pixels_per_voxel=0.8)).qc  # this room's maps are small: force it
+    assert qc["integration_scale"] < 0.7
+    d_full = room_surface_distance(to_world(full.mesh().vertices))
+    d_small = room_surface_distance(to_world(small.mesh().vertices))
+    assert np.median(d_small) < 2 * np.median(d_full)
+    assert np.percentile(d_small, 90) < 2 * np.percentile(d_full, 90)
+    n_full, n_small = len(full.mesh().triangles), len(small.mesh().triangles)
+    assert 0.8 * n_full < n_small < 1.2 * n_full

@@ -211,3 +211,15 @@ def test_prompt_da_runs_through_the_stage_with_the_consistency_filter(tmp_path, 
     depth.run(scene, Config.model_validate(unfiltered_cfg))
     unfiltered = sum(int((scene.depth(f).depth > 0).sum()) for f in frames)
     assert unfiltered > 0 and filtered < unfiltered  # the filter removed inconsistent depths
+
+
+def test_depth_maps_do_not_depend_on_the_number_of_workers(tmp_path, scene_builder):
+    maps = []
+    for workers in (1, 3):
+        synth = scene_builder(tmp_path / f"w{workers}", n=6)
+        depth.run(synth.scene, Config(workers=workers))
+        maps.append({f: synth.scene.depth(f) for f in synth.scene.depth_frames()})
+    assert maps[0].keys() == maps[1].keys() and maps[0]
+    for f in maps[0]:
+        np.testing.assert_array_equal(maps[0][f].depth, maps[1][f].depth)
+        np.testing.assert_array_equal(maps[0][f].confidence, maps[1][f].confidence)

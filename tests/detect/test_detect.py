@@ -165,3 +165,17 @@ def test_detect_stage_writes_one_file_per_keyframe(tmp_path):
         assert d["detector"] == "ssd_mobilenet_v2_coco" and isinstance(d["detections"], list)
         assert isinstance(d["people"], list)
     assert res.qc["n_keyframes"] == 4 and scene.is_complete("detect")
+
+
+@ssd_ok
+def test_detect_records_do_not_depend_on_the_number_of_workers(tmp_path):
+    from tests.fixtures.objects import build_scene
+    from vid2scene import detect
+
+    runs = []
+    for workers in (1, 3):
+        scene, _ = build_scene(tmp_path / f"w{workers}", n_views=6, detections=False)
+        scene.update_manifest(lambda m: m["stages"].setdefault("keyframes", {}).update(status="complete"))
+        detect.run(scene, detect.Config(workers=workers))
+        runs.append({sf: scene.detections(sf) for sf in scene.detection_frames()})
+    assert runs[0] == runs[1] and len(runs[0]) == 6

@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import geometry, progress
+from .. import geometry, parallel, progress
 from ..errors import StageFailed
 from ..scene import CameraFrame, Scene
 from ..stage import StageResult, known_backend, make_backend
@@ -75,6 +75,8 @@ class Config(BaseModel):
                                                  "interpolate the sparse SfM depths, or leave 0")
     fill_confidence: float = Field(0.1, ge=0, le=1, description="confidence given to sparse-filled depths")
     min_track_length: int = Field(2, ge=2, description="SfM points with shorter tracks are not used as priors")
+    workers: int | None = Field(None, ge=1, description="threads over keyframes for a thread-safe backend (mvs); "
+                                "None = $VID2SCENE_WORKERS or the available cores (vid2scene.parallel)")
     mvs: MVSOptions = Field(default_factory=MVSOptions, description="options of the mvs backend")
     mono: MonoOptions = Field(default_factory=MonoOptions, description="options of the mono backend")
     prompt_da: PromptDABackend.Options = Field(default_factory=PromptDABackend.Options,
@@ -124,7 +126,7 @@ def run(scene: Scene, config: Config) -> StageResult:
     est = estimate(backend, views, priors, ranges, config)
     qc = dense_qc(views, priors.sparse, est)
     n_filled = fill_weak(est, priors.sparse, config)
-    final_cov = write_depth_maps(scene, views, est)
+    final_cov = write_depth_maps(scene, views, est, config.workers)
     return summarise(qc, config, cams, views, est, n_filled, final_cov, time.perf_counter() - t0)
 
 
@@ -172,16 +174,33 @@ def depth_ranges(sparse: list[Sparse], config: Config) -> list[tuple[float, floa
 
 def estimate(backend: DepthBackend, views: list[View], priors: SparseSet, ranges: list[tuple[float, float]],
              config: Config) -> Estimates:
-    """The backend's depth of every view (source selection, per-view estimate, cross-view filter)."""
+    """The backend's depth of every view (source selection, per-view estimate, cross-view filter).
+
+    A backend with ``thread_safe = True`` (``mvs``) estimates the views on :func:`vid2scene.parallel.map_ordered`
+    threads (``config.workers``); the others one view at a time. The result does not depend on the number of
+    workers."""
     sources = backend.select_sources(views, priors)
+    workers = view_workers(backend, config, len(views))
+
+    def one(i: int):
+        return backend.estimate(views[i], [views[j] for j in sources[i]], priors.sparse[i], ranges[i])
+
     depths, confs, weaks = [], [], []
-    for i, v in enumerate(progress.track(views, f"depth: {config.backend}")):
-        d, c, wk = backend.estimate(v, [views[j] for j in sources[i]], priors.sparse[i], ranges[i])
+    results = parallel.map_ordered(one, range(len(views)), workers)
+    for d, c, wk in progress.track(results, f"depth: {config.backend}", total=len(views)):
         depths.append(d)
         confs.append(c)
         weaks.append(wk)
-    depths, confs = backend.filter(views, sources, depths, confs)
+    with progress.bar("depth: consistency", total=None):
+        depths, confs = backend.filter(views, sources, depths, confs)
     return Estimates(depths, confs, weaks, sources)
+
+
+def view_workers(backend: DepthBackend, config: Config, n_views: int) -> int:
+    """Workers for the per-view steps: :func:`vid2scene.parallel.worker_count` for a thread-safe backend, else 1."""
+    if not getattr(backend, "thread_safe", False):
+        return 1
+    return parallel.worker_count(config.workers, n_views)
 
 
 def dense_qc(views: list[View], sparse: list[Sparse], est: Estimates) -> dict:
@@ -207,33 +226,44 @@ def dense_qc(views: list[View], sparse: list[Sparse], est: Estimates) -> dict:
 
 def fill_weak(est: Estimates, sparse: list[Sparse], config: Config) -> int:
     """Fill weak pixels left without depth from the sparse depths (``fill_weak="sparse"``) at
-    ``fill_confidence``, in place; returns the number of filled pixels."""
+    ``fill_confidence``, in place; returns the number of filled pixels. Views run on
+    :func:`vid2scene.parallel.map_ordered` threads (``config.workers``; NumPy / SciPy only)."""
     if config.fill_weak != "sparse":
         return 0
-    n_filled = 0
-    for i, d in enumerate(est.depths):
+
+    def one(i: int) -> tuple[np.ndarray, np.ndarray, int]:
+        d = est.depths[i]
         hole = (d == 0) & est.weaks[i]
         fill = sparse_fill(sparse[i], d.shape, hole)
         got = fill > 0
-        n_filled += int(got.sum())
-        est.depths[i] = np.where(got, fill, d).astype(np.float32)
-        est.confs[i] = np.where(got, config.fill_confidence, est.confs[i]).astype(np.float32)
+        return (np.where(got, fill, d).astype(np.float32),
+                np.where(got, config.fill_confidence, est.confs[i]).astype(np.float32), int(got.sum()))
+
+    n_filled = 0
+    with progress.bar("depth: sparse fill", total=None):
+        for i, (d, c, n) in enumerate(parallel.map_ordered(one, range(len(est.depths)), config.workers)):
+            est.depths[i], est.confs[i] = d, c
+            n_filled += n
     return n_filled
 
 
-def write_depth_maps(scene: Scene, views: list[View], est: Estimates) -> list[float]:
+def write_depth_maps(scene: Scene, views: list[View], est: Estimates, workers: int | None = None) -> list[float]:
     """Upsample every view to its keyframe size and write ``depth/NNNNNN.npz`` (``depth_sfm``); remove a
-    previous run's map of a keyframe that is no longer registered. Returns the final coverage per view."""
+    previous run's map of a keyframe that is no longer registered. Returns the final coverage per view.
+    Views are upsampled and written (compressed) on :func:`vid2scene.parallel.map_ordered` threads."""
     wanted = {v.frame.source_frame for v in views}
     for sf in scene.depth_frames():
         if sf not in wanted:
             scene.depth_path(sf).unlink()
-    final_cov = []
-    for i, v in enumerate(views):
+
+    def one(i: int) -> float:
+        v = views[i]
         d, c = upsample(est.depths[i], est.confs[i], v.frame.width, v.frame.height)
-        final_cov.append(float((d > 0).mean()))
         scene.write_depth(v.frame.source_frame, d, c)
-    return final_cov
+        return float((d > 0).mean())
+
+    with progress.bar("depth: writing", total=None):
+        return list(parallel.map_ordered(one, range(len(views)), workers))
 
 
 def summarise(qc_dense: dict, config: Config, cams: list[CameraFrame], views: list[View], est: Estimates,

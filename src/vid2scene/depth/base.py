@@ -19,7 +19,7 @@ from typing import Callable, ClassVar, Protocol
 import cv2
 import numpy as np
 
-from .. import geometry
+from .. import geometry, parallel
 from ..scene import CameraFrame
 from ..stage import Options
 
@@ -187,23 +187,34 @@ def select_sources(ref: int, centers: np.ndarray, observed: list[np.ndarray], xy
 def consistency_count(ref: View, depth_r: np.ndarray, sources: list[View], depths: list[np.ndarray],
                       rel_tol: float) -> np.ndarray:
     """Per ref pixel, in how many ``sources`` its 3-D point lands on the source's own depth within
-    ``rel_tol`` (relative depth error, the point's depth in the source vs the source's depth map there)."""
+    ``rel_tol`` (relative depth error, the point's depth in the source vs the source's depth map there).
+
+    ``depth_r``: ``h×w`` float32 z-depth of ``ref`` (SfM units, 0 = unknown); ``depths[j]``: the source's map at
+    its working resolution. Returns ``h×w`` int32 counts (0 where ``depth_r`` is 0). Only the pixels with depth
+    are projected; the source depth is looked up at the nearest pixel (``cv2.remap`` ``INTER_NEAREST``, 0
+    outside the image)."""
     h, w = depth_r.shape
-    X = geometry.pixel_rays(ref.K, w, h).reshape(-1, 3).T * depth_r.ravel()[None].astype(np.float64)
+    flat = depth_r.ravel()
+    idx = np.flatnonzero(flat > 0)
     count = np.zeros(h * w, np.int32)
-    valid_r = depth_r.ravel() > 0
+    if len(idx) == 0:
+        return count.reshape(h, w)
+    X = geometry.pixel_rays(ref.K, w, h).reshape(-1, 3)[idx].T * flat[idx][None].astype(np.float64)
+    # remap wants 2-D maps with sides below SHRT_MAX: lay the M points out in rows of w
+    n_rows = (len(idx) + w - 1) // w
+    pad = n_rows * w - len(idx)
     for src, d_s in zip(sources, depths):
         R, t = geometry.relative_pose(src.cam_from_world, ref.cam_from_world)
         Xs = R @ X + t[:, None]
         z = Xs[2]
         with np.errstate(divide="ignore", invalid="ignore"):
             uv = (geometry.cv_K(src.K) @ Xs)[:2] / z
-        mx = np.nan_to_num(uv[0], nan=-1e4, posinf=-1e4, neginf=-1e4).astype(np.float32).reshape(h, w)
-        my = np.nan_to_num(uv[1], nan=-1e4, posinf=-1e4, neginf=-1e4).astype(np.float32).reshape(h, w)
-        ds = cv2.remap(d_s, mx, my, interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                       borderValue=0).ravel()
-        ok = valid_r & (z > 0) & (ds > 0) & (np.abs(z - ds) <= rel_tol * ds)
-        count += ok
+        maps = np.nan_to_num(uv, nan=-1e4, posinf=-1e4, neginf=-1e4).astype(np.float32)
+        if pad:
+            maps = np.pad(maps, ((0, 0), (0, pad)), constant_values=-1e4)
+        ds = cv2.remap(d_s, maps[0].reshape(n_rows, w), maps[1].reshape(n_rows, w), interpolation=cv2.INTER_NEAREST,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0).ravel()[: len(idx)]
+        count[idx] += (z > 0) & (ds > 0) & (np.abs(z - ds) <= rel_tol * ds)
     return count.reshape(h, w)
 
 
@@ -218,23 +229,24 @@ def neighbour_sources(views: list[View], priors: SparseSet, n_views: int, min_an
 
 def consistency_filter(views: list[View], sources: list[list[int]], depths: list[np.ndarray],
                        confs: list[np.ndarray], min_consistent_views: int,
-                       rel_tol: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                       rel_tol: float, workers: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Geometric consistency across views (every multi-view backend): a depth is kept if it agrees with at
     least ``min_consistent_views`` of its source views' depth maps within ``rel_tol`` (relative); its
-    confidence is weighted by the share of agreeing views. A view without sources loses all depth."""
-    out_d, out_c = [], []
-    for i, v in enumerate(views):
+    confidence is weighted by the share of agreeing views. A view without sources loses all depth. Views run on
+    :func:`vid2scene.parallel.map_ordered` threads (``workers``; NumPy / OpenCV only, the inputs are only
+    read), with the same result for any number of workers."""
+
+    def one(i: int) -> tuple[np.ndarray, np.ndarray]:
         src = sources[i]
         if not src:
-            out_d.append(np.zeros_like(depths[i]))
-            out_c.append(np.zeros_like(confs[i]))
-            continue
-        cnt = consistency_count(v, depths[i], [views[j] for j in src], [depths[j] for j in src], rel_tol)
+            return np.zeros_like(depths[i]), np.zeros_like(confs[i])
+        cnt = consistency_count(views[i], depths[i], [views[j] for j in src], [depths[j] for j in src], rel_tol)
         keep = cnt >= min(min_consistent_views, len(src))
         c = confs[i] * (0.5 + 0.5 * np.minimum(1.0, cnt / max(len(src) - 1, 1)))
-        out_d.append(np.where(keep, depths[i], 0).astype(np.float32))
-        out_c.append(np.where(keep, c, 0).astype(np.float32))
-    return out_d, out_c
+        return np.where(keep, depths[i], 0).astype(np.float32), np.where(keep, c, 0).astype(np.float32)
+
+    out = list(parallel.map_ordered(one, range(len(views)), workers))
+    return [d for d, _ in out], [c for _, c in out]
 
 
 def sparse_fill(sparse: Sparse, shape: tuple[int, int], mask: np.ndarray, step: int = 4) -> np.ndarray:

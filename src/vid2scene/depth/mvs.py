@@ -60,6 +60,7 @@ class MVSBackend:
 
     name = "mvs"
     Options = MVSOptions
+    thread_safe = True  # estimate() only reads its views: the stage may run it on several threads
 
     def __init__(self, options: MVSOptions):
         self.options = options

@@ -19,6 +19,10 @@ section): ``ssd_coco`` (default; SSD-MobileNet-v2 COCO via ``cv2.dnn``, weights 
 
     detect: {backend: onnx, onnx: {model_path: det.onnx, input_size: 640, label_space: coco91}}
 
+Keyframes run on :func:`vid2scene.parallel.map_ordered` threads when the backend says ``thread_safe``
+(``ssd_coco``: one ``cv2.dnn`` net per worker thread, OpenCV capped to cores / workers threads each); the
+records do not depend on the number of workers.
+
 ``detect`` needs only ``keyframes``; it runs right after it, so later stages (``fusion``) read its person boxes
 through ``Scene.people_boxes``.
 """
@@ -30,7 +34,7 @@ import time
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import progress, stage
+from .. import parallel, progress, stage
 from ..errors import StageFailed
 from ..scene import Scene
 from ..stage import StageResult, known_backend
@@ -57,6 +61,8 @@ class Config(BaseModel):
     person_threshold: float = Field(0.4, ge=0, le=1, description="score for a person box (people mask)")
     nms_iou: float = Field(0.5, gt=0, le=1, description="per-class NMS IoU threshold")
     max_per_frame: int = Field(50, ge=1)
+    workers: int | None = Field(None, ge=1, description="threads over keyframes for a thread-safe backend "
+                                "(ssd_coco: one net per thread); None = $VID2SCENE_WORKERS or the available cores")
     classes: list[str] | None = Field(None, description="COCO names to keep; None = the indoor whitelist")
 
     @field_validator("backend")
@@ -144,11 +150,9 @@ def run(scene: Scene, config: Config) -> StageResult:
     if not keyframes:
         raise StageFailed(NAME, "no keyframes")
     t0 = time.perf_counter()
-    with progress.bar("detect", total=len(keyframes)) as bar:
-        records = []
-        for sf in keyframes:
-            records.append(detect_keyframe(scene, backend, sf, config))
-            bar.advance()
+    workers = parallel.worker_count(config.workers, len(keyframes)) if getattr(backend, "thread_safe", False) else 1
+    results = parallel.map_ordered(lambda sf: detect_keyframe(scene, backend, sf, config), keyframes, workers)
+    records = list(progress.track(results, "detect", total=len(keyframes)))
     return _result(records, backend.name, time.perf_counter() - t0)
 
 

