@@ -179,3 +179,15 @@ def test_detect_records_do_not_depend_on_the_number_of_workers(tmp_path):
         detect.run(scene, detect.Config(workers=workers))
         runs.append({sf: scene.detections(sf) for sf in scene.detection_frames()})
     assert runs[0] == runs[1] and len(runs[0]) == 6
+
+
+def test_open_vocabulary_terms_survive_the_filter():
+    """A backend's own terms (ids ≥ 1000 with names in ``label_names``) are kept with their names; without the
+    name table such an id is dropped, and an explicit ``classes`` whitelist still rules."""
+    rows = np.array([[1002, 0.9, 10, 10, 50, 50], [62, 0.8, 60, 10, 90, 50]], float)  # "trash can", chair
+    objs, _ = detect.filter_boxes(rows, detect.Config(), {1002: "trash can"})
+    assert sorted(o["label"] for o in objs) == ["chair", "trash can"]
+    objs, _ = detect.filter_boxes(rows, detect.Config())
+    assert [o["label"] for o in objs] == ["chair"]
+    objs, _ = detect.filter_boxes(rows, detect.Config(classes=["chair"]), {1002: "trash can"})
+    assert [o["label"] for o in objs] == ["chair"]

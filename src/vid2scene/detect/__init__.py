@@ -95,20 +95,25 @@ def make_backend(config: Config):
     return stage.make_backend(NAME, BACKENDS, config)
 
 
-def filter_boxes(rows: np.ndarray, config: Config) -> tuple[list[dict], list[dict]]:
+def filter_boxes(rows: np.ndarray, config: Config, label_names: dict[int, str] | None = None,
+                 ) -> tuple[list[dict], list[dict]]:
     """Split raw backend rows into (objects, people) records of the ``detections/*.json`` schema.
 
-    ``rows``: ``N×6`` ``[coco_id, score, x0, y0, x1, y1]`` (pixels). Objects: class in the whitelist, score ≥
+    ``rows``: ``N×6`` ``[class_id, score, x0, y0, x1, y1]`` (pixels); ``class_id`` is a COCO id, or a key of
+    ``label_names`` (an open-vocabulary backend's own terms, ids ≥ 1000). Objects: class in the whitelist
+    (``config.classes``, else the indoor COCO classes plus every ``label_names`` term), score ≥
     ``score_threshold``, per-class NMS with ``cv2.dnn.NMSBoxes`` (boxes as x, y, w, h), best first, at most
     ``max_per_frame``. People: class ``person``, score ≥ ``person_threshold`` (NMS as well).
     """
     import cv2
 
+    label_names = label_names or {}
     rows = np.asarray(rows, np.float64).reshape(-1, 6)
-    keep_names = set(config.classes) if config.classes is not None else set(INDOOR_CLASSES)
+    keep_names = (set(config.classes) if config.classes is not None
+                  else set(INDOOR_CLASSES) | set(label_names.values()))
     objects, people = [], []
     for cid in np.unique(np.round(rows[:, 0]).astype(int)):
-        name = COCO91.get(int(cid))
+        name = COCO91.get(int(cid)) or label_names.get(int(cid))
         is_person = name == PERSON
         if name is None or (not is_person and name not in keep_names):
             continue
@@ -133,7 +138,7 @@ def filter_boxes(rows: np.ndarray, config: Config) -> tuple[list[dict], list[dic
 
 def detect_image(backend, rgb: np.ndarray, config: Config) -> tuple[list[dict], list[dict]]:
     """(objects, people) records for one ``H×W×3`` uint8 RGB image (see :func:`filter_boxes`)."""
-    return filter_boxes(backend.detect(rgb), config)
+    return filter_boxes(backend.detect(rgb), config, getattr(backend, "label_names", None))
 
 
 def run(scene: Scene, config: Config) -> StageResult:
