@@ -71,6 +71,9 @@ class Config(BaseModel):
     max_num_features: int = Field(2048, ge=256)
     sequential_overlap: int = Field(8, ge=1)
     quadratic_overlap: bool = True
+    pairing: Literal["auto", "sequential", "exhaustive"] = Field(
+        "auto", description="auto: exhaustive for photos (video kind 'images') and short keyframe lists, else "
+        "sequential + loop closures")
     exhaustive_below: int = Field(30, ge=0, description="match all pairs when there are at most this many "
                                   "keyframes")
     exhaustive_max_images: int = Field(200, ge=2, description="photos (video kind 'images'): all pairs up to "
@@ -187,7 +190,7 @@ def loop_pairs(vectors: np.ndarray, k: int, min_gap: int) -> set[tuple[int, int]
 # ---------------------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------------------
-def _reader_options(config: Config, scale: float):
+def reader_options_for(config: Config, scale: float):
     """COLMAP image-reader options: the camera model, or fixed PINHOLE ``known_intrinsics`` scaled from source
     to working pixels by ``scale``."""
     import pycolmap
@@ -355,7 +358,7 @@ def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, s
     models_dir = work / "models"
     models_dir.mkdir()
     with progress.bar(f"sfm: {config.mapper} mapping", total=None):
-        rec, n_models, other = _map(db_path, image_dir, models_dir, config, names)
+        rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names)
     if rec is not None and config.loop_check and loops:
         checked = diagnose.check_loops(rec, db_path, [(names[i], names[j]) for i, j in sorted(loops)])
         bad = [c for c in checked if not c["ok"]]
@@ -366,7 +369,7 @@ def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, s
             shutil.rmtree(models_dir)
             models_dir.mkdir()
             with progress.bar(f"sfm: {config.mapper} mapping without {len(bad)} false loop(s)", total=None):
-                rec, n_models, other = _map(db_path, image_dir, models_dir, config, names)
+                rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names)
     if rec is None or rec.num_reg_images() == 0:
         raise StageFailed(NAME, f"no model: COLMAP could not initialise from {len(names)} keyframes "
                                 "(too little texture or parallax)")
@@ -388,7 +391,7 @@ def prepare_database(work: Path, image_dir: Path, names: list[str], config: Conf
 
         opts = {"max_num_features": config.max_num_features} if backend.name == "sift" else {}
         key = cache_dir / cache_key(backend, {"max_image_size": max_image_size, **opts})
-    feats, stats = write_features(db_path, image_dir, names, backend, _reader_options(config, scale), config,
+    feats, stats = write_features(db_path, image_dir, names, backend, reader_options_for(config, scale), config,
                                   max_image_size, key)
     return db_path, feats, stats
 
@@ -410,11 +413,16 @@ def image_pairs(names: list[str], descriptors: list[np.ndarray], config: Config,
       ``exhaustive_max_images``, or when there are at most ``exhaustive_below`` keyframes;
     * ``retrieval`` — photos beyond that: each image with its ``sequential_overlap + loop_candidates`` most
       similar images by :func:`bow_vectors` on ``descriptors`` (per image ``M_i×D``);
+    ``pairing`` ``sequential`` / ``exhaustive`` forces a mode.
+
     * ``sequential`` — :func:`sequential_pairs`, plus loop pairs retrieved with :func:`bow_vectors` when
       ``loop_closure`` is on.
     """
     n = len(names)
-    if (kind == "images" and n <= config.exhaustive_max_images) or n <= config.exhaustive_below:
+    if config.pairing == "sequential":
+        kind = "video"
+    exhaustive = (kind == "images" and n <= config.exhaustive_max_images) or n <= config.exhaustive_below
+    if config.pairing == "exhaustive" or (config.pairing == "auto" and exhaustive):
         return {(i, j) for i in range(n) for j in range(i + 1, n)}, set(), "exhaustive"
     if kind == "images":
         k = config.sequential_overlap + config.loop_candidates
@@ -426,7 +434,7 @@ def image_pairs(names: list[str], descriptors: list[np.ndarray], config: Config,
     return seq, loops - seq, "sequential"
 
 
-def _verification_options(config: Config, min_inliers: int, min_ratio: float):
+def verification_options(config: Config, min_inliers: int, min_ratio: float):
     import pycolmap
 
     vo = pycolmap.TwoViewGeometryOptions()
@@ -458,7 +466,7 @@ def match_pairs(db_path: Path, work: Path, names: list[str], groups: dict[str, t
             continue
         pairs_txt = work / f"pairs_{label}.txt"
         pairs_txt.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in sorted(pairs_set)))
-        vo = _verification_options(config, min_inl, min_ratio)
+        vo = verification_options(config, min_inl, min_ratio)
         if learned:
             sizes = {nm: size for nm in names}
             match_into_database(db_path, names, pairs_set, backend, feats, sizes, label)
@@ -478,7 +486,7 @@ def _camera_qc(rec) -> dict:
             "width": cam.width, "height": cam.height}
 
 
-def _map(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: list[str]):
+def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: list[str]):
     """Run the mapper; return (largest reconstruction after trying to register the rest, number of models,
     names of images placed only in models other than the one kept)."""
     import pycolmap

