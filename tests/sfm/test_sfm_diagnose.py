@@ -31,10 +31,14 @@ def test_reasons_for_a_blurred_frame_and_a_frame_from_another_room(tmp_path):
     poses = walk_trajectory(n)
     frames = [render_room(p, K_TRUE, W, H)[0] for p in poses]
     blurred, other = 6, 12
-    frames[blurred] = cv2.GaussianBlur(frames[blurred], (0, 0), 8)
+    # defocused far beyond what SIFT can match: 1/16 resolution, blown up again and smoothed
+    small = cv2.resize(frames[blurred], (W // 16, H // 16), interpolation=cv2.INTER_AREA)
+    frames[blurred] = cv2.GaussianBlur(cv2.resize(small, (W, H), interpolation=cv2.INTER_CUBIC), (0, 0), 4)
     frames[other] = render_room(poses[other], K_TRUE, W, H, room=(6.0, 5.0, 3.0), furniture=(), seed=11)[0]
     scene = scene_from_images(tmp_path, frames)
-    cfg = fast_config(quality={"blur_min_var": 0.0, "blur_rel": 0.0},
+    # no shot cut at the other room's frame (it is one frame, not a shot), and 1.8 s is a usable shot here
+    cfg = fast_config(shots={"min_shot_s": 1.0, "adaptive": {"adaptive_threshold": 1e6, "min_content_val": 255.0}},
+                      quality={"blur_min_var": 0.0, "blur_rel": 0.0},
                       keyframes={"min_disparity": 0.001, "min_keyframes": 8},
                       sfm={"loop_closure": False, "min_registered_share": 0.5})
     result = run_stages(scene, cfg, "sfm")["sfm"]

@@ -66,10 +66,10 @@ def test_poses_backend_triangulates_with_a_tum_trajectory(tmp_path):
 
 
 def test_poses_backend_needs_a_trajectory_and_intrinsics(tmp_path):
-    poses = walk_trajectory(12)
+    poses = walk_trajectory(24)
     scene = scene_from_images(tmp_path, [render_room(p, K_TRUE, W, H)[0] for p in poses])
     tum = tmp_path / "trajectory.txt"
-    write_tum(tum, [i / 10.0 for i in range(12)], poses)
+    write_tum(tum, [i / 10.0 for i in range(24)], poses)
     cfg = fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 6},
                       sfm={"backend": "poses", "poses": {"path": str(tum)}, "loop_closure": False})
     run_stages(scene, cfg, "keyframes")

@@ -18,7 +18,8 @@ Video-aware recipe:
    scale consistency); inconsistent ones are dropped, reported, and the model is mapped again without them.
 5. Optionally (``refine_all_frames``) the usable non-keyframes are registered against the model as extra
    constraints, points re-triangulated and a final global bundle adjustment run; only keyframes are output.
-6. Every unregistered keyframe gets a reason (:mod:`vid2scene.sfm.diagnose`). Quality checks: registered
+6. Keyframes far blurrier than the rest (``exclude_blurred_below``) are left out of mapping. Every
+   unregistered keyframe gets a reason (:mod:`vid2scene.sfm.diagnose`). Quality checks: registered
    share, mean reprojection error (px), mean track length, number of points. Below thresholds the stage
    raises :class:`StageFailed` instead of writing a poor model as success.
 
@@ -100,6 +101,9 @@ class Config(BaseModel):
     reason_min_inliers: int = Field(30, ge=1, description="verified inliers below which a frame has few_matches")
     reason_min_tri_angle_deg: float = Field(1.0, ge=0, description="triangulation angle below which a frame's "
                                             "pairs are low_parallax")
+    exclude_blurred_below: float = Field(0.1, ge=0, le=1, description="keyframes sharper than this share of "
+                                         "the keyframes' median sharpness only are left out of mapping (reason "
+                                         "blurred): their poses would be guesses")
     reason_blur_rel: float = Field(0.35, ge=0, le=1, description="sharpness share of the keyframes' median "
                                    "below which a frame is blurred")
     num_threads: int = Field(-1, description="-1 = all cores")
@@ -113,6 +117,15 @@ class Config(BaseModel):
     @classmethod
     def _known_features(cls, v: str) -> str:
         return known_backend(v, FEATURES, "sfm features")
+
+
+def backend_status() -> dict[str, str]:
+    """``{"features=<name>": "installed" | "not installed: …"}`` for ``vid2scene stages`` (the mapping
+    backends colmap and poses need nothing beyond pycolmap)."""
+    from ..stage import backend_status as status
+
+    return {"colmap": "installed", "poses": "installed",
+            **{f"features={k}": v for k, v in status(FEATURES).items()}}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,12 +270,18 @@ def _run(scene: Scene, config: Config) -> StageResult:
     warnings: list[str] = []
     try:
         size = (int(kf["width"]), int(kf["height"]))
+        sharp = keyframe_sharpness(scene, names)
+        med = float(np.median(list(sharp.values()))) if sharp else 0.0
+        excluded = {nm for nm, v in sharp.items() if med > 0 and v < config.exclude_blurred_below * med}
+        mapped = [nm for nm in names if nm not in excluded]
         if config.backend == "poses":
             from . import poses
 
-            rec, info = poses.triangulate_with_poses(work, scene, keyframes, names, config, scale, size, cache_dir)
+            rec, info = poses.triangulate_with_poses(work, scene, [k for k, nm in zip(keyframes, names)
+                                                                   if nm not in excluded], mapped, config, scale,
+                                                     size, cache_dir)
         else:
-            rec, info = reconstruct(work, scene.frames_dir, names, config, scale, max(size), size,
+            rec, info = reconstruct(work, scene.frames_dir, mapped, config, scale, max(size), size,
                                     kind=video.get("kind", "video"), cache_dir=cache_dir)
             if config.refine_all_frames:
                 from . import refine
@@ -278,13 +297,16 @@ def _run(scene: Scene, config: Config) -> StageResult:
         if info.get("loops_dropped"):
             qc["loops_dropped"] = info["loops_dropped"]
             warnings.append(f"dropped {len(info['loops_dropped'])} loop closure(s) inconsistent with the model "
-                            "(repeated structure?) and mapped again without them")
+                            "(repeated structure?)" + ("; mapped again without them" if info.get("remapped") else
+                                                       "; the model had not used them"))
         if "refine" in info:
             qc["refine"] = info["refine"]
         check_qc(qc, config)
         registered = {im.name for im in rec.images.values() if im.has_pose}
         reasons = keyframe_reasons(scene, work / "database.db", names, registered, info.get("other_model", set()),
-                                   config)
+                                   config, sharp)
+        for nm in excluded:
+            reasons[nm]["figures"]["excluded_from_mapping"] = True
         if reasons:
             counts: dict[str, int] = {}
             for r in reasons.values():
@@ -299,12 +321,8 @@ def _run(scene: Scene, config: Config) -> StageResult:
                        f"{qc['mean_reprojection_error_px']:.2f} px, track length {qc['mean_track_length']:.1f}")
 
 
-def keyframe_reasons(scene: Scene, db_path: Path, names: list[str], registered: set[str], other_model: set[str],
-                     config: Config) -> dict[str, dict]:
-    """:func:`vid2scene.sfm.diagnose.unregistered_reasons` for the keyframes, with sharpness measured on the
-    keyframe images and the ``quality`` stage's blurry verdicts."""
-    if all(nm in registered for nm in names):
-        return {}
+def keyframe_sharpness(scene: Scene, names: list[str]) -> dict[str, float]:
+    """Variance of the Laplacian of each keyframe image (:func:`vid2scene.sfm.diagnose.sharpness`)."""
     import cv2
 
     sharp = {}
@@ -312,6 +330,15 @@ def keyframe_reasons(scene: Scene, db_path: Path, names: list[str], registered: 
         img = cv2.imread(str(scene.frames_dir / nm), cv2.IMREAD_GRAYSCALE)
         if img is not None:
             sharp[nm] = diagnose.sharpness(img)
+    return sharp
+
+
+def keyframe_reasons(scene: Scene, db_path: Path, names: list[str], registered: set[str], other_model: set[str],
+                     config: Config, sharp: dict[str, float]) -> dict[str, dict]:
+    """:func:`vid2scene.sfm.diagnose.unregistered_reasons` for the keyframes, with their sharpness ``sharp``
+    and the ``quality`` stage's blurry verdicts."""
+    if all(nm in registered for nm in names):
+        return {}
     blurry = set()
     try:
         blurry = {frame_name(f["source_frame"]) for f in scene.quality().get("frames", [])
@@ -366,10 +393,12 @@ def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, s
         if bad:
             info["loops_dropped"] = bad
             diagnose.drop_pairs(db_path, [tuple(c["pair"]) for c in bad])
-            shutil.rmtree(models_dir)
-            models_dir.mkdir()
-            with progress.bar(f"sfm: {config.mapper} mapping without {len(bad)} false loop(s)", total=None):
-                rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names)
+            info["remapped"] = any(c["used_by_model"] for c in bad)
+            if info["remapped"]:  # the model was built on a false loop: map again without it
+                shutil.rmtree(models_dir)
+                models_dir.mkdir()
+                with progress.bar(f"sfm: {config.mapper} mapping without {len(bad)} false loop(s)", total=None):
+                    rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names)
     if rec is None or rec.num_reg_images() == 0:
         raise StageFailed(NAME, f"no model: COLMAP could not initialise from {len(names)} keyframes "
                                 "(too little texture or parallax)")

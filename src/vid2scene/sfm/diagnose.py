@@ -127,10 +127,11 @@ def check_loops(rec, db_path: Path, loop_pairs: list[tuple[str, str]], *, max_sa
 
     For each pair with both images registered: the share of inlier matches whose Sampson distance (px) under
     the model's relative pose (fundamental matrix from the model's poses and intrinsics) is below
-    ``max_sampson_px`` must be at least ``min_consistent``, and the median depth of the pair's inliers
-    triangulated with the model's poses must be within ``max_depth_ratio`` of the median depth of the model's
-    points seen in image a. Returns one record per checked pair: ``{"pair": [a, b], "inliers", "consistent_share",
-    "depth_ratio", "ok": bool}``.
+    ``max_sampson_px`` must be at least ``min_consistent``, and, where image a's inlier keypoints have 3D points
+    in the model, the median ratio of their depth triangulated from the pair with the model's poses to the
+    model point's depth must be within ``max_depth_ratio`` (scale consistency). Returns one record per checked
+    pair: ``{"pair": [a, b], "inliers", "consistent_share", "depth_ratio", "used_by_model"`` (inlier matches
+    that join one 3D point in both images), ``"ok": bool}``.
     """
     import pycolmap
 
@@ -166,25 +167,43 @@ def check_loops(rec, db_path: Path, loop_pairs: list[tuple[str, str]], *, max_sa
             den = Fx[:, 0] ** 2 + Fx[:, 1] ** 2 + Ftx[:, 0] ** 2 + Ftx[:, 1] ** 2
             sampson = np.sqrt(num / np.maximum(den, 1e-12))
             consistent = float(np.mean(sampson < max_sampson_px))
-            # scale: depth of the pair's points triangulated with the model's poses vs the model's own points
-            Pa = Ka @ Ta[:3]
-            Pb = Kb @ Tb[:3]
+            # scale: depth of the pair's points triangulated with the model's poses against the depth of the
+            # model's own 3D points at the same keypoints of image a
             ok_pts = sampson < max_sampson_px
-            depth_ratio = None
-            if ok_pts.sum() >= 5:
+            depth_ratio, used = None, 0
+            pts_a = ia.points2D
+            pts_b = ib.points2D
+            model_z, tri_idx = [], []
+            na, nb = len(pts_a), len(pts_b)  # keypoints added after mapping have no model observation
+            for k, (ma, mb) in enumerate(m):
+                if int(ma) >= na:
+                    continue
+                pa = pts_a[int(ma)]
+                if pa.has_point3D():
+                    if (int(mb) < nb and pts_b[int(mb)].has_point3D()
+                            and pts_b[int(mb)].point3D_id == pa.point3D_id):
+                        used += 1
+                    if ok_pts[k]:
+                        X = rec.points3D[pa.point3D_id].xyz
+                        model_z.append((Ta[:3, :3] @ X + Ta[:3, 3])[2])
+                        tri_idx.append(k)
+            if len(tri_idx) >= 5:
                 import cv2
 
-                X = cv2.triangulatePoints(Pa, Pb, xa[ok_pts].T - 0.5, xb[ok_pts].T - 0.5)
+                sel = np.asarray(tri_idx)
+                Pa, Pb = Ka @ Ta[:3], Kb @ Tb[:3]
+                X = cv2.triangulatePoints(Pa, Pb, (xa[sel] - 0.5).T, (xb[sel] - 0.5).T)
                 X = (X[:3] / X[3]).T
                 za = (X @ Ta[:3, :3].T + Ta[:3, 3])[:, 2]
-                own = np.array([rec.points3D[p.point3D_id].xyz for p in ia.points2D if p.has_point3D()])
-                if len(own) and np.any(za > 0):
-                    zo = (own @ Ta[:3, :3].T + Ta[:3, 3])[:, 2]
-                    depth_ratio = float(np.median(za[za > 0]) / max(np.median(zo), 1e-9))
+                zm = np.asarray(model_z)
+                good = (za > 0) & (zm > 0)
+                if good.sum() >= 5:
+                    depth_ratio = float(np.median(za[good] / zm[good]))
             ok = consistent >= min_consistent and (
                 depth_ratio is None or 1 / max_depth_ratio <= depth_ratio <= max_depth_ratio)
             out.append({"pair": [a, b], "inliers": int(len(m)), "consistent_share": round(consistent, 3),
-                        "depth_ratio": None if depth_ratio is None else round(depth_ratio, 3), "ok": bool(ok)})
+                        "depth_ratio": None if depth_ratio is None else round(depth_ratio, 3),
+                        "used_by_model": int(used), "ok": bool(ok)})
     finally:
         db.close()
     return out
