@@ -114,6 +114,8 @@ class XFeatFeatures:
     class Options(Options):
         max_keypoints: int = Field(2048, ge=64)
         detection_threshold: float = Field(0.05, ge=0)
+        torch_threads: int = Field(1, description="torch CPU threads; more than one spins badly on a shared CPU; "
+                                   "-1 = torch's default")
         matcher: Literal["lighterglue", "mnn"] = "mnn"
         min_confidence: float = Field(0.1, ge=0, le=1, description="LighterGlue match confidence")
         min_similarity: float = Field(0.82, ge=-1, le=1, description="mnn: cosine similarity (XFeat's default)")
@@ -193,6 +195,7 @@ class DiskFeatures:
 
     class Options(Options):
         max_keypoints: int = Field(2048, ge=64)
+        torch_threads: int = Field(1, description="torch CPU threads; -1 = torch's default")
         matcher: Literal["lightglue", "mnn"] = "lightglue"
         min_confidence: float = Field(0.1, ge=0, le=1, description="LightGlue match confidence")
         min_similarity: float = Field(0.0, ge=-1, le=1, description="mnn: cosine similarity")
@@ -354,7 +357,7 @@ def write_features(db_path: Path, image_dir: Path, names: list[str], backend, re
             db.close()
         scratch.unlink(missing_ok=True)
     elif todo:
-        _torch_threads(config.num_threads)
+        _torch_threads(getattr(backend.options, "torch_threads", -1))
         with progress.bar(f"sfm: {backend.name} features", total=len(todo)) as bar:
             for nm in todo:
                 feats[nm] = backend.extract(read_image(image_dir / nm))
@@ -391,6 +394,7 @@ def match_into_database(db_path: Path, names: list[str], pairs: set[tuple[int, i
     database (pairs already there are skipped). Returns the number of pairs matched."""
     import pycolmap
 
+    _torch_threads(getattr(backend.options, "torch_threads", -1))
     db = pycolmap.Database.open(str(db_path))
     done = 0
     try:
