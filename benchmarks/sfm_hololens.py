@@ -85,17 +85,22 @@ def rss_wrapper(cmd_json: str) -> None:
     sys.exit(proc.returncode)
 
 
-def run_vid2scene(video: Path, scene_dir: Path, features: str, extra: dict, gt: np.ndarray, K: np.ndarray,
+def run_vid2scene(video: Path, scene_dir: Path, variant: str, extra: dict, gt: np.ndarray, K: np.ndarray,
                   shared_s: float | None) -> dict:
+    """One ``run --until sfm``; ``variant`` is a feature type, optionally ``+refine`` (refine_all_frames)."""
     import yaml
 
-    cfg = scene_dir.parent / f"cfg_{features}.yaml"
-    sfm = {"features": features, **extra.get("sfm", {})}
+    features, *flags = variant.split("+")
+    cfg = scene_dir.parent / f"cfg_{variant.replace('+', '_')}.yaml"
+    sfm = {**extra.get("sfm", {}), "features": features}
+    if "refine" in flags:
+        sfm["refine_all_frames"] = True
     cfg.write_text(yaml.safe_dump({**extra, "sfm": sfm}))
     cmd = [sys.executable, "-m", "vid2scene.cli", "run", str(video), "-o", str(scene_dir), "--until", "sfm",
            "--config", str(cfg), "-q"]
     proc, wall, rss = timed(cmd)
-    out = {"method": f"vid2scene sfm.features={features}", "exit_code": proc.returncode, "peak_rss_mb": rss}
+    out = {"method": f"vid2scene sfm.features={features}" + (" + refine_all_frames" if flags else ""),
+           "exit_code": proc.returncode, "peak_rss_mb": rss}
     man = json.loads((scene_dir / "manifest.json").read_text())
     stage_s = {k: v.get("seconds") for k, v in man["stages"].items()}
     sfm_s = stage_s.get("sfm")
@@ -117,6 +122,7 @@ def run_vid2scene(video: Path, scene_dir: Path, features: str, extra: dict, gt: 
                 "focal_px": round(f, 1), "focal_err_pct": round(100 * (f / K[0, 0] - 1), 2),
                 "reprojection_px": qc["mean_reprojection_error_px"], "n_points": qc["n_points"],
                 "loops_dropped": len(qc.get("loops_dropped", [])), "unregistered_reasons": qc.get("unregistered_reasons"),
+                "refine": qc.get("refine"),
                 "warnings": man["stages"]["sfm"].get("warnings", [])})
     return out
 
@@ -187,7 +193,7 @@ def bench_video(label: str, video: Path, gt: np.ndarray, K: np.ndarray, features
     rows.append(first)
     shared = first.get("stages_before_sfm_s")
     for feat in features[1:]:
-        sc = tmp / label / f"scene_{feat}"
+        sc = tmp / label / f"scene_{feat.replace('+', '_')}"
         shutil.copytree(base_scene, sc, symlinks=True)
         r = run_vid2scene(video, sc, feat, extra, gt, K, shared)
         r["video"] = label
@@ -219,7 +225,8 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--features", default="sift,xfeat,disk")
+    ap.add_argument("--features", default="sift,xfeat,disk,sift+refine",
+                    help="variants: feature types, '+refine' adds refine_all_frames")
     ap.add_argument("--videos", default="hololens,clip")
     ap.add_argument("--extra-config", type=Path, help="YAML with more stage sections for every vid2scene run")
     ap.add_argument("--skip-baseline", action="store_true")
