@@ -13,7 +13,8 @@ keyframe SfM on drift). After the keyframe model is mapped:
    de-registered so the output holds only keyframes — their refined poses and the points they see.
 
 The refined model is kept only when it still registers every keyframe the input model had and its mean
-reprojection error does not grow by more than 10%; otherwise the input model is returned with a warning.
+reprojection error does not grow by more than 25% (or 0.2 px, whichever is more); otherwise the input model is
+returned with a warning.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def all_frames(work: Path, scene: Scene, rec, names: list[str], config, scale: f
     after = float(full.compute_mean_reprojection_error())
     info.update({"n_extra_registered": n_extra_reg, "reprojection_px_before": round(before, 4),
                  "reprojection_px_after": round(after, 4)})
-    if not had <= kept_names or after > 1.1 * before + 1e-6:
+    if not had <= kept_names or after > max(1.25 * before, before + 0.2):
         info["kept"] = False
         info["warnings"].append(f"all-frame refinement lost keyframes or raised the reprojection error "
                                 f"({before:.2f} → {after:.2f} px); keyframe model kept")
