@@ -79,11 +79,19 @@ def mutual_nearest_neighbours(d0: np.ndarray, d1: np.ndarray, min_similarity: fl
     """
     if len(d0) == 0 or len(d1) == 0:
         return np.zeros((0, 2), np.uint32)
-    sim = d0 @ d1.T
-    j = sim.argmax(1)
-    i_back = sim.argmax(0)
+    try:  # torch honours the backend's thread count; NumPy's BLAS threads spin on a shared CPU
+        import torch
+
+        sim_t = torch.from_numpy(np.ascontiguousarray(d0, np.float32)) @ torch.from_numpy(
+            np.ascontiguousarray(d1, np.float32)).T
+        best, j_t = sim_t.max(1)
+        j, i_back, best = j_t.numpy(), sim_t.argmax(0).numpy(), best.numpy()
+    except ImportError:
+        sim = d0.astype(np.float32) @ d1.astype(np.float32).T
+        j, i_back = sim.argmax(1), sim.argmax(0)
+        best = sim[np.arange(len(d0)), j]
     i = np.arange(len(d0))
-    keep = (i_back[j] == i) & (sim[i, j] >= min_similarity)
+    keep = (i_back[j] == i) & (best >= min_similarity)
     return np.stack([i[keep], j[keep]], 1).astype(np.uint32)
 
 
