@@ -145,8 +145,9 @@ def test_loop_closure_on_a_walk_that_returns(tmp_path):
         poses.append(look_at(pos, pos + [np.cos(yaw), np.sin(yaw), -0.12]))
     scene = scene_from_images(tmp_path, [render_room(p, K_TRUE, W, H)[0] for p in poses])
     # Few features keep the per-scene vocabulary quick to build.
+    # The frames come from an image folder (kind "images"): force the video pairing.
     cfg = _cfg(loop_closure=True, loop_min_gap=8, loop_candidates=2, sequential_overlap=6,
-               max_num_features=256)
+               max_num_features=256, pairing="sequential")
     cfg.keyframes.min_disparity = 0.05  # the default: ~12 keyframes, the way back ~6-11 keyframes later
     result = run_stages(scene, cfg, "sfm")["sfm"]
     assert result.qc["n_loop_pairs"] > 0

@@ -782,3 +782,31 @@ class SceneLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+# --- h12 (poses): why a keyframe is unregistered, recorded next to its camera in cameras.json --------------
+def write_cameras_with_reasons(scene: Scene, frames: list[CameraFrame], distortion: dict | None,
+                               unregistered: dict[str, dict]) -> None:
+    """``cameras.json`` as :meth:`Scene.write_cameras` writes it, plus, on each unregistered frame named in
+    ``unregistered``, its ``reason`` (str) and ``figures`` (dict) (``{name: {"reason", "figures"}}``)."""
+    doc: dict[str, Any] = {"convention": "opencv", "world": SFM}
+    if distortion is not None:
+        doc["distortion"] = distortion
+    doc["frames"] = []
+    for f in frames:
+        d = f.to_json()
+        if not f.registered and f.name in unregistered:
+            d["reason"] = unregistered[f.name]["reason"]
+            d["figures"] = unregistered[f.name].get("figures", {})
+        doc["frames"].append(d)
+    io.write_json(scene.cameras_json, doc)
+
+
+def unregistered_reasons(scene: Scene) -> dict[str, dict]:
+    """``{name: {"reason", "figures"}}`` of the unregistered keyframes in ``cameras.json`` that carry a reason.
+
+    Raises:
+        StageFailed: no ``cameras.json`` (run ``sfm``).
+    """
+    d = scene._read(CAMERAS_JSON, "sfm")
+    return {f["name"]: {"reason": f["reason"], "figures": f.get("figures", {})}
+            for f in d["frames"] if not f.get("registered", True) and "reason" in f}

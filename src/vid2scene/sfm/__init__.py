@@ -2,21 +2,33 @@
 
 Video-aware recipe:
 
-1. SIFT features on every keyframe, one shared camera (``CameraMode.SINGLE``) whose focal length is
-   estimated (or fixed from ``known_intrinsics``).
-2. Pairing: sequential pairs (each keyframe with the next ``sequential_overlap``, plus quadratic overlap)
-   **and** loop-closure candidates retrieved offline — a bag of visual words over the keyframes' own SIFT
+1. Local features on every keyframe (``features``: COLMAP SIFT, or learned XFeat / DISK from wheels, see
+   :mod:`vid2scene.sfm.features`), cached per keyframe; one shared camera (``CameraMode.SINGLE``) whose focal
+   length is estimated (or fixed from ``known_intrinsics``).
+2. Pairing: for a video, sequential pairs (each keyframe with the next ``sequential_overlap``, plus quadratic
+   overlap) **and** loop-closure candidates retrieved offline — a bag of visual words over the keyframes' own
    descriptors (k-means vocabulary, tf-idf, cosine similarity, Sivic & Zisserman 2003) — for keyframes at
-   least ``loop_min_gap`` apart. No downloaded vocabulary tree is needed.
-3. Mapping: COLMAP incremental mapping (or GLOMAP-style ``global_mapping``), bundle adjustment with focal
-   length and radial distortion refined. The largest model is kept; other models' images are retried by
-   continuing incremental registration from the largest model.
-4. Quality checks: registered share, mean reprojection error (px), mean track length, number of points.
-   Below thresholds the stage raises :class:`StageFailed` instead of writing a poor model as success.
+   least ``loop_min_gap`` apart. Photos (``video.json`` kind ``images``) and short keyframe lists are matched
+   exhaustively (all pairs): they are not a sequence.
+3. Matches are verified by COLMAP's two-view geometry (RANSAC on E / F / H) in the database, then mapped:
+   COLMAP incremental mapping (or GLOMAP-style ``global_mapping``), bundle adjustment with focal length and
+   radial distortion refined. The largest model is kept; other models' images are retried by continuing
+   incremental registration from the largest model.
+4. Loop closures are checked against the model (:func:`vid2scene.sfm.diagnose.check_loops`: epipolar and
+   scale consistency); inconsistent ones are dropped, reported, and the model is mapped again without them.
+5. Optionally (``refine_all_frames``) the usable non-keyframes are registered against the model as extra
+   constraints, points re-triangulated and a final global bundle adjustment run; only keyframes are output.
+6. Keyframes far blurrier than the rest (``exclude_blurred_below``) are left out of mapping. Every
+   unregistered keyframe gets a reason (:mod:`vid2scene.sfm.diagnose`). Quality checks: registered
+   share, mean reprojection error (px), mean track length, number of points. Below thresholds the stage
+   raises :class:`StageFailed` instead of writing a poor model as success.
 
-Writes ``sfm/`` (COLMAP binary model), ``cameras.json`` (DESIGN.md schema, OpenCV axes, SfM frame),
-``sparse_points.ply`` (SfM frame) and ``transforms.json`` (nerfstudio, OpenGL axes; see
-:mod:`vid2scene.export.nerfstudio`).
+``backend: poses`` skips mapping: it imports a trajectory (TUM text or a COLMAP model,
+:mod:`vid2scene.sfm.poses`) and triangulates the matched features with those fixed poses.
+
+Writes ``sfm/`` (COLMAP binary model), ``cameras.json`` (DESIGN.md schema, OpenCV axes, SfM frame; unregistered
+frames carry ``reason`` and ``figures``), ``sparse_points.ply`` (SfM frame) and ``transforms.json`` (nerfstudio,
+OpenGL axes; see :mod:`vid2scene.export.nerfstudio`). The feature cache lives in ``cache/sfm_features/``.
 """
 
 from __future__ import annotations
@@ -27,30 +39,52 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import geometry, progress
-from .errors import StageFailed
-from .scene import CameraFrame, Scene, frame_name
-from .stage import StageResult
+from .. import geometry, progress
+from ..errors import StageFailed
+from ..scene import CameraFrame, Scene, frame_name, write_cameras_with_reasons
+from ..stage import StageResult, known_backend, make_backend
+from . import diagnose
+from .features import BACKENDS as FEATURES
+from .features import DiskFeatures, SiftFeatures, XFeatFeatures, match_into_database, verify_pairs, write_features
+from .poses import PosesOptions
 
 NAME = "sfm"
 OUTPUTS = ["sfm", "cameras.json", "sparse_points.ply", "transforms.json"]
+#: Feature cache folder (relative to the scene); not an output, so a re-run keeps it.
+FEATURE_CACHE = "cache/sfm_features"
 
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    backend: Literal["colmap", "poses"] = Field("colmap", description="colmap: map the keyframes; poses: "
+                                                "import a trajectory and triangulate with it")
+    poses: PosesOptions = PosesOptions()
+    features: str = Field("sift", description="local features: sift | xfeat | disk")
+    sift: SiftFeatures.Options = SiftFeatures.Options()
+    xfeat: XFeatFeatures.Options = XFeatFeatures.Options()
+    disk: DiskFeatures.Options = DiskFeatures.Options()
+    feature_cache: bool = Field(True, description="keep features per keyframe in cache/sfm_features/")
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = "SIMPLE_RADIAL"
     known_intrinsics: list[float] | None = Field(
         None, min_length=4, max_length=4, description="fx, fy, cx, cy in source-image pixels; None = estimate")
     max_num_features: int = Field(2048, ge=256)
     sequential_overlap: int = Field(8, ge=1)
     quadratic_overlap: bool = True
+    pairing: Literal["auto", "sequential", "exhaustive"] = Field(
+        "auto", description="auto: exhaustive for photos (video kind 'images') and short keyframe lists, else "
+        "sequential + loop closures")
+    exhaustive_below: int = Field(30, ge=0, description="match all pairs when there are at most this many "
+                                  "keyframes")
+    exhaustive_max_images: int = Field(200, ge=2, description="photos (video kind 'images'): all pairs up to "
+                                       "this many; beyond, retrieval pairs only")
     loop_closure: bool = True
     loop_candidates: int = Field(5, ge=0, description="retrieved loop-closure partners per keyframe")
     loop_min_gap: int = Field(15, ge=2, description="keyframes apart for a pair to count as a loop candidate")
     loop_min_inliers: int = Field(15, ge=15, description="two-view inliers a loop-closure pair needs")
     loop_min_inlier_ratio: float = Field(0.0, ge=0, lt=1, description="inlier ratio a loop-closure pair needs")
+    loop_check: bool = Field(True, description="check loop closures against the model; drop inconsistent ones")
     verify_max_error_px: float = Field(4.0, gt=0, description="RANSAC epipolar error in two-view verification")
     mapper: Literal["incremental", "global"] = "incremental"
     multi_start_attempts: int = Field(3, ge=0, description="mapping restarts inside other models when the "
@@ -61,12 +95,37 @@ class Config(BaseModel):
     refine_principal_point: Literal["never", "final", "always"] = Field(
         "final", description="estimate cx, cy: never; in one final bundle adjustment of the finished model "
         "(kept only if cx, cy stay within 10% of the image centre); or throughout mapping")
+    refine_all_frames: bool = Field(False, description="register usable non-keyframes as extra constraints, "
+                                    "re-triangulate, final global bundle adjustment")
+    refine_stride: int = Field(1, ge=1, description="every n-th usable non-keyframe is used by refine_all_frames")
+    reason_min_inliers: int = Field(30, ge=1, description="verified inliers below which a frame has few_matches")
+    reason_min_tri_angle_deg: float = Field(1.0, ge=0, description="triangulation angle below which a frame's "
+                                            "pairs are low_parallax")
+    exclude_blurred_below: float = Field(0.1, ge=0, le=1, description="keyframes sharper than this share of "
+                                         "the keyframes' median sharpness only are left out of mapping (reason "
+                                         "blurred): their poses would be guesses")
+    reason_blur_rel: float = Field(0.35, ge=0, le=1, description="sharpness share of the keyframes' median "
+                                   "below which a frame is blurred")
     num_threads: int = Field(-1, description="-1 = all cores")
     seed: int = 0
     min_registered_share: float = Field(0.6, ge=0, le=1)
     max_reprojection_error_px: float = Field(2.0, gt=0)
     min_mean_track_length: float = Field(2.5, ge=2)
     min_points: int = Field(200, ge=0)
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, v: str) -> str:
+        return known_backend(v, FEATURES, "sfm features")
+
+
+def backend_status() -> dict[str, str]:
+    """``{"features=<name>": "installed" | "not installed: …"}`` for ``vid2scene stages`` (the mapping
+    backends colmap and poses need nothing beyond pycolmap)."""
+    from ..stage import backend_status as status
+
+    return {"colmap": "installed", "poses": "installed",
+            **{f"features={k}": v for k, v in status(FEATURES).items()}}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,14 +203,7 @@ def loop_pairs(vectors: np.ndarray, k: int, min_gap: int) -> set[tuple[int, int]
 # ---------------------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------------------
-def _descriptors(db, image_id: int) -> np.ndarray:
-    """SIFT descriptors of one image from a COLMAP database as an ``M×128`` array (M may be 0)."""
-    d = db.read_descriptors(image_id)
-    arr = np.asarray(getattr(d, "data", d))
-    return arr.reshape(-1, 128) if arr.size else np.zeros((0, 128), np.uint8)
-
-
-def _reader_options(config: Config, scale: float):
+def reader_options_for(config: Config, scale: float):
     """COLMAP image-reader options: the camera model, or fixed PINHOLE ``known_intrinsics`` scaled from source
     to working pixels by ``scale``."""
     import pycolmap
@@ -168,9 +220,13 @@ def _reader_options(config: Config, scale: float):
     return ro
 
 
-def _qc(rec, n_keyframes: int) -> dict:
-    """The model's QC figures (registered share, reprojection error px, track length, points)."""
-    n_reg = rec.num_reg_images()
+def _qc(rec, n_keyframes: int, names: list[str] | None = None) -> dict:
+    """The model's QC figures (registered keyframes and share, reprojection error px, track length, points)."""
+    if names is None:
+        n_reg = rec.num_reg_images()
+    else:
+        wanted = set(names)
+        n_reg = sum(1 for im in rec.images.values() if im.has_pose and im.name in wanted)
     return {"n_keyframes": n_keyframes, "n_registered": n_reg,
             "registered_share": round(n_reg / max(n_keyframes, 1), 4),
             "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4),
@@ -182,9 +238,12 @@ def run(scene: Scene, config: Config) -> StageResult:
     """Reconstruct the keyframes; write the model, ``cameras.json``, ``sparse_points.ply``, ``transforms.json``.
 
     Raises:
-        StageFailed: ``keyframes`` has not completed; no model; or the kept model fails the QC thresholds
-            (registered share, reprojection error, track length, points) — the reason names the figure and
-            the threshold. Nothing is written then (the work folder is removed).
+        StageFailed: ``keyframes`` has not completed; no model; the poses backend's trajectory cannot be read
+            or covers too few keyframes; or the kept model fails the QC thresholds (registered share,
+            reprojection error, track length, points) — the reason names the figure and the threshold.
+            Nothing is written then (the work folder is removed).
+        BackendNotInstalled: the chosen ``features`` backend's wheel is missing (the reason says how to
+            install it).
     """
     import pycolmap
 
@@ -203,46 +262,167 @@ def _run(scene: Scene, config: Config) -> StageResult:
     names = [frame_name(k["source_frame"]) for k in keyframes]
     for stale in scene.root.glob(".sfm_work.*"):  # left by a run that was killed mid-stage
         shutil.rmtree(stale, ignore_errors=True)
-    scale = float(scene.video_info().get("scale_working_from_source", 1.0))
+    video = scene.video_info()
+    scale = float(video.get("scale_working_from_source", 1.0))
     config = _intrinsics_after_crop(config, kf["crop"], scale)
+    cache_dir = scene.root / FEATURE_CACHE if config.feature_cache else None
     work = Path(tempfile.mkdtemp(prefix=".sfm_work.", dir=scene.root))
+    warnings: list[str] = []
     try:
-        rec, n_models, (seq, loops) = reconstruct(work, scene.frames_dir, names, config, scale,
-                                                  max(kf["width"], kf["height"]))
-        qc = _qc(rec, len(names))
-        qc.update({"n_models": n_models, "n_pairs": len(seq | loops), "n_loop_pairs": len(loops),
-                   "mapper": config.mapper, "camera": _camera_qc(rec)})
+        size = (int(kf["width"]), int(kf["height"]))
+        sharp = keyframe_sharpness(scene, names)
+        med = float(np.median(list(sharp.values()))) if sharp else 0.0
+        excluded = {nm for nm, v in sharp.items() if med > 0 and v < config.exclude_blurred_below * med}
+        mapped = [nm for nm in names if nm not in excluded]
+        if config.backend == "poses":
+            from . import poses
+
+            rec, info = poses.triangulate_with_poses(work, scene, [k for k, nm in zip(keyframes, names)
+                                                                   if nm not in excluded], mapped, config, scale,
+                                                     size, cache_dir)
+        else:
+            rec, info = reconstruct(work, scene.frames_dir, mapped, config, scale, max(size), size,
+                                    kind=video.get("kind", "video"), cache_dir=cache_dir)
+            if config.refine_all_frames:
+                from . import refine
+
+                rec, rinfo = refine.all_frames(work, scene, rec, names, config, scale, size, cache_dir)
+                info["refine"] = rinfo
+                warnings += rinfo.pop("warnings", [])
+        qc = _qc(rec, len(names), names)
+        qc.update({"n_models": info.get("n_models", 1), "n_pairs": info.get("n_pairs", 0),
+                   "n_loop_pairs": info.get("n_loop_pairs", 0), "pairing": info.get("pairing"),
+                   "features": config.features, "feature_cache": info.get("feature_stats"),
+                   "mapper": config.mapper if config.backend == "colmap" else "poses", "camera": _camera_qc(rec)})
+        if info.get("loops_dropped"):
+            qc["loops_dropped"] = info["loops_dropped"]
+            warnings.append(f"dropped {len(info['loops_dropped'])} loop closure(s) inconsistent with the model "
+                            "(repeated structure?)" + ("; mapped again without them" if info.get("remapped") else
+                                                       "; the model had not used them"))
+        if "refine" in info:
+            qc["refine"] = info["refine"]
         check_qc(qc, config)
-        _write_outputs(scene, rec, keyframes, names)
+        registered = {im.name for im in rec.images.values() if im.has_pose}
+        reasons = keyframe_reasons(scene, work / "database.db", names, registered, info.get("other_model", set()),
+                                   config, sharp)
+        for nm in excluded:
+            reasons[nm]["figures"]["excluded_from_mapping"] = True
+        if reasons:
+            counts: dict[str, int] = {}
+            for r in reasons.values():
+                counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+            qc["unregistered_reasons"] = counts
+        _write_outputs(scene, rec, keyframes, names, reasons)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return StageResult(qc=qc, summary=f"{qc['n_registered']}/{len(names)} keyframes registered in one model "
-                       f"({n_models} model(s) before merging), {qc['n_points']} points, reprojection "
+    return StageResult(qc=qc, warnings=warnings,
+                       summary=f"{qc['n_registered']}/{len(names)} keyframes registered in one model "
+                       f"({qc['n_models']} model(s) before merging), {qc['n_points']} points, reprojection "
                        f"{qc['mean_reprojection_error_px']:.2f} px, track length {qc['mean_track_length']:.1f}")
 
 
+def keyframe_sharpness(scene: Scene, names: list[str]) -> dict[str, float]:
+    """Variance of the Laplacian of each keyframe image (:func:`vid2scene.sfm.diagnose.sharpness`)."""
+    import cv2
+
+    sharp = {}
+    for nm in names:
+        img = cv2.imread(str(scene.frames_dir / nm), cv2.IMREAD_GRAYSCALE)
+        if img is not None:
+            sharp[nm] = diagnose.sharpness(img)
+    return sharp
+
+
+def keyframe_reasons(scene: Scene, db_path: Path, names: list[str], registered: set[str], other_model: set[str],
+                     config: Config, sharp: dict[str, float]) -> dict[str, dict]:
+    """:func:`vid2scene.sfm.diagnose.unregistered_reasons` for the keyframes, with their sharpness ``sharp``
+    and the ``quality`` stage's blurry verdicts."""
+    if all(nm in registered for nm in names):
+        return {}
+    blurry = set()
+    try:
+        blurry = {frame_name(f["source_frame"]) for f in scene.quality().get("frames", [])
+                  if f.get("reason") == "blurry"}
+    except (StageFailed, OSError, ValueError):
+        pass
+    pairs = diagnose.pair_figures(db_path, names) if db_path.is_file() else {}
+    return diagnose.unregistered_reasons(names, registered, other_model, pairs, sharp, blurry,
+                                         blur_rel=config.reason_blur_rel, min_inliers=config.reason_min_inliers,
+                                         min_tri_angle_deg=config.reason_min_tri_angle_deg)
+
+
+def feature_backend(config: Config):
+    """The ``features`` backend built from its options section.
+
+    Raises:
+        BackendNotInstalled: its wheel is missing (the reason says how to install it).
+    """
+    return make_backend(NAME, FEATURES, config, name=config.features)
+
+
 def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, scale: float,
-                max_image_size: int):
+                max_image_size: int, size: tuple[int, int] | None = None, *, kind: str = "video",
+                cache_dir: Path | None = None):
     """Features, pairs, matching and mapping of the images ``names`` in ``image_dir``, with scratch files in
-    ``work``. Returns (the kept ``pycolmap.Reconstruction``, the number of models the mapper made,
-    (sequential pairs, loop pairs)).
+    ``work`` (the database is ``work/database.db``). ``size``: (width, height) px of the images.
+
+    Returns (the kept ``pycolmap.Reconstruction``, info dict: ``n_models``, ``n_pairs``, ``n_loop_pairs``,
+    ``pairing`` ("sequential" | "exhaustive" | "retrieval"), ``feature_stats``, ``other_model`` (names placed
+    only in models not kept), ``loops_checked``, ``loops_dropped``).
 
     Raises:
         StageFailed: the mapper made no model with a registered image.
+        BackendNotInstalled: the features backend is missing.
     """
-    db_path = extract_features(work, image_dir, names, config, scale, max_image_size)
-    seq, loops = image_pairs(db_path, names, config)
-    match_pairs(db_path, work, names, {"sequential": (seq, 15, 0.0),
-                                       "loop": (loops, config.loop_min_inliers, config.loop_min_inlier_ratio)},
-                config)
+    backend = feature_backend(config)
+    db_path, feats, fstats = prepare_database(work, image_dir, names, config, scale, max_image_size, backend,
+                                              cache_dir)
+    seq, loops, pairing = image_pairs(names, [feats[nm].descriptors for nm in names], config, kind)
+    size = size or (max_image_size, max_image_size)
+    groups = {"sequential": (seq, 15, 0.0), "loop": (loops, config.loop_min_inliers, config.loop_min_inlier_ratio)}
+    match_pairs(db_path, work, names, groups, config, backend=backend, feats=feats, size=size)
+    info = {"n_pairs": len(seq | loops), "n_loop_pairs": len(loops), "pairing": pairing, "feature_stats": fstats}
     models_dir = work / "models"
     models_dir.mkdir()
     with progress.bar(f"sfm: {config.mapper} mapping", total=None):
-        rec, n_models = _map(db_path, image_dir, models_dir, config, names)
+        rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names)
+    if rec is not None and config.loop_check and loops:
+        checked = diagnose.check_loops(rec, db_path, [(names[i], names[j]) for i, j in sorted(loops)])
+        bad = [c for c in checked if not c["ok"]]
+        info["loops_checked"] = len(checked)
+        if bad:
+            info["loops_dropped"] = bad
+            diagnose.drop_pairs(db_path, [tuple(c["pair"]) for c in bad])
+            info["remapped"] = any(c["used_by_model"] for c in bad)
+            if info["remapped"]:  # the model was built on a false loop: map again without it
+                shutil.rmtree(models_dir)
+                models_dir.mkdir()
+                with progress.bar(f"sfm: {config.mapper} mapping without {len(bad)} false loop(s)", total=None):
+                    rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names)
     if rec is None or rec.num_reg_images() == 0:
         raise StageFailed(NAME, f"no model: COLMAP could not initialise from {len(names)} keyframes "
                                 "(too little texture or parallax)")
-    return rec, n_models, (seq, loops)
+    info.update({"n_models": n_models, "other_model": other})
+    return rec, info
+
+
+def prepare_database(work: Path, image_dir: Path, names: list[str], config: Config, scale: float,
+                     max_image_size: int, backend=None, cache_dir: Path | None = None):
+    """A new COLMAP database ``work/database.db`` with one shared camera and the features of ``names``.
+
+    Returns (database path, ``{name: Features}``, ``{"n_cached", "n_extracted"}``).
+    """
+    backend = backend or feature_backend(config)
+    db_path = work / "database.db"
+    key = None
+    if cache_dir is not None:
+        from .features import cache_key
+
+        opts = {"max_num_features": config.max_num_features} if backend.name == "sift" else {}
+        key = cache_dir / cache_key(backend, {"max_image_size": max_image_size, **opts})
+    feats, stats = write_features(db_path, image_dir, names, backend, reader_options_for(config, scale), config,
+                                  max_image_size, key)
+    return db_path, feats, stats
 
 
 def _intrinsics_after_crop(config: Config, crop: dict, scale: float) -> Config:
@@ -254,53 +434,60 @@ def _intrinsics_after_crop(config: Config, crop: dict, scale: float) -> Config:
                                                           cy - crop["top"] / scale]})
 
 
-def extract_features(work: Path, image_dir: Path, names: list[str], config: Config, scale: float,
-                     max_image_size: int) -> Path:
-    """SIFT features of the keyframes into a new COLMAP database ``work/database.db`` (one shared camera);
-    returns its path."""
-    import pycolmap
+def image_pairs(names: list[str], descriptors: list[np.ndarray], config: Config,
+                kind: str = "video") -> tuple[set, set, str]:
+    """(pairs, loop-closure pairs not among them, pairing mode) of keyframe indices ``i < j``.
 
-    db_path = work / "database.db"
-    ext = pycolmap.FeatureExtractionOptions()
-    ext.num_threads = config.num_threads
-    ext.sift.max_num_features = config.max_num_features
-    ext.max_image_size = max_image_size
-    with progress.bar("sfm: SIFT features", total=None):
-        pycolmap.extract_features(db_path, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-                                  reader_options=_reader_options(config, scale), extraction_options=ext,
-                                  device=pycolmap.Device.cpu)
-    return db_path
+    * ``exhaustive`` — every pair, when ``kind == "images"`` (photos are not a sequence) and there are at most
+      ``exhaustive_max_images``, or when there are at most ``exhaustive_below`` keyframes;
+    * ``retrieval`` — photos beyond that: each image with its ``sequential_overlap + loop_candidates`` most
+      similar images by :func:`bow_vectors` on ``descriptors`` (per image ``M_i×D``);
+    ``pairing`` ``sequential`` / ``exhaustive`` forces a mode.
 
-
-def image_pairs(db_path: Path, names: list[str], config: Config) -> tuple[set, set]:
-    """(sequential pairs, loop-closure pairs not among them) of keyframe indices; loop pairs are retrieved
-    with :func:`bow_vectors` on the database's descriptors when ``loop_closure`` is on."""
-    import pycolmap
-
+    * ``sequential`` — :func:`sequential_pairs`, plus loop pairs retrieved with :func:`bow_vectors` when
+      ``loop_closure`` is on.
+    """
     n = len(names)
+    if config.pairing == "sequential":
+        kind = "video"
+    exhaustive = (kind == "images" and n <= config.exhaustive_max_images) or n <= config.exhaustive_below
+    if config.pairing == "exhaustive" or (config.pairing == "auto" and exhaustive):
+        return {(i, j) for i in range(n) for j in range(i + 1, n)}, set(), "exhaustive"
+    if kind == "images":
+        k = config.sequential_overlap + config.loop_candidates
+        return loop_pairs(bow_vectors(descriptors, seed=config.seed), k, 1), set(), "retrieval"
     seq = sequential_pairs(n, config.sequential_overlap, config.quadratic_overlap)
     if not (config.loop_closure and config.loop_candidates > 0 and n > config.loop_min_gap):
-        return seq, set()
-    db = pycolmap.Database.open(str(db_path))
-    try:
-        by_name = {im.name: im.image_id for im in db.read_all_images()}
-        descs = [_descriptors(db, by_name[nm]) for nm in names]
-    finally:
-        db.close()
-    return seq, loop_pairs(bow_vectors(descs, seed=config.seed), config.loop_candidates, config.loop_min_gap) - seq
+        return seq, set(), "sequential"
+    loops = loop_pairs(bow_vectors(descriptors, seed=config.seed), config.loop_candidates, config.loop_min_gap)
+    return seq, loops - seq, "sequential"
+
+
+def verification_options(config: Config, min_inliers: int, min_ratio: float):
+    import pycolmap
+
+    vo = pycolmap.TwoViewGeometryOptions()
+    vo.min_num_inliers = min_inliers
+    vo.min_inlier_ratio = min_ratio
+    vo.ransac.max_error = config.verify_max_error_px
+    vo.ransac.random_seed = config.seed
+    return vo
 
 
 def match_pairs(db_path: Path, work: Path, names: list[str], groups: dict[str, tuple[set, int, float]],
-                config: Config) -> None:
+                config: Config, backend=None, feats: dict | None = None, size: tuple[int, int] = (0, 0)) -> None:
     """Match and verify each group of pairs, ``{label: (pairs, min_inliers, min_inlier_ratio)}``, into the
-    database.
+    database: SIFT with COLMAP's matcher, learned features with their backend's matcher (raw matches
+    written, then COLMAP's two-view verification).
 
     Loop candidates can be verified more strictly than sequential pairs (repeated structure indoors can
     verify a false loop); on hololens_office, 60 inliers / 0.3 ratio rejected the true revisits too and
-    registration fell from 99% to 51%, so the defaults are COLMAP's ordinary verification for both.
+    registration fell from 99% to 51%, so the defaults are COLMAP's ordinary verification for both and false
+    loops are caught afterwards against the model (:func:`vid2scene.sfm.diagnose.check_loops`).
     """
     import pycolmap
 
+    learned = backend is not None and getattr(backend, "learned", False)
     mo = pycolmap.FeatureMatchingOptions()
     mo.num_threads = config.num_threads
     for label, (pairs_set, min_inl, min_ratio) in groups.items():
@@ -308,13 +495,15 @@ def match_pairs(db_path: Path, work: Path, names: list[str], groups: dict[str, t
             continue
         pairs_txt = work / f"pairs_{label}.txt"
         pairs_txt.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in sorted(pairs_set)))
+        vo = verification_options(config, min_inl, min_ratio)
+        if learned:
+            sizes = {nm: size for nm in names}
+            match_into_database(db_path, names, pairs_set, backend, feats, sizes, label)
+            with progress.bar(f"sfm: verifying {len(pairs_set)} {label} pairs", total=None):
+                verify_pairs(db_path, pairs_txt, vo)
+            continue
         po = pycolmap.ImportedPairingOptions()
         po.match_list_path = pairs_txt
-        vo = pycolmap.TwoViewGeometryOptions()
-        vo.min_num_inliers = min_inl
-        vo.min_inlier_ratio = min_ratio
-        vo.ransac.max_error = config.verify_max_error_px
-        vo.ransac.random_seed = config.seed
         with progress.bar(f"sfm: matching {len(pairs_set)} {label} pairs", total=None):
             pycolmap.match_image_pairs(db_path, matching_options=mo, pairing_options=po,
                                        verification_options=vo, device=pycolmap.Device.cpu)
@@ -326,8 +515,9 @@ def _camera_qc(rec) -> dict:
             "width": cam.width, "height": cam.height}
 
 
-def _map(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: list[str]):
-    """Run the mapper; return (largest reconstruction after trying to register the rest, number of models)."""
+def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: list[str]):
+    """Run the mapper; return (largest reconstruction after trying to register the rest, number of models,
+    names of images placed only in models other than the one kept)."""
     import pycolmap
 
     if config.mapper == "global":
@@ -348,9 +538,10 @@ def _map(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: l
         opts.image_names = names
         models = pycolmap.incremental_mapping(db_path, image_dir, out_dir, opts)
     if not models:
-        return None, 0
+        return None, 0, set()
     best = max(models.values(), key=lambda r: r.num_reg_images())
     n_models = len(models)
+    placed = {im.name for m in models.values() for im in m.images.values() if im.has_pose}
     if config.mapper == "incremental":
         best = _multi_start(db_path, image_dir, out_dir, opts, models, best, len(names), config)
     if config.mapper == "incremental" and best.num_reg_images() < len(names):
@@ -358,7 +549,8 @@ def _map(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: l
     if config.refine_principal_point == "final" and not config.known_intrinsics:
         best = refine_principal_point(best)
     best.extract_colors_for_all_images(str(image_dir))
-    return best, n_models
+    kept = {im.name for im in best.images.values() if im.has_pose}
+    return best, n_models, placed - kept
 
 
 def refine_principal_point(rec, max_offset: float = 0.1):
@@ -487,7 +679,8 @@ def camera_frames(rec, keyframes: list[dict], names: list[str]) -> list[CameraFr
     return out
 
 
-def _write_outputs(scene: Scene, rec, keyframes: list[dict], names: list[str]) -> None:
+def _write_outputs(scene: Scene, rec, keyframes: list[dict], names: list[str],
+                   reasons: dict[str, dict] | None = None) -> None:
     """``sfm/`` (binary model, swapped in whole), ``cameras.json``, ``sparse_points.ply`` and
     ``transforms.json``, all in the SfM frame."""
     frames = camera_frames(rec, keyframes, names)
@@ -500,7 +693,7 @@ def _write_outputs(scene: Scene, rec, keyframes: list[dict], names: list[str]) -
         shutil.rmtree(scene.sfm_dir)
     tmp.rename(scene.sfm_dir)
     distortion = {"model": cam.model.name, "params": [float(p) for p in cam.params]}
-    scene.write_cameras(frames, distortion)
+    write_cameras_with_reasons(scene, frames, distortion, reasons or {})
     pts = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
     cols = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
     scene.write_sparse_points(pts, cols)
