@@ -256,7 +256,7 @@ def _assert_failed_cleanly(scene, err):
 
 def test_textureless_keyframes_fail_with_a_reason(tmp_path):
     scene = scene_from_images(tmp_path, _textureless())
-    cfg = fast_config(keyframes={"min_keyframes": 4}, sfm={"loop_closure": False})
+    cfg = fast_config(keyframes={"min_keyframes": 4}, quality={"indoor": {"enabled": False}}, sfm={"loop_closure": False})
     run_stages(scene, cfg, "keyframes")
     assert len(scene.keyframes()["keyframes"]) >= 4  # the frames get through to sfm
     with pytest.raises(StageFailed) as ei:
@@ -268,7 +268,8 @@ def test_textureless_keyframes_fail_with_a_reason(tmp_path):
 
 def test_textureless_keyframes_fail_with_a_reason_with_loop_closure(tmp_path):
     scene = scene_from_images(tmp_path, _textureless())
-    cfg = fast_config(keyframes={"min_keyframes": 4}, sfm={"loop_closure": True, "max_num_features": 512})
+    cfg = fast_config(keyframes={"min_keyframes": 4}, quality={"indoor": {"enabled": False}},
+                      sfm={"loop_closure": True, "max_num_features": 512})
     run_stages(scene, cfg, "keyframes")
     with pytest.raises(StageFailed) as ei:
         run_stages(scene, cfg, "sfm", start="sfm")

@@ -409,7 +409,7 @@ def post_json(url: str, body: dict, *, api_key: str | None = None, timeout_s: fl
     raise StageFailed(stage, f"{what}: cannot get an answer from {url}: {last} (after {retries + 1} tries)")
 
 
-# ---- h11: image writes that report the operating system's reason -------------------------------------------
+# ---- image writes that report the operating system's reason ------------------------------------------------
 def write_image_rgb_checked(path: str | os.PathLike, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
     """Atomically write an ``H×W×3`` uint8 RGB image (.jpg or .png by suffix), encoding in memory
     (``cv2.imencode``) and writing with Python's file I/O, so that a failed write (full disk, no permission)

@@ -783,7 +783,7 @@ class SceneLock:
     def __exit__(self, *exc) -> None:
         self.release()
 
-# --- h12 (poses): why a keyframe is unregistered, recorded next to its camera in cameras.json --------------
+# --- why a keyframe is unregistered, recorded next to its camera in cameras.json ----------------------------
 def write_cameras_with_reasons(scene: Scene, frames: list[CameraFrame], distortion: dict | None,
                                unregistered: dict[str, dict]) -> None:
     """``cameras.json`` as :meth:`Scene.write_cameras` writes it, plus, on each unregistered frame named in
