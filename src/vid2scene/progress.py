@@ -58,3 +58,37 @@ def track(items: Iterable[T], description: str, total: float | None = None) -> I
         for item in items:
             yield item
             b.advance()
+
+
+GLOG_INFO_LINE = __import__("re").compile(rb"^I\d{8} [\d:.]+ +\d+ [\w.]+:\d+\] ")
+
+
+@contextlib.contextmanager
+def quiet_native_info_logs() -> Iterator[None]:
+    """Drop native glog INFO lines (``I20261201 12:00:25.1 123 file.cc:46] ...``) written to the process's
+    stderr file descriptor inside the block; everything else written there (warnings, errors, Python output) is
+    passed on unchanged when the block ends. For native calls that log at INFO level whatever
+    ``pycolmap.logging.minloglevel`` says (pycolmap's ``bundle_adjustment`` heading and timer lines)."""
+    import os
+    import sys
+    import tempfile
+
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr is not a real file (captured): nothing to filter
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().splitlines(keepends=True) if not GLOG_INFO_LINE.match(line)]
+            if kept:
+                os.write(fd, b"".join(kept))

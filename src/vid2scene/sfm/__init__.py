@@ -568,7 +568,8 @@ def refine_principal_point(rec, max_offset: float = 0.1):
     opts = pycolmap.BundleAdjustmentOptions()
     opts.refine_principal_point = True
     opts.print_summary = False
-    pycolmap.bundle_adjustment(refined, opts)
+    with progress.quiet_native_info_logs():
+        pycolmap.bundle_adjustment(refined, opts)
     for cam in refined.cameras.values():
         cx, cy = cam.principal_point_x, cam.principal_point_y
         if abs(cx - cam.width / 2) > max_offset * cam.width or abs(cy - cam.height / 2) > max_offset * cam.height:

@@ -156,7 +156,8 @@ def all_frames(work: Path, scene: Scene, rec, names: list[str], config, scale: f
     if config.known_intrinsics:
         ba.refine_focal_length = ba.refine_extra_params = False
     with progress.bar("sfm: final global bundle adjustment", total=None):
-        pycolmap.bundle_adjustment(full, ba)
+        with progress.quiet_native_info_logs():
+            pycolmap.bundle_adjustment(full, ba)
     extra_set = set(extra_names)
     n_extra_reg = sum(1 for im in full.images.values() if im.has_pose and im.name in extra_set)
     for im in list(full.images.values()):
