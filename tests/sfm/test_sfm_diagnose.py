@@ -108,7 +108,7 @@ def test_an_injected_false_loop_is_detected_dropped_and_reported(tmp_path, monke
     n = 30
     poses = walk_trajectory(n)
     scene = scene_from_images(tmp_path, [render_room(p, K_TRUE, W, H)[0] for p in poses])
-    cfg = fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 8},
+    cfg = fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 8, "image_folder": "disparity"},
                       sfm={"loop_closure": False, "pairing": "sequential", "sequential_overlap": 4})
     run_stages(scene, cfg, "keyframes")
     names = [frame_name(k["source_frame"]) for k in scene.keyframes()["keyframes"]]

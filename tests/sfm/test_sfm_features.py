@@ -38,7 +38,7 @@ def walk(tmp_path_factory):
 
 def _cfg(features: str, **sfm):
     # few keypoints and pairs: DISK + LightGlue costs about a second per image and per pair on a laptop CPU
-    return fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 8},
+    return fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 8, "image_folder": "disparity"},
                        sfm={"loop_closure": False, "features": features, "pairing": "sequential",
                             "sequential_overlap": 3, "quadratic_overlap": False,
                             "xfeat": {"max_keypoints": 1024}, "disk": {"max_keypoints": 1024}, **sfm})

@@ -48,7 +48,7 @@ def test_poses_backend_triangulates_with_a_tum_trajectory(tmp_path):
     scene = scene_from_images(tmp_path, [render_room(p, K_TRUE, W, H)[0] for p in poses])
     tum = tmp_path / "trajectory.txt"
     write_tum(tum, [i / 10.0 for i in range(n)], poses)  # image folders get 10 fps timestamps
-    cfg = fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 8},
+    cfg = fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 8, "image_folder": "disparity"},
                       sfm={"backend": "poses", "poses": {"path": str(tum)}, "loop_closure": False,
                            "known_intrinsics": [K_TRUE[0, 0], K_TRUE[1, 1], K_TRUE[0, 2], K_TRUE[1, 2]]})
     result = run_stages(scene, cfg, "sfm")["sfm"]
@@ -70,7 +70,7 @@ def test_poses_backend_needs_a_trajectory_and_intrinsics(tmp_path):
     scene = scene_from_images(tmp_path, [render_room(p, K_TRUE, W, H)[0] for p in poses])
     tum = tmp_path / "trajectory.txt"
     write_tum(tum, [i / 10.0 for i in range(24)], poses)
-    cfg = fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 6},
+    cfg = fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 6, "image_folder": "disparity"},
                       sfm={"backend": "poses", "poses": {"path": str(tum)}, "loop_closure": False})
     run_stages(scene, cfg, "keyframes")
     with pytest.raises(StageFailed, match="known_intrinsics"):

@@ -26,7 +26,7 @@ def test_all_frame_refinement_keeps_keyframes_as_the_output(tmp_path):
     n = 30
     poses = walk_trajectory(n)
     scene = scene_from_images(tmp_path, [render_room(p, K_TRUE, W, H)[0] for p in poses])
-    cfg = fast_config(keyframes={"min_disparity": 0.03, "min_keyframes": 8},
+    cfg = fast_config(keyframes={"min_disparity": 0.03, "min_keyframes": 8, "image_folder": "disparity"},
                       sfm={"loop_closure": False, "pairing": "sequential", "sequential_overlap": 4,
                            "refine_all_frames": True, "refine_stride": 2})
     result = run_stages(scene, cfg, "sfm")["sfm"]
