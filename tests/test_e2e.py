@@ -155,7 +155,7 @@ def test_second_run_skips_every_stage(e2e_scene):
     out, p = e2e_scene
     assert p.returncode == 0, tail(p.stderr)
     before = files_of(out)
-    p2 = vid2scene("run", CLIP, "-o", out, "-q", timeout=300)
+    p2 = vid2scene("run", CLIP, "-o", out, "-q", timeout=1200)
     assert p2.returncode == 0, tail(p2.stderr)
     for s in STAGES:
         assert f"{s}: skipped" in p2.stderr, f"{s} was not skipped:\n{tail(p2.stderr)}"
