@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.room import fast_config, intrinsics, render_room, run_stages, scene_from_images, walk_trajectory
+from tests.fixtures.tiny_hf import tiny_clip_tokenizer
 from vid2scene.errors import BackendNotInstalled, RejectedInput
 from vid2scene.quality import indoor
 
@@ -123,26 +124,16 @@ def tiny_clip(tmp_path_factory) -> Path:
     saved as a local model folder."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("torch")
-    import json
 
     folder = tmp_path_factory.mktemp("tiny_clip")
-    chars = list("abcdefghijklmnopqrstuvwxyz,.'")
-    vocab = {}
-    for c in chars:
-        vocab[c] = len(vocab)
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tok = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tok = tiny_clip_tokenizer(folder)
+    bos, eos = tok.convert_tokens_to_ids("<|startoftext|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     image_proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     transformers.CLIPProcessor(image_processor=image_proc, tokenizer=tok).save_pretrained(folder)
     cfg = transformers.CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": vocab["<|startoftext|>"],
-                     "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<|endoftext|>"]},
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": bos,
+                     "eos_token_id": eos, "pad_token_id": eos},
         vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
                        "image_size": 32, "patch_size": 8},
         projection_dim=16)
