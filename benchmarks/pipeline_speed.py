@@ -231,12 +231,12 @@ def fidelity(scene_dir: Path, data: Path, gt: np.ndarray, dense: bool = True) ->
     return out
 
 
-def baseline(video: Path, gt: np.ndarray, workdir: Path) -> dict:
+def baseline(video: Path, gt: np.ndarray, K: np.ndarray, workdir: Path) -> dict:
     sys.path.insert(0, str(HERE))
     import sfm_hololens
 
     workdir.mkdir(parents=True)
-    return sfm_hololens.run_baseline(video, gt, workdir, None)
+    return sfm_hololens.run_baseline(video, gt, K, workdir)
 
 
 def summary_table(rows: list[dict], base_s: float | None) -> str:
@@ -273,7 +273,7 @@ def main() -> None:
     import sfm_hololens
 
     holo = a.data / "hololens_office.mp4"
-    gt = sfm_hololens.load_gt(a.data)
+    gt, K = sfm_hololens.load_gt(a.data)
     with tempfile.TemporaryDirectory(prefix="v2s_speed_") as tmp:
         work = a.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -287,8 +287,8 @@ def main() -> None:
             videos["long"] = make_long_clip(holo, work / "hololens_fwd_bwd_60s.mp4")
         base_s = None
         if not a.skip_baseline:
-            b = baseline(holo, gt, work / "pycolmap_baseline")
-            base_s = b.get("wall_s")
+            b = baseline(holo, gt, K, work / "pycolmap_baseline")
+            base_s = b.get("run_s")
             emit({"figure": "baseline", **b})
         rows = []
         for inp in a.inputs:
