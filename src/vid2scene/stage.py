@@ -117,7 +117,7 @@ def make_backend(stage: str, backends: dict[str, type], config: BaseModel, name:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Hugging Face weights for learned backends (detect "owlv2", instances masker "sam")
+# Hugging Face weights for learned backends (detect "owlv2", instances masker "sam", quality.indoor "clip")
 # ---------------------------------------------------------------------------------------------------------
 def hf_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` asks for local files only."""

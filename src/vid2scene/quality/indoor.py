@@ -31,7 +31,6 @@ are not used: ``detect`` runs after ``keyframes``.
 from __future__ import annotations
 
 import math
-import os
 from typing import ClassVar
 
 import numpy as np
@@ -39,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import stage
 from ..errors import BackendNotInstalled, InputError
-from ..stage import Options
+from ..stage import Options, hf_offline
 
 VERDICTS = ("indoor", "outdoor", "not_walkthrough", "unknown")
 
@@ -183,7 +182,7 @@ class ClipBackend:
             raise BackendNotInstalled(f"indoor backend 'clip' {why}")
         from transformers import CLIPModel, CLIPProcessor
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        offline = hf_offline()
         try:
             self.model = CLIPModel.from_pretrained(o.model, local_files_only=offline).to(o.device).eval()
             self.processor = CLIPProcessor.from_pretrained(o.model, local_files_only=offline)
