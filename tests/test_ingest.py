@@ -16,18 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-from vid2scene import ingest, progress
+from vid2scene import ingest
 from vid2scene.errors import InputError
 from vid2scene.scene import Scene
 
 av = pytest.importorskip("av")
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    progress.set_enabled(False)
-    yield
-    progress.set_enabled(True)
 
 
 # ---- clip makers ----------------------------------------------------------------------------------------------

@@ -27,13 +27,6 @@ from vid2scene.scene import LOCK, Scene, SceneLock, config_hash
 av = pytest.importorskip("av")
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    progress.set_enabled(False)
-    yield
-    progress.set_enabled(True)
-
-
 def cli(*args):
     from typer.testing import CliRunner
 
