@@ -165,3 +165,24 @@ def torch_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pretrained(processor_cls: type, model_cls: type, model: str, device: str, what: str, hint: str):
+    """``(processor, model, device)`` of a ``transformers`` checkpoint (a local folder or a Hugging Face id;
+    local files only under :func:`hf_offline`), the model moved to :func:`torch_device` ``(device)`` in eval
+    mode.
+
+    Raises:
+        BackendNotInstalled: the checkpoint cannot be loaded; the message is ``"<what>: cannot load <model>
+            (<reason>); <hint>"``.
+    """
+    from .errors import BackendNotInstalled
+
+    try:
+        processor = processor_cls.from_pretrained(model, local_files_only=hf_offline())
+        net = model_cls.from_pretrained(model, local_files_only=hf_offline())
+    except OSError as e:
+        raise BackendNotInstalled(f"{what}: cannot load {model!r} ({e}); {hint}") from e
+    device = torch_device(device)
+    net.to(device).eval()
+    return processor, net, device

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from .. import stage
-from ..stage import cached, hf_offline, torch_device, weights_available
+from ..stage import cached, load_pretrained, weights_available
 from ..errors import BackendNotInstalled
 from .coco import COCO_ID
 
@@ -79,14 +79,9 @@ class OWLv2Backend:
         import torch
         from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
-        try:
-            self.processor = Owlv2Processor.from_pretrained(self.options.model, local_files_only=hf_offline())
-            self.model = Owlv2ForObjectDetection.from_pretrained(self.options.model, local_files_only=hf_offline())
-        except OSError as e:
-            raise BackendNotInstalled(f"detect backend 'owlv2': cannot load {self.options.model!r} ({e}); "
-                                      + self.HINT.split("; ", 1)[1]) from e
-        self.device = torch_device(self.options.device)
-        self.model.to(self.device).eval()
+        self.processor, self.model, self.device = load_pretrained(
+            Owlv2Processor, Owlv2ForObjectDetection, self.options.model, self.options.device,
+            "detect backend 'owlv2'", self.HINT.split("; ", 1)[1])
         self.vocabulary = list(self.options.vocabulary)
         self.ids = np.array([label_id(t, k) for k, t in enumerate(self.vocabulary)], np.int64)
         self.label_names = {int(i): t for i, t in zip(self.ids, self.vocabulary) if i >= EXTRA_ID_BASE}

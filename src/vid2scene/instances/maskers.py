@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from .. import stage
-from ..stage import cached, hf_offline, torch_device, weights_available
+from ..stage import cached, load_pretrained, weights_available
 from ..errors import BackendNotInstalled
 
 DEFAULT_SAM = "facebook/sam-vit-base"
@@ -66,14 +66,9 @@ class SamMasker:
         import torch
         from transformers import SamModel, SamProcessor
 
-        try:
-            self.processor = SamProcessor.from_pretrained(self.options.model, local_files_only=hf_offline())
-            self.model = SamModel.from_pretrained(self.options.model, local_files_only=hf_offline())
-        except OSError as e:
-            raise BackendNotInstalled(f"instances masker 'sam': cannot load {self.options.model!r} ({e}); "
-                                      + self.HINT.split("; ", 1)[1]) from e
-        self.device = torch_device(self.options.device)
-        self.model.to(self.device).eval()
+        self.processor, self.model, self.device = load_pretrained(
+            SamProcessor, SamModel, self.options.model, self.options.device, "instances masker 'sam'",
+            self.HINT.split("; ", 1)[1])
         self._torch = torch
 
     @classmethod
