@@ -96,7 +96,7 @@ def run(scene: Scene, config: Config) -> StageResult:
     t0 = time.perf_counter()
     layout = scene.layout()
     mesh = scene.mesh(frame="world")
-    frames = [f for f in scene.cameras(frame="world") if f.registered]
+    frames = sorted((f for f in scene.cameras(frame="world") if f.registered), key=lambda f: f.source_frame)
     dets = {f.source_frame: scene.detections(f.source_frame) for f in frames}
     n_dets = sum(len(d["detections"]) for d in dets.values() if d)
     obj_idx = np.flatnonzero(layout_plane_mask(mesh.vertices, layout, config.plane_margin_m))

@@ -50,12 +50,17 @@ class Config(BaseModel):
     link_min_points: int = Field(10, ge=1, description="points one view must see of another view's mask for "
                                  "the pair to be compared")
     merge_score: float = Field(0.5, gt=0, le=1, description="average consistency for two mask groups to merge")
+    merge_score_low: float = Field(0.35, gt=0, le=1, description="weaker average consistency at which a mask "
+                                   "group of fewer than min_views masks joins its best-linked group (hysteresis)")
     point_share: float = Field(0.5, gt=0, le=1, description="a point belongs to a group when this share of the "
                                "group's masks whose view sees it hold it")
     min_instance_points: int = Field(30, ge=1, description="instances with fewer mesh points are dropped")
     label_overlap: float = Field(0.5, gt=0, le=1, description="a group whose points have at least this IoU with "
                                  "those of a stronger group of another label is the same object (its votes join "
                                  "it)")
+    nested_share: float = Field(0.8, gt=0, le=1, description="a group with at least this share of its points "
+                                "inside a stronger group of another label that is not a support surface is part "
+                                "of that object (its votes join it)")
     support_overhang_m: float = Field(0.12, ge=0, description="a bottom or back layer reaching this far beyond "
                                       "the rest of the object is its support (table top, wall) and is removed")
     unseen_gap_m: float = Field(0.05, gt=0, description="an instance grows into object points no keyframe sees "

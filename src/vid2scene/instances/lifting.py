@@ -154,13 +154,15 @@ def _incidence(rows: list[np.ndarray], n_cols: int):
 
 def pair_scores(masks: list[ViewMask], vis: list[np.ndarray], n_points: int,
                 min_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """(``n×n`` float64 pair score, ``n×n`` bool defined) of masks (all of one label).
+    """(``n×n`` float64 pair score, ``n×n`` float64 evidence weight) of masks (all of one label).
 
-    ``c[a, b]`` = |a ∩ b| / |a ∩ seen by b's view|; the score is ``(c[a, b] + c[b, a]) / 2``, defined when both
-    denominators are ≥ ``min_points`` and the masks come from different views. ``vis``: per view, the indices
-    of its visible points; ``n_points``: number of object points.
+    ``c[a, b]`` = |a ∩ b| / |a ∩ seen by b's view|; the score is ``(c[a, b] + c[b, a]) / 2``. Its weight is
+    ``m / (m + min_points)`` with ``m`` the smaller of the two denominators (0 for masks of one view): a pair
+    whose views see few of each other's points counts little, and the weight grows smoothly with the evidence
+    instead of switching on at a point count (a hard cut at ``min_points`` flips pairs in and out between two
+    reconstructions of one video). ``vis``: per view, the indices of its visible points; ``n_points``: number
+    of object points.
     """
-    n = len(masks)
     S = _incidence([m.pts for m in masks], n_points)
     Vm = _incidence([vis[m.view] for m in masks], n_points)
     inter = (S @ S.T).toarray().astype(np.float64)
@@ -169,36 +171,53 @@ def pair_scores(masks: list[ViewMask], vis: list[np.ndarray], n_points: int,
         c = np.where(den > 0, inter / np.maximum(den, 1), 0.0)
     score = (c + c.T) / 2
     views = np.array([m.view for m in masks])
-    defined = (den >= min_points) & (den.T >= min_points) & (views[:, None] != views[None, :])
-    np.fill_diagonal(defined, False)
-    return np.where(defined, score, 0.0), defined
+    m = np.minimum(den, den.T)
+    weight = np.where(views[:, None] != views[None, :], m / (m + float(min_points)), 0.0)
+    np.fill_diagonal(weight, 0.0)
+    return np.where(weight > 0, score, 0.0), weight
 
 
 def cluster_masks(masks: list[ViewMask], vis: list[np.ndarray], n_points: int, n_views: int,
                   config) -> list[list[int]]:
     """Groups (lists of indices into ``masks``, all one label, canonical order) by greedy average linkage of
-    :func:`pair_scores` with the one-view cannot-link constraint; a merge needs average score ≥
-    ``merge_score``. Returns the groups sorted by their first mask."""
+    :func:`pair_scores` with the one-view cannot-link constraint.
+
+    The linkage of two groups is the evidence-weighted mean of their masks' pair scores; a merge needs a
+    linkage ≥ ``merge_score`` and a summed evidence weight ≥ 0.5 (one pair whose views see
+    ``link_min_points`` of each other's points). Then, with hysteresis (two thresholds, as in Canny's edge
+    linking): a group of fewer than ``min_views`` masks — too small to become an instance alone — joins its
+    best-linked group while that linkage is ≥ ``merge_score_low``. Whether two halves of one object seen at a
+    linkage near ``merge_score`` merge in the first phase or the second, the result is the same group, so the
+    existence of the object does not hang on which side of ``merge_score`` the linkage falls in one
+    reconstruction. Returns the groups sorted by their first mask."""
     n = len(masks)
     if n == 0:
         return []
-    score, defined = pair_scores(masks, vis, n_points, config.link_min_points)
-    ssum, cnt = score.copy(), defined.astype(np.float64)
+    score, weight = pair_scores(masks, vis, n_points, config.link_min_points)
+    ssum, cnt = score * weight, weight.copy()
     V = np.zeros((n, n_views), bool)
     V[np.arange(n), [m.view for m in masks]] = True
     alive = np.ones(n, bool)
     members = [[i] for i in range(n)]
+    low = min(config.merge_score_low, config.merge_score)
+    strong = True
     while True:
         with np.errstate(divide="ignore", invalid="ignore"):
-            avg = np.where(cnt > 0, ssum / np.maximum(cnt, 1e-9), -1.0)
+            avg = np.where(cnt > 0, ssum / np.maximum(cnt, 1e-12), -1.0)
         conflict = (V.astype(np.int32) @ V.T.astype(np.int32)) > 0
-        ok = alive[:, None] & alive[None, :] & ~conflict & (cnt > 0)
+        ok = alive[:, None] & alive[None, :] & ~conflict & (cnt >= 0.5)
+        if not strong:  # second phase: only pairs with a group too small to stand alone
+            small = V.sum(1) < config.min_views
+            ok &= small[:, None] | small[None, :]
         np.fill_diagonal(ok, False)
         avg = np.where(ok, avg, -1.0)
         k = int(np.argmax(avg))
         a, b = divmod(k, n)
-        if avg[a, b] < config.merge_score:
-            break
+        if avg[a, b] < (config.merge_score if strong else low):
+            if not strong:
+                break
+            strong = False
+            continue
         a, b = min(a, b), max(a, b)
         ssum[a] += ssum[b]
         ssum[:, a] += ssum[:, b]

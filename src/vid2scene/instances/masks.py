@@ -16,7 +16,7 @@ from ..scene import CameraFrame, Scene
 from .boxes import box_fields, oriented_box
 from .scale import MAX_FOOTPRINT_M
 from .consensus import surface_depth, visible_vertices
-from .lifting import (ViewData, ViewMask, cluster_masks, group_points, grow_unseen, largest_component, projected_box,
+from .lifting import (SURFACE_LABELS, ViewData, ViewMask, cluster_masks, group_points, grow_unseen, largest_component, projected_box,
                       remove_support, sort_masks, view_masks)
 
 #: Most rejected candidates listed per label in the meta.
@@ -62,7 +62,7 @@ def lift_views(scene: Scene, mesh, obj_idx: np.ndarray, frames: list[CameraFrame
 def relaxed(config):
     """The looser thresholds of the second pass for a label seen in ≥ ``relax_min_keyframes`` keyframes whose
     masks formed no group of ``min_views``: two views suffice, weaker consistency links and smaller overlaps."""
-    return config.model_copy(update={"min_views": 2, "merge_score": 0.35, "link_min_points": 5,
+    return config.model_copy(update={"min_views": 2, "merge_score": 0.35, "merge_score_low": 0.25, "link_min_points": 5,
                                      "min_view_iou": 0.1, "min_instance_points": 15})
 
 
@@ -149,7 +149,10 @@ def build_candidates(masks: list[ViewMask], labels: list[str], loose: set, relax
 def accept_candidates(cands: list[dict], config, reject) -> list[dict]:
     """The candidates kept as instance seeds, strongest first: too few points, redundant with stronger
     same-label groups (a box over several objects), a duplicate of one (no shared view) or the same points as
-    a stronger group of another label (a mislabel; its votes join that group) are rejected."""
+    a stronger group of another label (a mislabel; its votes join that group), or nested in a stronger group of
+    another label that is not a support surface (:data:`~.lifting.SURFACE_LABELS`: a "cup" box on a plant's
+    pot; a cup on a table stays) are rejected. Point-set containment is near 0 or 1 for most pairs, far from
+    its threshold, so the decision is the same between two reconstructions."""
     accepted: list[dict] = []
     for c in cands:
         if len(c["pts"]) < c["cfg"].min_instance_points:
@@ -178,6 +181,16 @@ def accept_candidates(cands: list[dict], config, reject) -> list[dict]:
             if ov >= config.label_overlap * (len(a["pts"]) + len(c["pts"]) - ov):  # IoU of the point sets
                 host = a
                 break
+        if host is None:
+            host = next((a for a in accepted if a["label"] != c["label"] and a["label"] not in SURFACE_LABELS
+                         and len(np.intersect1d(a["pts"], c["pts"], assume_unique=True))
+                         >= config.nested_share * len(c["pts"])), None)
+            if host is not None:
+                host["absorbed"].append(c)
+                reject(c["label"], len(c["masks"]), len(c["pts"]),
+                       f"part of a stronger '{host['label']}' group (≥ {config.nested_share:.0%} of its points lie in "
+                       "it, and nothing stands inside that object)")
+                continue
         if host is not None:
             host["absorbed"].append(c)
             reject(c["label"], len(c["masks"]), len(c["pts"]), f"same object as a stronger '{host['label']}' group")
