@@ -132,3 +132,21 @@ def test_view_order_does_not_change_the_result(room, tmp_path):
     key = lambda s: sorted((i["label"], tuple(i["box"]["center"])) for i in  # noqa: E731
                            json.loads((s.root / "instances.json").read_text())["instances"])
     assert key(s2) == key(scene)
+
+
+def test_a_slight_footprint_overshoot_is_cut_to_a_plausible_core_and_a_large_one_is_not():
+    from vid2scene.instances.masks import footprint_core
+    from vid2scene.instances.boxes import oriented_box
+
+    cfg = Config()
+    rng = np.random.default_rng(0)
+    chair = rng.uniform([0, 0, 0], [0.5, 0.5, 0.9], (2000, 3))
+    for reach in (1.25, 1.35, 1.5):  # a table piece reaching 1.25 .. 1.5 m from the chair's far side
+        piece = rng.uniform([0.5, 0, 0.7], [reach, 0.5, 0.75], (400, 3))
+        P = np.r_[chair, piece]
+        core = footprint_core(np.arange(len(P)), P, "chair", cfg)
+        assert core is not None
+        assert max(oriented_box(P[core])["size"][:2]) <= cfg.footprint_tolerance * 1.1
+        assert np.isin(np.arange(2000), core).mean() > 0.6  # the chair's own points stay
+    wide = np.r_[chair, rng.uniform([0.5, 0, 0], [3.0, 0.5, 0.9], (4000, 3))]  # one box over several chairs
+    assert footprint_core(np.arange(len(wide)), wide, "chair", cfg) is None

@@ -75,6 +75,9 @@ class Config(BaseModel):
     footprint_tolerance: float = Field(1.1, ge=1, description="an instance whose footprint exceeds this × its "
                                        "label's largest plausible one (instances.scale.MAX_FOOTPRINT_M) is "
                                        "rejected")
+    footprint_band: float = Field(1.5, ge=1, description="an instance whose footprint exceeds the limit of "
+                                  "footprint_tolerance by less than this factor is cut to a plausible core instead "
+                                  "of rejected (instances.masks.footprint_core)")
     masker: str = Field("none", description="2D masks inside the boxes for the 'masks' method: " + ", ".join(MASKERS))
     sam: SamMasker.Options = Field(default_factory=SamMasker.Options, description="options of the 'sam' masker")
     captioner: str = Field("none", description="labeller backend for captions: " + ", ".join(BACKENDS))

@@ -150,8 +150,8 @@ def accept_candidates(cands: list[dict], config, reject) -> list[dict]:
     """The candidates kept as instance seeds, strongest first: too few points, redundant with stronger
     same-label groups (a box over several objects), a duplicate of one (no shared view) or the same points as
     a stronger group of another label (a mislabel; its votes join that group), or nested in a stronger group of
-    another label that is not a support surface (:data:`~.lifting.SURFACE_LABELS`: a "cup" box on a plant's
-    pot; a cup on a table stays) are rejected. Point-set containment is near 0 or 1 for most pairs, far from
+    another label, neither of them a support surface (:data:`~.lifting.SURFACE_LABELS`: a "cup" box on a
+    plant's pot; a cup on a table, or a table among chairs, stays) are rejected. Point-set containment is near 0 or 1 for most pairs, far from
     its threshold, so the decision is the same between two reconstructions."""
     accepted: list[dict] = []
     for c in cands:
@@ -182,7 +182,8 @@ def accept_candidates(cands: list[dict], config, reject) -> list[dict]:
                 host = a
                 break
         if host is None:
-            host = next((a for a in accepted if a["label"] != c["label"] and a["label"] not in SURFACE_LABELS
+            host = next((a for a in accepted if c["label"] not in SURFACE_LABELS
+                         and a["label"] != c["label"] and a["label"] not in SURFACE_LABELS
                          and len(np.intersect1d(a["pts"], c["pts"], assume_unique=True))
                          >= config.nested_share * len(c["pts"])), None)
             if host is not None:
@@ -279,6 +280,10 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
                 # one object bridged to a neighbour or a wall: its largest component at half the gap
                 sub = pts[largest_component(P[pts], config.cluster_gap_m / 2)]
                 rec, why2 = instance_record(c, sub, P, obj_idx, frames, vis, dets, c.get("cfg", config))
+                if rec is None and why2.startswith("box footprint"):
+                    core = footprint_core(sub, P, c["label"], config)
+                    if core is not None:
+                        rec, _ = instance_record(c, core, P, obj_idx, frames, vis, dets, c.get("cfg", config))
                 why = why if rec is None else None
             if rec is None:
                 failed.append((c0, len(pts), why))
@@ -300,6 +305,32 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
         gone = {id(c) for c, _, _ in failed}
         sinks += [c for c, _, why in failed if "one box over several objects" in why]
         alive = [c for c in alive if id(c) not in gone]
+
+
+def footprint_core(pts: np.ndarray, P: np.ndarray, label: str, config) -> np.ndarray | None:
+    """The points of an instance whose box overshoots its label's largest plausible footprint ``L =
+    footprint_tolerance × MAX_FOOTPRINT_M[label]`` by less than the factor ``footprint_band`` (a chair that took
+    in a piece of the table beside it): those within ``L / 2`` of the points' median along each axis of their
+    box (sorted indices into ``P``, world frame); None when the overshoot is larger (one box over several
+    objects) or the label has no limit.
+
+    Between two reconstructions of one video the footprint of such an instance moves by tens of centimetres
+    (which neighbour pieces it takes in), so rejecting at ``L`` would keep it in one run and drop it in the
+    other; cutting it to its core keeps it in both, with a plausible box, and only a clear overshoot rejects.
+    """
+    lim = MAX_FOOTPRINT_M.get(label)
+    if lim is None or len(pts) < 3:
+        return None
+    L = config.footprint_tolerance * lim
+    box = oriented_box(P[pts], config.floor_snap_m)
+    if max(box["size"][:2]) > config.footprint_band * L:
+        return None
+    yaw = box["yaw_rad"]
+    axes = np.array([[np.cos(yaw), np.sin(yaw)], [-np.sin(yaw), np.cos(yaw)]])
+    uv = P[pts, :2] @ axes.T
+    med = np.median(uv, axis=0)
+    keep = np.all(np.abs(uv - med) <= 0.98 * L / 2, axis=1)  # 2 % inside L: the cut box passes the limit
+    return pts[keep] if keep.sum() >= 3 else None
 
 
 def fitting_label(c: dict, pts: np.ndarray, P: np.ndarray, config) -> dict:
