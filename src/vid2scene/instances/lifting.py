@@ -13,11 +13,12 @@ vertices.
    one view goes to the one whose median depth is nearest its own.
 2. Across views (:func:`cluster_masks`), per label: mask ``a`` is *consistent* with mask ``b`` of another view
    when most of ``a``'s points that ``b``'s view sees lie in ``b``. The pair score is the mean of the two
-   directions (defined only where each view sees ≥ ``link_min_points`` of the other's points). Masks are
-   grouped by greedy average linkage while the best pair of groups scores ≥ ``merge_score``, under a
-   cannot-link constraint: two masks of one view (two boxes in one keyframe) never share a group. So a label
-   seen as k separate boxes in a view yields k groups, and a 3D blob covered by several same-label boxes of one
-   view is split between them.
+   directions, weighted by how many of each other's points the two views see (``link_min_points`` gives half
+   weight). Masks are grouped by greedy average linkage while the best pair of groups scores ≥
+   ``merge_score``, then, with hysteresis, groups too small to be an instance join their best-linked group at
+   ≥ ``merge_score_low``; always under a cannot-link constraint: two masks of one view (two boxes in one
+   keyframe) never share a group. So a label seen as k separate boxes in a view yields k groups, and a 3D blob
+   covered by several same-label boxes of one view is split between them.
 3. Points of a group (:func:`group_points`): a point is kept when it lies in at least ``point_share`` of the
    group's masks whose view sees it (and in at least two masks); a point kept by several groups goes to the one
    with the highest share. Then the largest spatial component (voxels of ``cluster_gap_m``) is kept and
