@@ -252,12 +252,23 @@ def in_footprint(xyz, box: dict) -> bool:
     return abs(u) <= sz[0] / 2 and abs(v) <= sz[1] / 2
 
 
+def centres_held(box: dict, others: list[dict]) -> list[str]:
+    """Sorted labels of the instance records ``others`` whose box centre lies in the footprint of ``box`` (a
+    gravity-aligned box, world frame). A box that holds two other objects' centres — or, cut to a plausible
+    footprint by :func:`footprint_core`, held one before the cut — is one box over several objects; a centre
+    lies well inside or well outside such a box (half an object's size away from its border), so the test
+    gives the same answer on two reconstructions."""
+    return sorted(o["label"] for o in others if in_footprint(o["box"]["center"], box))
+
+
 def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np.ndarray, frames, vis, dets,
              config, reject) -> list[dict]:
     """Instance records of the accepted groups: exclusive points (:func:`assign_points`), the largest spatial
     component, support removal, growth into unseen points (:func:`~.lifting.grow_unseen`), the label check of
-    :func:`fitting_label`, then the view check of :func:`instance_record`; a group that fails is rejected and
-    the points are re-assigned among the others (until none fails)."""
+    :func:`fitting_label`, the footprint check (:func:`footprint_core` for a slight overshoot), then the view
+    check of :func:`instance_record`; a group that fails, or (weakest first) a non-surface instance whose box
+    spans other instances (:func:`centres_held`), is rejected and the points are re-assigned among the others
+    (until none fails)."""
     alive = list(groups)
     sinks: list[dict] = []  # rejected as one box over several objects: they keep their points, output nothing
     seen = np.zeros(len(P), bool)
@@ -267,6 +278,7 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
     while True:
         owner = assign_points(alive + sinks, P)
         out, failed, kept = [], [], []
+        uncut: dict[int, dict] = {}  # id(record) -> box before footprint_core cut it
         for k, c0 in enumerate(alive):
             pts = np.flatnonzero(owner == k)
             if len(pts):
@@ -284,6 +296,8 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
                     core = footprint_core(sub, P, c["label"], config)
                     if core is not None:
                         rec, _ = instance_record(c, core, P, obj_idx, frames, vis, dets, c.get("cfg", config))
+                        if rec is not None:
+                            uncut[id(rec)] = box_fields(oriented_box(P[sub], config.floor_snap_m))["box"]
                 why = why if rec is None else None
             if rec is None:
                 failed.append((c0, len(pts), why))
@@ -297,6 +311,15 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
                 if len(inside) >= 2:
                     failed.append((kept[k], out[k]["n_points"], f"box holds the centres of {len(inside)} stronger "
                                    "same-label instances (one box over several objects)"))
+                    break
+                if out[k]["label"] in SURFACE_LABELS:
+                    continue  # a table's box holds what stands on and around it
+                held = centres_held(uncut.get(id(out[k]), out[k]["box"]), [o for o in out if o is not out[k]])
+                if len(held) >= (1 if id(out[k]) in uncut else 2):
+                    # cut to its core but spanning another object before the cut, or holding two objects' centres
+                    failed.append((kept[k], out[k]["n_points"], f"box{' before the footprint cut' * (id(out[k]) in uncut)}"
+                                   f" holds the centres of {len(held)} other instance(s) ({', '.join(held)}): one "
+                                   "box over several objects"))
                     break
         if not failed:
             return out
@@ -317,6 +340,9 @@ def footprint_core(pts: np.ndarray, P: np.ndarray, label: str, config) -> np.nda
     Between two reconstructions of one video the footprint of such an instance moves by tens of centimetres
     (which neighbour pieces it takes in), so rejecting at ``L`` would keep it in one run and drop it in the
     other; cutting it to its core keeps it in both, with a plausible box, and only a clear overshoot rejects.
+    :func:`finalise` still rejects a cut instance whose box before the cut held the centre of another instance
+    (a chair box over a small table and its chairs): an object's centre lies well inside or well outside such
+    a box, so that test has a margin of half an object.
     """
     lim = MAX_FOOTPRINT_M.get(label)
     if lim is None or len(pts) < 3:
