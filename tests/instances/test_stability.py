@@ -155,7 +155,9 @@ def test_a_slight_footprint_overshoot_is_cut_to_a_plausible_core_and_a_large_one
 def test_a_box_over_a_small_table_and_its_chair_holds_their_centres():
     from vid2scene.instances.masks import centres_held
 
-    rec = lambda lab, c, sz: {"label": lab, "box": {"center": [*c, 0.4], "size": [*sz, 0.8], "yaw_rad": 0.0}}  # noqa: E731
+    def rec(lab, c, sz):
+        return {"label": lab, "box": {"center": [*c, 0.4], "size": [*sz, 0.8], "yaw_rad": 0.0}}
+
     table, chair = rec("dining table", (3.0, 4.3), (1.0, 1.0)), rec("chair", (3.4, 4.0), (0.5, 0.5))
     over_both = rec("chair", (3.1, 4.2), (1.15, 0.95))["box"]
     assert centres_held(over_both, [table, chair]) == ["chair", "dining table"]

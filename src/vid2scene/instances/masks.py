@@ -16,8 +16,8 @@ from ..scene import CameraFrame, Scene
 from .boxes import box_fields, oriented_box
 from .scale import MAX_FOOTPRINT_M
 from .consensus import surface_depth, visible_vertices
-from .lifting import (SURFACE_LABELS, ViewData, ViewMask, cluster_masks, group_points, grow_unseen, largest_component, projected_box,
-                      remove_support, sort_masks, view_masks)
+from .lifting import (SURFACE_LABELS, ViewData, ViewMask, cluster_masks, group_points, grow_unseen,
+                      largest_component, projected_box, remove_support, sort_masks, view_masks)
 
 #: Most rejected candidates listed per label in the meta.
 MAX_REJECTED_LISTED = 20
@@ -62,8 +62,8 @@ def lift_views(scene: Scene, mesh, obj_idx: np.ndarray, frames: list[CameraFrame
 def relaxed(config):
     """The looser thresholds of the second pass for a label seen in ≥ ``relax_min_keyframes`` keyframes whose
     masks formed no group of ``min_views``: two views suffice, weaker consistency links and smaller overlaps."""
-    return config.model_copy(update={"min_views": 2, "merge_score": 0.35, "merge_score_low": 0.25, "link_min_points": 5,
-                                     "min_view_iou": 0.1, "min_instance_points": 15})
+    return config.model_copy(update={"min_views": 2, "merge_score": 0.35, "merge_score_low": 0.25,
+                                     "link_min_points": 5, "min_view_iou": 0.1, "min_instance_points": 15})
 
 
 def _strength(c: dict) -> tuple:
@@ -151,8 +151,8 @@ def accept_candidates(cands: list[dict], config, reject) -> list[dict]:
     same-label groups (a box over several objects), a duplicate of one (no shared view) or the same points as
     a stronger group of another label (a mislabel; its votes join that group), or nested in a stronger group of
     another label, neither of them a support surface (:data:`~.lifting.SURFACE_LABELS`: a "cup" box on a
-    plant's pot; a cup on a table, or a table among chairs, stays) are rejected. Point-set containment is near 0 or 1 for most pairs, far from
-    its threshold, so the decision is the same between two reconstructions."""
+    plant's pot; a cup on a table, or a table among chairs, stays) are rejected. Point-set containment is near
+    0 or 1 for most pairs, far from its threshold, so the decision is the same between two reconstructions."""
     accepted: list[dict] = []
     for c in cands:
         if len(c["pts"]) < c["cfg"].min_instance_points:
@@ -189,8 +189,8 @@ def accept_candidates(cands: list[dict], config, reject) -> list[dict]:
             if host is not None:
                 host["absorbed"].append(c)
                 reject(c["label"], len(c["masks"]), len(c["pts"]),
-                       f"part of a stronger '{host['label']}' group (≥ {config.nested_share:.0%} of its points lie in "
-                       "it, and nothing stands inside that object)")
+                       f"part of a stronger '{host['label']}' group (≥ {config.nested_share:.0%} of its points "
+                       "lie in it, and nothing stands inside that object)")
                 continue
         if host is not None:
             host["absorbed"].append(c)
@@ -317,9 +317,9 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
                 held = centres_held(uncut.get(id(out[k]), out[k]["box"]), [o for o in out if o is not out[k]])
                 if len(held) >= (1 if id(out[k]) in uncut else 2):
                     # cut to its core but spanning another object before the cut, or holding two objects' centres
-                    failed.append((kept[k], out[k]["n_points"], f"box{' before the footprint cut' * (id(out[k]) in uncut)}"
-                                   f" holds the centres of {len(held)} other instance(s) ({', '.join(held)}): one "
-                                   "box over several objects"))
+                    when = " before the footprint cut" if id(out[k]) in uncut else ""
+                    failed.append((kept[k], out[k]["n_points"], f"box{when} holds the centres of {len(held)} other "
+                                   f"instance(s) ({', '.join(held)}): one box over several objects"))
                     break
         if not failed:
             return out
