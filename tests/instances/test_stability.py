@@ -163,3 +163,11 @@ def test_a_box_over_a_small_table_and_its_chair_holds_their_centres():
     assert centres_held(over_both, [table, chair]) == ["chair", "dining table"]
     neighbour = rec("chair", (3.9, 4.0), (0.5, 0.5))["box"]  # touching the chair: its centre 0.5 m away
     assert centres_held(neighbour, [table, chair]) == []
+
+
+def test_a_box_holding_only_a_tables_centre_spans_the_table():
+    from vid2scene.instances.masks import TABLE_LABELS, centres_held
+
+    table = {"label": "dining table", "box": {"center": [3.0, 4.3, 0.4], "size": [1.0, 1.0, 0.8], "yaw_rad": 0.0}}
+    box = {"center": [2.85, 4.25, 0.4], "size": [1.15, 0.95, 0.8], "yaw_rad": 0.0}
+    assert set(centres_held(box, [table])) & TABLE_LABELS  # the rule finalise applies to a non-surface box

@@ -19,6 +19,9 @@ from .consensus import surface_depth, visible_vertices
 from .lifting import (SURFACE_LABELS, ViewData, ViewMask, cluster_masks, group_points, grow_unseen,
                       largest_component, projected_box, remove_support, sort_masks, view_masks)
 
+#: Tables: what chairs stand around. A chair's (or any non-surface object's) box never holds a table's centre.
+TABLE_LABELS = frozenset({"dining table", "table", "desk", "coffee table"})
+
 #: Most rejected candidates listed per label in the meta.
 MAX_REJECTED_LISTED = 20
 
@@ -254,10 +257,11 @@ def in_footprint(xyz, box: dict) -> bool:
 
 def centres_held(box: dict, others: list[dict]) -> list[str]:
     """Sorted labels of the instance records ``others`` whose box centre lies in the footprint of ``box`` (a
-    gravity-aligned box, world frame). A box that holds two other objects' centres — or, cut to a plausible
-    footprint by :func:`footprint_core`, held one before the cut — is one box over several objects; a centre
-    lies well inside or well outside such a box (half an object's size away from its border), so the test
-    gives the same answer on two reconstructions."""
+    gravity-aligned box, world frame). A non-surface box that holds the centre of a table (:data:`TABLE_LABELS`:
+    a chair box over a small table), two other objects' centres, or — cut to a plausible footprint by
+    :func:`footprint_core` — held one before the cut, is one box over several objects. A table's centre lies
+    well inside such a box (12–30 cm from its border on the HoloLens walk), so the table test gives the same
+    answer on two reconstructions; a neighbour's centre may lie near the border, so two are needed."""
     return sorted(o["label"] for o in others if in_footprint(o["box"]["center"], box))
 
 
@@ -315,7 +319,7 @@ def finalise(groups: list[dict], P: np.ndarray, normals: np.ndarray, obj_idx: np
                 if out[k]["label"] in SURFACE_LABELS:
                     continue  # a table's box holds what stands on and around it
                 held = centres_held(uncut.get(id(out[k]), out[k]["box"]), [o for o in out if o is not out[k]])
-                if len(held) >= (1 if id(out[k]) in uncut else 2):
+                if len(held) >= (1 if id(out[k]) in uncut else 2) or set(held) & TABLE_LABELS:
                     # cut to its core but spanning another object before the cut, or holding two objects' centres
                     when = " before the footprint cut" if id(out[k]) in uncut else ""
                     failed.append((kept[k], out[k]["n_points"], f"box{when} holds the centres of {len(held)} other "
