@@ -390,8 +390,7 @@ def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, s
     info = {"n_pairs": len(seq | loops), "n_loop_pairs": len(loops), "pairing": pairing, "feature_stats": fstats}
     models_dir = work / "models"
     models_dir.mkdir()
-    with progress.bar(f"sfm: {config.mapper} mapping", total=None):
-        rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names)
+    rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names)
     if rec is not None and config.loop_check and loops:
         checked = diagnose.check_loops(rec, db_path, [(names[i], names[j]) for i, j in sorted(loops)])
         bad = [c for c in checked if not c["ok"]]
@@ -403,8 +402,8 @@ def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, s
             if info["remapped"]:  # the model was built on a false loop: map again without it
                 shutil.rmtree(models_dir)
                 models_dir.mkdir()
-                with progress.bar(f"sfm: {config.mapper} mapping without {len(bad)} false loop(s)", total=None):
-                    rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names)
+                rec, n_models, other = map_images(db_path, image_dir, models_dir, config, names,
+                                                  label=f"without {len(bad)} false loop(s): ")
     if rec is None or rec.num_reg_images() == 0:
         raise StageFailed(NAME, f"no model: COLMAP could not initialise from {len(names)} keyframes "
                                 "(too little texture or parallax)")
@@ -521,16 +520,19 @@ def _camera_qc(rec) -> dict:
             "width": cam.width, "height": cam.height}
 
 
-def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: list[str]):
+def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: list[str], label: str = ""):
     """Run the mapper; return (largest reconstruction after trying to register the rest, number of models,
-    names of images placed only in models other than the one kept)."""
+    names of images placed only in models other than the one kept). Each step (first mapping, restarts,
+    continuation, principal-point adjustment) has its own progress bar, so the speed benchmark's profile
+    times them apart; ``label`` prefixes the bars (e.g. ``"again without 2 false loop(s): "``)."""
     import pycolmap
 
     if config.mapper == "global":
         opts = pycolmap.GlobalPipelineOptions()
         opts.num_threads = config.num_threads
         opts.random_seed = config.seed
-        models = pycolmap.global_mapping(db_path, image_dir, out_dir, opts)
+        with progress.bar(f"sfm: {label}global mapping", total=None):
+            models = pycolmap.global_mapping(db_path, image_dir, out_dir, opts)
     else:
         opts = pycolmap.IncrementalPipelineOptions()
         opts.num_threads = config.num_threads
@@ -543,18 +545,23 @@ def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, na
             opts.ba_refine_principal_point = False
             opts.ba_refine_extra_params = False
         opts.image_names = names
-        models = pycolmap.incremental_mapping(db_path, image_dir, out_dir, opts)
+        with progress.bar(f"sfm: {label}incremental mapping", total=None):
+            models = pycolmap.incremental_mapping(db_path, image_dir, out_dir, opts)
     if not models:
         return None, 0, set()
     best = max(models.values(), key=lambda r: r.num_reg_images())
     n_models = len(models)
     placed = {im.name for m in models.values() for im in m.images.values() if im.has_pose}
-    if config.mapper == "incremental":
-        best = _multi_start(db_path, image_dir, out_dir, opts, models, best, len(names), config)
+    if config.mapper == "incremental" and best.num_reg_images() < config.multi_start_below * len(names):
+        with progress.bar(f"sfm: {label}mapping restarts ({best.num_reg_images()}/{len(names)} in the largest "
+                          "model)", total=None):
+            best = _multi_start(db_path, image_dir, out_dir, opts, models, best, len(names), config)
     if config.mapper == "incremental" and best.num_reg_images() < len(names):
-        best = _register_rest(db_path, image_dir, out_dir, opts, best, config.merge_passes)
+        with progress.bar(f"sfm: {label}continuation passes", total=None):
+            best = _register_rest(db_path, image_dir, out_dir, opts, best, config.merge_passes)
     if config.refine_principal_point == "final" and not config.known_intrinsics:
-        best = refine_principal_point(best)
+        with progress.bar("sfm: principal-point bundle adjustment", total=None):
+            best = refine_principal_point(best)
     best.extract_colors_for_all_images(str(image_dir))
     kept = {im.name for im in best.images.values() if im.has_pose}
     return best, n_models, placed - kept
