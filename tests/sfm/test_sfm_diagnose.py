@@ -176,3 +176,16 @@ def test_check_loops_keeps_true_and_flags_false_pairs(tmp_path):
                                                                             (names[0], names[-1])])}
     assert res[(names[0], names[3])]["ok"] and res[(names[0], names[3])]["consistent_share"] > 0.8
     assert not res[(names[0], names[-1])]["ok"]
+
+
+def test_match_graph_groups_counts_linked_keyframes():
+    from vid2scene.sfm.diagnose import match_graph_groups
+
+    names = [f"{i:06d}.jpg" for i in range(6)]
+    fig = {"matches": 80, "inliers": 40, "tri_angle_deg": 3.0}
+    weak = {"matches": 30, "inliers": 8, "tri_angle_deg": 3.0}
+    pairs = {nm: {} for nm in names}
+    for a, b, f in [(0, 1, fig), (1, 2, fig), (2, 3, weak), (3, 4, fig)]:
+        pairs[names[a]][names[b]] = pairs[names[b]][names[a]] = f
+    assert match_graph_groups(pairs, names) == [3, 2, 1]  # the 8-inlier pair does not link 2 and 3
+    assert match_graph_groups(pairs, names, min_inliers=5) == [5, 1]

@@ -307,7 +307,11 @@ def _run(scene: Scene, config: Config) -> StageResult:
                                                        "; the model had not used them"))
         if "refine" in info:
             qc["refine"] = info["refine"]
-        check_qc(qc, config)
+        try:
+            check_qc(qc, config)
+        except StageFailed as e:
+            hint = overlap_hint(work / "database.db", mapped)
+            raise StageFailed(NAME, str(e).removeprefix(f"{NAME}: ") + hint) from None
         registered = {im.name for im in rec.images.values() if im.has_pose}
         reasons = keyframe_reasons(scene, work / "database.db", names, registered, info.get("other_model", set()),
                                    config, sharp)
@@ -325,6 +329,20 @@ def _run(scene: Scene, config: Config) -> StageResult:
                        summary=f"{qc['n_registered']}/{len(names)} keyframes registered in one model "
                        f"({qc['n_models']} model(s) before merging), {qc['n_points']} points, reprojection "
                        f"{qc['mean_reprojection_error_px']:.2f} px, track length {qc['mean_track_length']:.1f}")
+
+
+def overlap_hint(db_path: Path, names: list[str]) -> str:
+    """A clause for the failure reason when the verified match graph itself is split
+    (:func:`vid2scene.sfm.diagnose.match_graph_groups`): ``"; the largest group of keyframes linked by
+    verified matches holds 12/38 (9 groups): they overlap too little for one model"``, or ``""``."""
+    if not db_path.is_file() or not names:
+        return ""
+    groups = diagnose.match_graph_groups(diagnose.pair_figures(db_path, names), names)
+    if not groups or groups[0] >= 0.9 * len(names):
+        return ""
+    return (f"; the largest group of keyframes linked by verified matches holds {groups[0]}/{len(names)} "
+            f"({len(groups)} groups): they overlap too little for one model (far-apart photos or fast turns "
+            "between sparse frames)")
 
 
 def keyframe_sharpness(scene: Scene, names: list[str]) -> dict[str, float]:

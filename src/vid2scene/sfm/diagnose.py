@@ -68,6 +68,32 @@ def pair_figures(db_path: Path, names: list[str]) -> dict[str, dict[str, dict]]:
     return out
 
 
+def match_graph_groups(pairs: dict[str, dict[str, dict]], names: list[str], min_inliers: int = 15) -> list[int]:
+    """Sizes of the connected groups of the verified match graph, largest first.
+
+    ``pairs``: :func:`pair_figures`; two images are linked when their pair has at least ``min_inliers``
+    verified inliers. No mapper can place images of different groups in one model, so the largest group bounds
+    the registered share from above: when it is small, the images overlap too little (photos taken far apart,
+    fast turns between sparse frames), which the stage's failure reason then says.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    index = {nm: i for i, nm in enumerate(names)}
+    rows, cols = [], []
+    for a, partners in pairs.items():
+        for b, fig in partners.items():
+            if a in index and b in index and fig["inliers"] >= min_inliers:
+                rows.append(index[a])
+                cols.append(index[b])
+    n = len(names)
+    if n == 0:
+        return []
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return sorted(np.bincount(labels).tolist(), reverse=True)
+
+
 def unregistered_reasons(names: list[str], registered: set[str], other_models: set[str],
                          pairs: dict[str, dict[str, dict]], sharp: dict[str, float], quality_blurry: set[str],
                          *, blur_rel: float = 0.35, min_inliers: int = 30,
