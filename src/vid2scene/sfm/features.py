@@ -102,6 +102,9 @@ class SiftFeatures:
 
     class Options(Options):
         max_num_features: int | None = Field(None, ge=256, description="None = the stage's max_num_features")
+        first_octave: int = Field(-1, ge=-1, le=2, description="SIFT's first octave: -1 doubles the image "
+                                  "first (COLMAP's default), 0 does not: 3x faster extraction, but on the "
+                                  "HoloLens walk the model then splits (106/208 keyframes registered instead of 207/208)")
 
     learned: ClassVar[bool] = False
 
@@ -347,6 +350,7 @@ def write_features(db_path: Path, image_dir: Path, names: list[str], backend, re
         ext = pycolmap.FeatureExtractionOptions()
         ext.num_threads = config.num_threads
         ext.sift.max_num_features = backend.options.max_num_features or config.max_num_features
+        ext.sift.first_octave = backend.options.first_octave
         ext.max_image_size = max_image_size
         with progress.bar(f"sfm: SIFT features ({len(todo)} images)", total=None):
             pycolmap.extract_features(scratch, image_dir, image_names=todo, camera_mode=pycolmap.CameraMode.SINGLE,
