@@ -104,7 +104,8 @@ class SiftFeatures:
         max_num_features: int | None = Field(None, ge=256, description="None = the stage's max_num_features")
         first_octave: int = Field(-1, ge=-1, le=2, description="SIFT's first octave: -1 doubles the image "
                                   "first (COLMAP's default), 0 does not: 3x faster extraction, but on the "
-                                  "HoloLens walk the model then splits (106/208 keyframes registered instead of 207/208)")
+                                  "HoloLens walk the model then splits (106/208 keyframes registered, not "
+                                  "207/208)")
 
     learned: ClassVar[bool] = False
 
