@@ -189,3 +189,33 @@ def test_match_graph_groups_counts_linked_keyframes():
         pairs[names[a]][names[b]] = pairs[names[b]][names[a]] = f
     assert match_graph_groups(pairs, names) == [3, 2, 1]  # the 8-inlier pair does not link 2 and 3
     assert match_graph_groups(pairs, names, min_inliers=5) == [5, 1]
+
+
+def test_check_loops_accepts_a_revisit_from_the_same_spot(tmp_path):
+    """Walking back along the same path sees a keyframe again from (almost) the same pose: no parallax, so the
+    pair's triangulated depth is meaningless and only the epipolar check may judge it."""
+    n = 16
+    poses = walk_trajectory(n)
+    img = tmp_path / "images"
+    img.mkdir()
+    names = [frame_name(i) for i in range(0, n, 2)]
+    for nm, i in zip(names, range(0, n, 2)):
+        cv2.imwrite(str(img / nm), cv2.cvtColor(render_room(poses[i], K_TRUE, W, H)[0], cv2.COLOR_RGB2BGR))
+    again = frame_name(999)  # keyframe 2's view, seen again at the end of the walk
+    cv2.imwrite(str(img / again), cv2.cvtColor(render_room(poses[4], K_TRUE, W, H)[0], cv2.COLOR_RGB2BGR))
+    names.append(again)
+    cfg = sfm.Config(loop_closure=False, known_intrinsics=[K_TRUE[0, 0], K_TRUE[1, 1], K_TRUE[0, 2], K_TRUE[1, 2]])
+    work = tmp_path / "work"
+    work.mkdir()
+    db_path, _, _ = sfm.prepare_database(work, img, names, cfg, 1.0, W)
+    last = len(names) - 1
+    pairs = sfm.sequential_pairs(last, 3, quadratic=False) | {(1, last), (2, last), (3, last)}
+    sfm.match_pairs(db_path, work, names, {"seq": (pairs, 15, 0.0)}, cfg, backend=sfm.feature_backend(cfg))
+    (work / "m").mkdir()
+    rec, _, _ = sfm.map_images(db_path, img, work / "m", cfg, names)
+    assert again in {im.name for im in rec.images.values() if im.has_pose}
+    (r,) = diagnose.check_loops(rec, db_path, [(names[2], again)])
+    assert r["baseline_ratio"] is not None and r["baseline_ratio"] < 0.02
+    assert r["depth_ratio"] is None and r["consistent_share"] > 0.8 and r["ok"]
+    (far,) = diagnose.check_loops(rec, db_path, [(names[1], again)])  # real parallax: the depth check runs
+    assert far["baseline_ratio"] > 0.02 and far["depth_ratio"] is not None and far["ok"]

@@ -147,7 +147,8 @@ def _skew(v: np.ndarray) -> np.ndarray:
 
 
 def check_loops(rec, db_path: Path, loop_pairs: list[tuple[str, str]], *, max_sampson_px: float = 4.0,
-                min_consistent: float = 0.5, max_depth_ratio: float = 2.0) -> list[dict]:
+                min_consistent: float = 0.5, max_depth_ratio: float = 2.0,
+                min_baseline_ratio: float = 0.02) -> list[dict]:
     """Check verified loop-closure pairs ``(name_a, name_b)`` against a model ``rec`` (pycolmap
     Reconstruction) and the two-view inliers in the database ``db_path``.
 
@@ -155,9 +156,12 @@ def check_loops(rec, db_path: Path, loop_pairs: list[tuple[str, str]], *, max_sa
     the model's relative pose (fundamental matrix from the model's poses and intrinsics) is below
     ``max_sampson_px`` must be at least ``min_consistent``, and, where image a's inlier keypoints have 3D points
     in the model, the median ratio of their depth triangulated from the pair with the model's poses to the
-    model point's depth must be within ``max_depth_ratio`` (scale consistency). Returns one record per checked
-    pair: ``{"pair": [a, b], "inliers", "consistent_share", "depth_ratio", "used_by_model"`` (inlier matches
-    that join one 3D point in both images), ``"ok": bool}``.
+    model point's depth must be within ``max_depth_ratio`` (scale consistency). The depth check needs
+    parallax: when the model puts the two cameras closer than ``min_baseline_ratio`` × the median depth of
+    those points (a revisit from the same spot, e.g. walking back along the same path), triangulation from the
+    pair is degenerate and only the epipolar check applies (``depth_ratio`` None, ``baseline_ratio`` given).
+    Returns one record per checked pair: ``{"pair": [a, b], "inliers", "consistent_share", "depth_ratio",
+    "baseline_ratio", "used_by_model"`` (inlier matches that join one 3D point in both images), ``"ok": bool}``.
     """
     import pycolmap
 
@@ -213,7 +217,14 @@ def check_loops(rec, db_path: Path, loop_pairs: list[tuple[str, str]], *, max_sa
                         X = rec.points3D[pa.point3D_id].xyz
                         model_z.append((Ta[:3, :3] @ X + Ta[:3, 3])[2])
                         tri_idx.append(k)
-            if len(tri_idx) >= 5:
+            baseline_ratio = None
+            if tri_idx:
+                centre_a = -Ta[:3, :3].T @ Ta[:3, 3]
+                centre_b = -Tb[:3, :3].T @ Tb[:3, 3]
+                zpos = np.asarray(model_z)[np.asarray(model_z) > 0]
+                if len(zpos):
+                    baseline_ratio = float(np.linalg.norm(centre_a - centre_b) / np.median(zpos))
+            if len(tri_idx) >= 5 and (baseline_ratio is None or baseline_ratio >= min_baseline_ratio):
                 import cv2
 
                 sel = np.asarray(tri_idx)
@@ -229,6 +240,7 @@ def check_loops(rec, db_path: Path, loop_pairs: list[tuple[str, str]], *, max_sa
                 depth_ratio is None or 1 / max_depth_ratio <= depth_ratio <= max_depth_ratio)
             out.append({"pair": [a, b], "inliers": int(len(m)), "consistent_share": round(consistent, 3),
                         "depth_ratio": None if depth_ratio is None else round(depth_ratio, 3),
+                        "baseline_ratio": None if baseline_ratio is None else round(baseline_ratio, 4),
                         "used_by_model": int(used), "ok": bool(ok)})
     finally:
         db.close()
