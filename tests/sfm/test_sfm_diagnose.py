@@ -150,15 +150,21 @@ def test_an_injected_false_loop_is_detected_dropped_and_reported(tmp_path, monke
     assert result.qc["registered_share"] >= 0.9
 
 
-def test_check_loops_keeps_true_and_flags_false_pairs(tmp_path):
-    """The check itself, on a model mapped without loops: a long-range true pair agrees, an injected one not."""
-    n = 24
+def _every_second_view(tmp_path, n):
+    """Every second view of an ``n``-pose walk through the textured room, written to ``tmp_path/images``:
+    (folder, names, all n poses)."""
     poses = walk_trajectory(n)
     img = tmp_path / "images"
     img.mkdir()
     names = [frame_name(i) for i in range(0, n, 2)]
     for nm, i in zip(names, range(0, n, 2)):
         cv2.imwrite(str(img / nm), cv2.cvtColor(render_room(poses[i], K_TRUE, W, H)[0], cv2.COLOR_RGB2BGR))
+    return img, names, poses
+
+
+def test_check_loops_keeps_true_and_flags_false_pairs(tmp_path):
+    """The check itself, on a model mapped without loops: a long-range true pair agrees, an injected one not."""
+    img, names, poses = _every_second_view(tmp_path, 24)
     cfg = sfm.Config(loop_closure=False, known_intrinsics=[K_TRUE[0, 0], K_TRUE[1, 1], K_TRUE[0, 2], K_TRUE[1, 2]])
     work = tmp_path / "work"
     work.mkdir()
@@ -194,13 +200,7 @@ def test_match_graph_groups_counts_linked_keyframes():
 def test_check_loops_accepts_a_revisit_from_the_same_spot(tmp_path):
     """Walking back along the same path sees a keyframe again from (almost) the same pose: no parallax, so the
     pair's triangulated depth is meaningless and only the epipolar check may judge it."""
-    n = 16
-    poses = walk_trajectory(n)
-    img = tmp_path / "images"
-    img.mkdir()
-    names = [frame_name(i) for i in range(0, n, 2)]
-    for nm, i in zip(names, range(0, n, 2)):
-        cv2.imwrite(str(img / nm), cv2.cvtColor(render_room(poses[i], K_TRUE, W, H)[0], cv2.COLOR_RGB2BGR))
+    img, names, poses = _every_second_view(tmp_path, 16)
     again = frame_name(999)  # keyframe 2's view, seen again at the end of the walk
     cv2.imwrite(str(img / again), cv2.cvtColor(render_room(poses[4], K_TRUE, W, H)[0], cv2.COLOR_RGB2BGR))
     names.append(again)
