@@ -411,3 +411,32 @@ def test_runs_leave_no_temp_files(scene_copy, clips):
     run(clips["moving"], scene_copy, fast_cfg(keyframes={"min_disparity": 0.045}))
     assert temp_leftovers(scene_copy) == []
     assert not [p for p in scene_copy.rglob("*") if p.name.startswith(".")]
+
+
+def test_a_scene_completed_by_running_its_last_stage_alone_is_complete(scene_copy, monkeypatch):
+    """run_stage on its own (as the benchmarks do) sets the scene-level status by the same rule as a pipeline
+    run: complete once every stage is complete, incomplete while one is not."""
+    from types import SimpleNamespace
+
+    from vid2scene import pipeline
+    from vid2scene.stage import StageResult
+
+    scene = Scene(scene_copy)
+    last = STAGES[-1]
+    real_module = pipeline.stage_module
+    fake = SimpleNamespace(OUTPUTS=[], run=lambda sc, cfg: StageResult(qc={}, warnings=[], summary="ok"))
+    monkeypatch.setattr(pipeline, "stage_module", lambda name: fake if name == last else real_module(name))
+
+    def pretend_done(skip):
+        def mark(m):
+            for s in STAGES[STAGES.index("keyframes") + 1:-1]:
+                if s != skip:
+                    m["stages"][s] = {"status": "complete"}
+        return mark
+
+    scene.update_manifest(pretend_done(skip="sfm"))
+    pipeline.run_stage(scene, last, fast_cfg())
+    assert scene.read_manifest()["status"] == "incomplete"  # sfm has not run
+    scene.update_manifest(pretend_done(skip=None))
+    pipeline.run_stage(scene, last, fast_cfg())
+    assert scene.read_manifest()["status"] == "complete"

@@ -105,9 +105,21 @@ def run_stage(scene: Scene, name: str, config: PipelineConfig) -> StageResult:
                    "peak_rss_mb": round(peak_rss_mb(), 1), "versions": _versions(), "qc": result.qc,
                    "summary": result.summary, "warnings": result.warnings})
         m["qc"][name] = result.qc
+        m["status"] = scene_status(m)
 
     scene.update_manifest(mark_done)
     return result
+
+
+def scene_status(manifest: dict) -> str:
+    """The scene-level status a manifest implies: ``"failed"`` when it records a failure, ``"complete"`` when
+    every stage of :data:`STAGES` is complete, else ``"incomplete"``. The same rule at the end of a pipeline
+    run and after each :func:`run_stage`, so a scene whose last missing stage is run on its own is complete."""
+    if manifest.get("failure"):
+        return "failed"
+    if all(manifest["stages"].get(s, {}).get("status") == "complete" for s in STAGES):
+        return "complete"
+    return "incomplete"
 
 
 def _record_failure(scene: Scene, name: str, err: Vid2SceneError, seconds: float) -> None:
@@ -289,12 +301,7 @@ def _finish(scene: Scene) -> None:
     """Set the scene-level status and write the report."""
 
     def mark(m: dict) -> None:
-        if m.get("failure"):
-            m["status"] = "failed"
-        elif all(m["stages"].get(s, {}).get("status") == "complete" for s in STAGES):
-            m["status"] = "complete"
-        else:
-            m["status"] = "incomplete"
+        m["status"] = scene_status(m)
 
     scene.update_manifest(mark)
     try:
