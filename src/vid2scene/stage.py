@@ -158,6 +158,32 @@ def cached(model: str) -> bool:
         return False
 
 
+def _transformers_importable() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("transformers", "torch"))
+
+
+def pretrained_installed(default_model: str, option: str, hint: str) -> tuple[bool, str]:
+    """A learned backend's ``is_installed`` for ``vid2scene stages``: ``transformers`` and ``torch`` importable
+    (else ``(False, hint)``) and ``default_model`` in the local cache (else a "no weights" line naming the
+    download command and the config ``option``, e.g. ``detect.owlv2.model``, that takes a local folder)."""
+    if not _transformers_importable():
+        return False, hint
+    if not cached(default_model):
+        return False, f"no weights: huggingface-cli download {default_model} (or set {option} to a local folder)"
+    return True, "installed"
+
+
+def pretrained_usable(model: str, hint: str) -> tuple[bool, str]:
+    """A learned backend's ``is_usable``: the packages are importable (else ``(False, hint)``) and ``model``
+    can be loaded now (:func:`weights_available`)."""
+    if not _transformers_importable():
+        return False, hint
+    ok, why = weights_available(model)
+    return (True, "installed") if ok else (False, why)
+
+
 def torch_device(device: str) -> str:
     """``"cuda"`` when ``device`` is ``auto`` and CUDA is available, else ``device`` (``"cpu"`` for auto)."""
     if device != "auto":

@@ -13,13 +13,11 @@ filtering keeps it; any other term gets id ``EXTRA_ID_BASE + its index`` and its
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 from pydantic import Field
 
 from .. import stage
-from ..stage import cached, load_pretrained, weights_available
+from ..stage import load_pretrained, pretrained_installed, pretrained_usable
 from ..errors import BackendNotInstalled
 from .coco import COCO_ID
 
@@ -92,20 +90,13 @@ class OWLv2Backend:
     def is_installed(cls) -> tuple[bool, str]:
         """For ``vid2scene stages``: the packages are importable and the default weights are local (in the
         Hugging Face cache); the hint says how to get what is missing."""
-        if not all(importlib.util.find_spec(m) is not None for m in ("transformers", "torch")):
-            return False, cls.HINT
-        if not cached(DEFAULT_MODEL):
-            return False, (f"no weights: huggingface-cli download {DEFAULT_MODEL} (or set detect.owlv2.model to "
-                           "a local folder)")
-        return True, "installed"
+        return pretrained_installed(DEFAULT_MODEL, "detect.owlv2.model", cls.HINT)
 
     @classmethod
     def is_usable(cls, options: "OWLv2Backend.Options") -> tuple[bool, str]:
-        """The packages are importable and ``options.model`` can be loaded (:func:`weights_available`)."""
-        if not all(importlib.util.find_spec(m) is not None for m in ("transformers", "torch")):
-            return False, cls.HINT
-        ok, hint = weights_available(options.model)
-        return (True, "installed") if ok else (False, hint)
+        """The packages are importable and ``options.model`` can be loaded
+        (:func:`vid2scene.stage.weights_available`)."""
+        return pretrained_usable(options.model, cls.HINT)
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
         """``N×6`` ``[label_id, score, x0, y0, x1, y1]`` rows (pixels of ``rgb``), best first.

@@ -9,13 +9,11 @@ box to the object's pixels before the depth layer is chosen.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 from pydantic import Field
 
 from .. import stage
-from ..stage import cached, load_pretrained, weights_available
+from ..stage import load_pretrained, pretrained_installed, pretrained_usable
 from ..errors import BackendNotInstalled
 
 DEFAULT_SAM = "facebook/sam-vit-base"
@@ -74,19 +72,13 @@ class SamMasker:
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
         """Packages importable and the default weights in the local cache (for ``vid2scene stages``)."""
-        if not all(importlib.util.find_spec(m) is not None for m in ("transformers", "torch")):
-            return False, cls.HINT
-        if not cached(DEFAULT_SAM):
-            return False, (f"no weights: huggingface-cli download {DEFAULT_SAM} (or set instances.sam.model to a "
-                           "local folder)")
-        return True, "installed"
+        return pretrained_installed(DEFAULT_SAM, "instances.sam.model", cls.HINT)
 
     @classmethod
     def is_usable(cls, options: "SamMasker.Options") -> tuple[bool, str]:
-        if not all(importlib.util.find_spec(m) is not None for m in ("transformers", "torch")):
-            return False, cls.HINT
-        ok, hint = weights_available(options.model)
-        return (True, "installed") if ok else (False, hint)
+        """The packages are importable and ``options.model`` can be loaded
+        (:func:`vid2scene.stage.weights_available`)."""
+        return pretrained_usable(options.model, cls.HINT)
 
     def masks(self, rgb: np.ndarray, boxes: list) -> list[np.ndarray | None]:
         """One ``H×W`` bool mask per box ``[x0, y0, x1, y1]`` (pixels of ``rgb``, ``H×W×3`` uint8)."""
