@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import geometry, progress
-from ..errors import StageFailed
+from ..errors import InputError, StageFailed
 from ..scene import CameraFrame, Scene, frame_name, write_cameras_with_reasons
 from ..stage import StageResult, known_backend, make_backend
 from . import diagnose
@@ -87,6 +87,10 @@ class Config(BaseModel):
     loop_check: bool = Field(True, description="check loop closures against the model; drop inconsistent ones")
     verify_max_error_px: float = Field(4.0, gt=0, description="RANSAC epipolar error in two-view verification")
     mapper: Literal["incremental", "global"] = "incremental"
+    mapper_options: dict[str, float | int | bool] = Field(
+        default_factory=dict, description="extra pycolmap IncrementalPipelineOptions / GlobalPipelineOptions "
+        "attributes, e.g. {ba_global_frames_ratio: 1.4, 'mapper.abs_pose_max_error': 8}; applied after "
+        "vid2scene's own settings")
     init_min_tri_angle_deg: float = Field(16.0, gt=0, description="triangulation angle (deg) the initial pair "
                                           "of incremental mapping needs (COLMAP's default)")
     restart_init_min_tri_angle_deg: float = Field(
@@ -538,6 +542,26 @@ def _camera_qc(rec) -> dict:
             "width": cam.width, "height": cam.height}
 
 
+def apply_mapper_options(opts, options: dict) -> None:
+    """Set ``options`` (``{"name": value}``, ``"mapper.name"`` for the nested mapper options) on a pycolmap
+    pipeline options object ``opts``.
+
+    Raises:
+        InputError: an attribute the options object does not have, or a value of the wrong type.
+    """
+    for key, value in options.items():
+        *path, attr = key.split(".")
+        target = opts
+        for part in path:
+            target = getattr(target, part, None)
+        if target is None or attr.startswith("_") or not hasattr(target, attr):
+            raise InputError(f"sfm.mapper_options: {type(opts).__name__} has no option {key!r}")
+        try:
+            setattr(target, attr, type(getattr(target, attr))(value))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"sfm.mapper_options: bad value {value!r} for {key!r}: {e}") from e
+
+
 def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, names: list[str], label: str = ""):
     """Run the mapper; return (largest reconstruction after trying to register the rest, number of models,
     names of images placed only in models other than the one kept). Each step (first mapping, restarts,
@@ -549,6 +573,7 @@ def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, na
         opts = pycolmap.GlobalPipelineOptions()
         opts.num_threads = config.num_threads
         opts.random_seed = config.seed
+        apply_mapper_options(opts, config.mapper_options)
         with progress.bar(f"sfm: {label}global mapping", total=None):
             models = pycolmap.global_mapping(db_path, image_dir, out_dir, opts)
     else:
@@ -563,6 +588,7 @@ def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, na
             opts.ba_refine_principal_point = False
             opts.ba_refine_extra_params = False
         opts.image_names = names
+        apply_mapper_options(opts, config.mapper_options)
         with progress.bar(f"sfm: {label}incremental mapping", total=None):
             models = pycolmap.incremental_mapping(db_path, image_dir, out_dir, opts)
     if not models:
