@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import cv2
@@ -58,3 +59,48 @@ def test_worker_count_from_argument_environment_and_items(monkeypatch):
     monkeypatch.setenv(parallel.ENV_WORKERS, "two")
     with pytest.raises(ValueError):
         parallel.worker_count()
+
+
+def _blas_threads_now() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_blas_threads_caps_numpys_blas_and_restores_it(monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    from vid2scene.parallel import blas_threads
+
+    before = _blas_threads_now()
+    if not before:
+        pytest.skip("NumPy's BLAS is not visible to threadpoolctl")
+    monkeypatch.delenv("VID2SCENE_BLAS_THREADS", raising=False)
+    with blas_threads():
+        assert set(_blas_threads_now()) == {1}
+    assert _blas_threads_now() == before
+    monkeypatch.setenv("VID2SCENE_BLAS_THREADS", "2")
+    with blas_threads():
+        assert set(_blas_threads_now()) == {min(2, max(before))} or max(before) < 2
+
+
+def test_the_pipeline_runs_each_stage_with_one_blas_thread(tmp_path, monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    if not _blas_threads_now():
+        pytest.skip("NumPy's BLAS is not visible to threadpoolctl")
+    from vid2scene import pipeline
+    from vid2scene.config import load_config
+    from vid2scene.scene import Scene
+    from vid2scene.stage import StageResult
+
+    from types import SimpleNamespace
+
+    seen = []
+    fake = SimpleNamespace(OUTPUTS=[], run=lambda sc, cfg: seen.append(_blas_threads_now()) or StageResult())
+    real = pipeline.stage_module
+    monkeypatch.setattr(pipeline, "stage_module", lambda name: fake if name == "ingest" else real(name))
+    monkeypatch.delenv("VID2SCENE_BLAS_THREADS", raising=False)
+    scene = Scene.create(tmp_path / "s", {"path": str(tmp_path / "in.mp4"), "kind": "video", "sha256": "0" * 64,
+                                          "size_bytes": 1})
+    pipeline.run_stage(scene, "ingest", load_config())
+    assert seen and set(seen[0]) == {1}
+    assert _blas_threads_now() != [1] * len(seen[0]) or os.cpu_count() == 1

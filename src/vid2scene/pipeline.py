@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, progress
+from . import __version__, parallel, progress
 from .config import PipelineConfig
 from .errors import InputError, StageFailed, Vid2SceneError
 from .scene import Scene, SceneLock, config_hash, now_iso
@@ -82,7 +82,8 @@ def run_stage(scene: Scene, name: str, config: PipelineConfig) -> StageResult:
     _remove_outputs(scene, mod.OUTPUTS)
     t0 = time.perf_counter()
     try:
-        result = mod.run(scene, cfg)
+        with parallel.blas_threads():
+            result = mod.run(scene, cfg)
     except Vid2SceneError as e:
         _record_failure(scene, name, e, time.perf_counter() - t0)
         raise
