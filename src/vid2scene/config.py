@@ -38,7 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Quicker: PySceneDetect instead of TransNetV2, fewer sequential and loop-closure pairs.
     "fast": {"shots": {"backend": "adaptive"}, "sfm": {"sequential_overlap": 6, "loop_candidates": 3}},
     # Slower, denser: more keyframes, more features and sequential pairs.
-    "quality": {"keyframes": {"min_disparity": 0.05, "max_keyframes": 400},
+    "quality": {"keyframes": {"min_disparity": 0.05, "max_keyframes": 1600},
                 "sfm": {"max_num_features": 4096, "sequential_overlap": 10}},
 }
 

@@ -49,7 +49,11 @@ class Config(BaseModel):
     min_disparity: float = Field(0.08, gt=0, lt=1,
                                  description="median track displacement since last keyframe, share of long side "
                                  "(the starting threshold; lowered for short inputs)")
-    max_keyframes: int = Field(300, ge=2)
+    max_keyframes: int = Field(1000, ge=2, description="more keyframes than this raise the threshold (sparser "
+                               "keyframes). Keep it above what the input needs at min_disparity: the HoloLens walk "
+                               "forward + backward (60 s) gave 336 keyframes at 8%; capped at 300 the threshold "
+                               "rose to 11.2%, 272 keyframes, and incremental mapping split into 8 models (3 min "
+                               "of restarts) where 336 map in one")
     min_keyframes: int = Field(10, ge=2, description="target at least this many keyframes (the threshold is "
                                "lowered, or every candidate used); fewer is a warning, not a rejection")
     target_keyframes_per_s: float = Field(0.5, ge=0, description="target keyframes per second of input")
