@@ -66,6 +66,10 @@ class Config(BaseModel):
     xfeat: XFeatFeatures.Options = XFeatFeatures.Options()
     disk: DiskFeatures.Options = DiskFeatures.Options()
     feature_cache: bool = Field(True, description="keep features per keyframe in cache/sfm_features/")
+    mask_people: bool = Field(True, description="leave out the keypoints inside detect's person boxes (a moving "
+                              "person is not the static scene SfM assumes)")
+    people_box_margin: float = Field(0.05, ge=0, le=1, description="person boxes grown by this share of their "
+                                     "size on each side before dropping keypoints")
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = "SIMPLE_RADIAL"
     known_intrinsics: list[float] | None = Field(
         None, min_length=4, max_length=4, description="fx, fy, cx, cy in source-image pixels; None = estimate")
@@ -291,8 +295,9 @@ def _run(scene: Scene, config: Config) -> StageResult:
                                                                    if nm not in excluded], mapped, config, scale,
                                                      size, cache_dir)
         else:
+            people = people_boxes(scene, keyframes, names, size) if config.mask_people else None
             rec, info = reconstruct(work, scene.frames_dir, mapped, config, scale, max(size), size,
-                                    kind=video.get("kind", "video"), cache_dir=cache_dir)
+                                    kind=video.get("kind", "video"), cache_dir=cache_dir, exclude_boxes=people)
             if config.refine_all_frames:
                 from . import refine
 
@@ -300,9 +305,13 @@ def _run(scene: Scene, config: Config) -> StageResult:
                 info["refine"] = rinfo
                 warnings += rinfo.pop("warnings", [])
         qc = _qc(rec, len(names), names)
+        fstats = dict(info.get("feature_stats") or {})
+        if "n_keypoints_in_boxes" in fstats:
+            qc["people"] = {"keyframes": fstats.pop("n_images_with_boxes"),
+                            "keypoints_dropped": fstats.pop("n_keypoints_in_boxes")}
         qc.update({"n_models": info.get("n_models", 1), "n_pairs": info.get("n_pairs", 0),
                    "n_loop_pairs": info.get("n_loop_pairs", 0), "pairing": info.get("pairing"),
-                   "features": config.features, "feature_cache": info.get("feature_stats"),
+                   "features": config.features, "feature_cache": fstats or info.get("feature_stats"),
                    "mapper": config.mapper if config.backend == "colmap" else "poses", "camera": _camera_qc(rec)})
         if info.get("loops_dropped"):
             qc["loops_dropped"] = info["loops_dropped"]
@@ -333,6 +342,18 @@ def _run(scene: Scene, config: Config) -> StageResult:
                        summary=f"{qc['n_registered']}/{len(names)} keyframes registered in one model "
                        f"({qc['n_models']} model(s) before merging), {qc['n_points']} points, reprojection "
                        f"{qc['mean_reprojection_error_px']:.2f} px, track length {qc['mean_track_length']:.1f}")
+
+
+def people_boxes(scene: Scene, keyframes: list[dict], names: list[str], size: tuple[int, int]
+                 ) -> dict[str, list[list[float]]]:
+    """``{keyframe image name: person boxes [x0, y0, x1, y1]}`` in keyframe pixels (``size`` = (w, h)) from
+    ``detect``'s records (keyframes without people, or a scene without ``detect``, are absent)."""
+    out = {}
+    for k, nm in zip(keyframes, names):
+        boxes = scene.people_boxes(int(k["source_frame"]), size)
+        if boxes:
+            out[nm] = boxes
+    return out
 
 
 def overlap_hint(db_path: Path, names: list[str]) -> str:
@@ -390,9 +411,10 @@ def feature_backend(config: Config):
 
 def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, scale: float,
                 max_image_size: int, size: tuple[int, int] | None = None, *, kind: str = "video",
-                cache_dir: Path | None = None):
+                cache_dir: Path | None = None, exclude_boxes: dict[str, list[list[float]]] | None = None):
     """Features, pairs, matching and mapping of the images ``names`` in ``image_dir``, with scratch files in
     ``work`` (the database is ``work/database.db``). ``size``: (width, height) px of the images.
+    ``exclude_boxes``: per image name, boxes (image pixels) whose keypoints are left out (people).
 
     Returns (the kept ``pycolmap.Reconstruction``, info dict: ``n_models``, ``n_pairs``, ``n_loop_pairs``,
     ``pairing`` ("sequential" | "exhaustive" | "retrieval"), ``feature_stats``, ``other_model`` (names placed
@@ -404,7 +426,7 @@ def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, s
     """
     backend = feature_backend(config)
     db_path, feats, fstats = prepare_database(work, image_dir, names, config, scale, max_image_size, backend,
-                                              cache_dir)
+                                              cache_dir, exclude_boxes)
     seq, loops, pairing = image_pairs(names, [feats[nm].descriptors for nm in names], config, kind)
     size = size or (max_image_size, max_image_size)
     groups = {"sequential": (seq, 15, 0.0), "loop": (loops, config.loop_min_inliers, config.loop_min_inlier_ratio)}
@@ -434,8 +456,11 @@ def reconstruct(work: Path, image_dir: Path, names: list[str], config: Config, s
 
 
 def prepare_database(work: Path, image_dir: Path, names: list[str], config: Config, scale: float,
-                     max_image_size: int, backend=None, cache_dir: Path | None = None):
-    """A new COLMAP database ``work/database.db`` with one shared camera and the features of ``names``.
+                     max_image_size: int, backend=None, cache_dir: Path | None = None,
+                     exclude_boxes: dict[str, list[list[float]]] | None = None):
+    """A new COLMAP database ``work/database.db`` with one shared camera and the features of ``names``
+    (without the keypoints inside ``exclude_boxes``, ``{name: [[x0, y0, x1, y1], ...]}`` image pixels, grown
+    by ``config.people_box_margin``).
 
     Returns (database path, ``{name: Features}``, ``{"n_cached", "n_extracted"}``).
     """
@@ -448,7 +473,7 @@ def prepare_database(work: Path, image_dir: Path, names: list[str], config: Conf
         opts = {"max_num_features": config.max_num_features} if backend.name == "sift" else {}
         key = cache_dir / cache_key(backend, {"max_image_size": max_image_size, **opts})
     feats, stats = write_features(db_path, image_dir, names, backend, reader_options_for(config, scale), config,
-                                  max_image_size, key)
+                                  max_image_size, key, exclude_boxes, config.people_box_margin)
     return db_path, feats, stats
 
 

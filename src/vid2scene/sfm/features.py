@@ -325,14 +325,45 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def drop_in_boxes(f: Features, boxes: list[list[float]], margin: float = 0.0) -> tuple[Features, int]:
+    """``f`` without the keypoints (and their descriptors) inside any of ``boxes``.
+
+    Args:
+        f: features of one image (keypoints in COLMAP pixels of that image).
+        boxes: ``[x0, y0, x1, y1]`` in pixels of the same image (e.g. person boxes from ``detect``).
+        margin: each box grown by this share of its width / height on every side.
+    Returns:
+        (the kept features, the number dropped).
+    """
+    if not boxes or len(f.keypoints) == 0:
+        return f, 0
+    xy = np.asarray(f.keypoints, np.float64)
+    inside = np.zeros(len(xy), bool)
+    for x0, y0, x1, y1 in boxes:
+        mx, my = margin * (x1 - x0), margin * (y1 - y0)
+        inside |= (xy[:, 0] >= x0 - mx) & (xy[:, 0] <= x1 + mx) & (xy[:, 1] >= y0 - my) & (xy[:, 1] <= y1 + my)
+    if not inside.any():
+        return f, 0
+    keep = ~inside
+    ck = None if f.colmap_keypoints is None else f.colmap_keypoints[keep]
+    return Features(f.keypoints[keep], f.descriptors[keep], ck), int(inside.sum())
+
+
 def write_features(db_path: Path, image_dir: Path, names: list[str], backend, reader_options, config,
-                   max_image_size: int, cache_dir: Path | None) -> tuple[dict, dict]:
+                   max_image_size: int, cache_dir: Path | None,
+                   exclude_boxes: dict[str, list[list[float]]] | None = None,
+                   box_margin: float = 0.0) -> tuple[dict, dict]:
     """Create the COLMAP database ``db_path`` (one shared camera, ``reader_options``) with the keypoints (and,
     for SIFT, descriptors) of ``names``, or add them to it when it exists (sharing its camera); features come
     from ``cache_dir`` when cached there.
 
-    Returns ``({name: Features}, {"n_cached": int, "n_extracted": int})``. Raises ``OSError`` when an image
-    cannot be read.
+    ``exclude_boxes`` (``{name: [[x0, y0, x1, y1], ...]}``, image pixels): keypoints inside them (grown by
+    ``box_margin``) are left out of the database and of the returned features (people: DESIGN.md, ``sfm``
+    reads the person boxes and drops their keypoints, so a moving person cannot pull the poses); the cache
+    keeps every keypoint.
+
+    Returns ``({name: Features}, {"n_cached": int, "n_extracted": int[, "n_keypoints_in_boxes": int,
+    "n_images_with_boxes": int]})``. Raises ``OSError`` when an image cannot be read.
     """
     import pycolmap
 
@@ -376,6 +407,13 @@ def write_features(db_path: Path, image_dir: Path, names: list[str], backend, re
                 feats[nm] = backend.extract(read_image(image_dir / nm))
                 save_cached(cache_dir, nm, image_dir / nm, feats[nm])
                 bar.advance()
+    if exclude_boxes:
+        dropped, n_img = 0, 0
+        for nm in names:
+            if exclude_boxes.get(nm) and nm in feats:
+                feats[nm], k = drop_in_boxes(feats[nm], exclude_boxes[nm], box_margin)
+                dropped, n_img = dropped + k, n_img + 1
+        stats.update({"n_keypoints_in_boxes": dropped, "n_images_with_boxes": n_img})
     db = pycolmap.Database.open(str(db_path))  # import_images needs the database file to exist
     cams = db.read_all_cameras()
     db.close()
