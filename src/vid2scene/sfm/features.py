@@ -106,6 +106,8 @@ class SiftFeatures:
                                   "first (COLMAP's default), 0 does not: 3x faster extraction, but on the "
                                   "HoloLens walk the model then splits (106/208 keyframes registered, not "
                                   "207/208)")
+        peak_threshold: float | None = Field(None, gt=0, description="SIFT's detection threshold; None = "
+                                             "COLMAP's 0.00667 (lower: more, weaker keypoints)")
 
     learned: ClassVar[bool] = False
 
@@ -274,7 +276,10 @@ BACKENDS: dict[str, type] = {"sift": SiftFeatures, "xfeat": XFeatFeatures, "disk
 # ---------------------------------------------------------------------------------------------------------
 def cache_key(backend, extra: dict) -> str:
     """Folder name of a feature cache: backend name plus a hash of its options and ``extra`` (image size, …)."""
-    blob = json.dumps({"options": backend.options.model_dump(), **extra}, sort_keys=True, default=str)
+    opts = backend.options.model_dump()
+    if opts.get("peak_threshold", 0) is None:  # an option added later: its default keeps the older caches valid
+        del opts["peak_threshold"]
+    blob = json.dumps({"options": opts, **extra}, sort_keys=True, default=str)
     return f"{backend.name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
@@ -383,6 +388,8 @@ def write_features(db_path: Path, image_dir: Path, names: list[str], backend, re
         ext.num_threads = config.num_threads
         ext.sift.max_num_features = backend.options.max_num_features or config.max_num_features
         ext.sift.first_octave = backend.options.first_octave
+        if backend.options.peak_threshold is not None:
+            ext.sift.peak_threshold = backend.options.peak_threshold
         ext.max_image_size = max_image_size
         with progress.bar(f"sfm: SIFT features ({len(todo)} images)", total=None):
             pycolmap.extract_features(scratch, image_dir, image_names=todo, camera_mode=pycolmap.CameraMode.SINGLE,
