@@ -30,7 +30,8 @@ def test_sfm_leaves_the_keypoints_in_person_boxes_out_of_the_model(tmp_path):
     n = 14
     K = intrinsics(W, H)
     scene = scene_from_images(tmp_path, [render_room(p, K, W, H)[0] for p in walk_trajectory(n)])
-    cfg = fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 8, "image_folder": "disparity"})
+    cfg = fast_config(keyframes={"min_disparity": 0.02, "min_keyframes": 8, "image_folder": "disparity"},
+                      sfm={"mask_people": True})
     run_stages(scene, cfg, "keyframes")
     kfs = scene.keyframes()["keyframes"]
     w, h = scene.keyframes()["width"], scene.keyframes()["height"]
