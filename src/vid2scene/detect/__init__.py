@@ -23,7 +23,8 @@ Keyframes run on :func:`vid2scene.parallel.map_ordered` threads when the backend
 (``ssd_coco``: one ``cv2.dnn`` net per worker thread, OpenCV capped to cores / workers threads each); the
 records do not depend on the number of workers.
 
-``detect`` needs only ``keyframes``; it runs right after it, so later stages (``fusion``; ``sfm`` with ``mask_people``) read its person boxes
+``detect`` needs only ``keyframes``; it runs right after it, so later stages (``fusion``; ``sfm`` with
+``mask_people``) read its person boxes
 through ``Scene.people_boxes``.
 """
 
