@@ -27,7 +27,8 @@ R = TypeVar("R")
 
 ENV_WORKERS = "VID2SCENE_WORKERS"
 
-__all__ = ["ENV_WORKERS", "available_cores", "worker_count", "native_threads", "map_ordered"]
+__all__ = ["ENV_WORKERS", "BLAS_THREADS_ENV", "available_cores", "worker_count", "native_threads", "blas_threads",
+           "map_ordered"]
 
 
 def available_cores() -> int:
@@ -103,8 +104,6 @@ def blas_threads(n: int | None = None) -> Iterator[None]:
     with one, and the HoloLens walk's ``instances`` stage 45–49 s against 17–25 s. Nothing changes
     numerically. Without ``threadpoolctl`` the block does nothing.
     """
-    import os
-
     if n is None:
         try:
             n = int(os.environ.get(BLAS_THREADS_ENV, "1"))

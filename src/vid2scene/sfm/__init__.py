@@ -309,13 +309,12 @@ def _run(scene: Scene, config: Config) -> StageResult:
                 info["refine"] = rinfo
                 warnings += rinfo.pop("warnings", [])
         qc = _qc(rec, len(names), names)
-        fstats = dict(info.get("feature_stats") or {})
-        if "n_keypoints_in_boxes" in fstats:
-            qc["people"] = {"keyframes": fstats.pop("n_images_with_boxes"),
-                            "keypoints_dropped": fstats.pop("n_keypoints_in_boxes")}
+        fstats = info.get("feature_stats")
+        if fstats and "people" in fstats:
+            qc["people"] = fstats.pop("people")
         qc.update({"n_models": info.get("n_models", 1), "n_pairs": info.get("n_pairs", 0),
                    "n_loop_pairs": info.get("n_loop_pairs", 0), "pairing": info.get("pairing"),
-                   "features": config.features, "feature_cache": fstats or info.get("feature_stats"),
+                   "features": config.features, "feature_cache": fstats,
                    "mapper": config.mapper if config.backend == "colmap" else "poses", "camera": _camera_qc(rec)})
         if info.get("loops_dropped"):
             qc["loops_dropped"] = info["loops_dropped"]

@@ -367,8 +367,9 @@ def write_features(db_path: Path, image_dir: Path, names: list[str], backend, re
     reads the person boxes and drops their keypoints, so a moving person cannot pull the poses); the cache
     keeps every keypoint.
 
-    Returns ``({name: Features}, {"n_cached": int, "n_extracted": int[, "n_keypoints_in_boxes": int,
-    "n_images_with_boxes": int]})``. Raises ``OSError`` when an image cannot be read.
+    Returns ``({name: Features}, {"n_cached": int, "n_extracted": int[, "people": {"keyframes": int,
+    "keypoints_dropped": int}]})`` (``people`` only with ``exclude_boxes``). Raises ``OSError`` when an image
+    cannot be read.
     """
     import pycolmap
 
@@ -420,7 +421,7 @@ def write_features(db_path: Path, image_dir: Path, names: list[str], backend, re
             if exclude_boxes.get(nm) and nm in feats:
                 feats[nm], k = drop_in_boxes(feats[nm], exclude_boxes[nm], box_margin)
                 dropped, n_img = dropped + k, n_img + 1
-        stats.update({"n_keypoints_in_boxes": dropped, "n_images_with_boxes": n_img})
+        stats["people"] = {"keyframes": n_img, "keypoints_dropped": dropped}
     db = pycolmap.Database.open(str(db_path))  # import_images needs the database file to exist
     cams = db.read_all_cameras()
     db.close()
