@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
@@ -12,6 +13,7 @@ T = TypeVar("T")
 
 console = Console(stderr=True)
 _enabled = True
+_local = threading.local()
 
 
 def set_enabled(enabled: bool) -> None:
@@ -20,7 +22,19 @@ def set_enabled(enabled: bool) -> None:
 
 
 def enabled() -> bool:
-    return _enabled
+    return _enabled and not getattr(_local, "quiet", False)
+
+
+@contextlib.contextmanager
+def quiet_in_this_thread() -> Iterator[None]:
+    """No bars from the calling thread inside the block (a stage run beside another: rich shows one live
+    display at a time); other threads keep theirs."""
+    before = getattr(_local, "quiet", False)
+    _local.quiet = True
+    try:
+        yield
+    finally:
+        _local.quiet = before
 
 
 class _Bar:
@@ -41,7 +55,7 @@ class _Bar:
 @contextlib.contextmanager
 def bar(description: str, total: float | None = None) -> Iterator[_Bar]:
     """A progress bar for one step; ``total=None`` shows a spinner with a count."""
-    if not _enabled:
+    if not enabled():
         yield _Bar(None, None)
         return
     columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import json
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,9 @@ import numpy as np
 from . import __version__, geometry
 from .errors import InputError, StageFailed
 from . import io
+
+#: Serialises manifest read-modify-writes of stages running in threads of one process.
+_MANIFEST_LOCK = threading.RLock()
 
 Frame = Literal["sfm", "world"]
 SFM: Frame = "sfm"
@@ -314,10 +318,13 @@ class Scene:
         io.write_json(self.manifest_path, manifest)
 
     def update_manifest(self, fn) -> dict:
-        m = self.read_manifest()
-        fn(m)
-        self.write_manifest(m)
-        return m
+        """Read the manifest, apply ``fn(manifest)`` and write it back, under a process-wide lock (two stages
+        can run at once in threads: :func:`vid2scene.pipeline.run_pipeline` overlaps ``detect`` and ``sfm``)."""
+        with _MANIFEST_LOCK:
+            m = self.read_manifest()
+            fn(m)
+            self.write_manifest(m)
+            return m
 
     @classmethod
     def create(cls, root: str | Path, source: dict, overwrite: bool = False) -> "Scene":

@@ -94,6 +94,8 @@ class Config(BaseModel):
     loop_min_inlier_ratio: float = Field(0.0, ge=0, lt=1, description="inlier ratio a loop-closure pair needs")
     loop_check: bool = Field(True, description="check loop closures against the model; drop inconsistent ones")
     verify_max_error_px: float = Field(4.0, gt=0, description="RANSAC epipolar error in two-view verification")
+    verify_max_trials: int = Field(2000, ge=100, description="RANSAC trials at most in two-view verification "
+                                   "(COLMAP: 10000); a pair that cannot verify runs them all")
     mapper: Literal["incremental", "global"] = "incremental"
     mapper_options: dict[str, float | int | bool] = Field(
         default_factory=dict, description="extra pycolmap IncrementalPipelineOptions / GlobalPipelineOptions "
@@ -525,6 +527,7 @@ def verification_options(config: Config, min_inliers: int, min_ratio: float):
     vo.min_num_inliers = min_inliers
     vo.min_inlier_ratio = min_ratio
     vo.ransac.max_error = config.verify_max_error_px
+    vo.ransac.max_num_trials = config.verify_max_trials
     vo.ransac.random_seed = config.seed
     return vo
 
