@@ -277,10 +277,12 @@ def _run_stages(scene: Scene, stages: list[str], config: PipelineConfig, force: 
                 report.results[name] = run_stage(scene, name, config)
             except Vid2SceneError as e:
                 sfm_error = e
-            finally:
-                det_result, det_error = background()
-                background = None
+            except BaseException:  # Ctrl-C: do not wait; detect stays "running" and re-runs on resume
                 pair_limits.close()
+                raise
+            det_result, det_error = background()
+            background = None
+            pair_limits.close()
             if det_error is not None:  # the earlier stage's error wins, and its record is written last
                 report.actions["detect"] = "failed"
                 if sfm_error is not None:
