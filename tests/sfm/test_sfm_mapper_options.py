@@ -29,3 +29,19 @@ def test_the_config_field_defaults_to_no_extra_options_and_validates_values():
     assert Config(mapper_options={"ba_global_points_ratio": 1.3}).mapper_options["ba_global_points_ratio"] == 1.3
     with pytest.raises(Exception):
         Config(mapper_options={"ba_global_points_ratio": "fast"})
+
+
+def test_map_images_passes_the_refinement_rounds_and_mapper_options_win(monkeypatch, tmp_path):
+    """``ba_global_max_refinements`` (2; COLMAP's 5) reaches the options pycolmap maps with; an explicit
+    ``mapper_options`` entry is applied after it and wins."""
+    from vid2scene import sfm
+
+    seen = []
+    monkeypatch.setattr(pycolmap, "incremental_mapping", lambda db, img, out, opts, **kw: seen.append(opts) or {})
+    assert sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path, Config(), ["a.png"]) == (None, 0, set())
+    assert seen[-1].ba_global_max_refinements == 2 != pycolmap.IncrementalPipelineOptions().ba_global_max_refinements
+    sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path,
+                   Config(ba_global_max_refinements=3, mapper_options={"ba_global_max_refinements": 4}), ["a.png"])
+    assert seen[-1].ba_global_max_refinements == 4
+    sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path, Config(ba_global_max_refinements=3), ["a.png"])
+    assert seen[-1].ba_global_max_refinements == 3

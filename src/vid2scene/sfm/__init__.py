@@ -97,6 +97,10 @@ class Config(BaseModel):
     verify_max_trials: int = Field(2000, ge=100, description="RANSAC trials at most in two-view verification "
                                    "(COLMAP: 10000); a pair that cannot verify runs them all")
     mapper: Literal["incremental", "global"] = "incremental"
+    ba_global_max_refinements: int = Field(2, ge=1, description="rounds of global bundle adjustment, filtering "
+                                           "and re-triangulation each time the model has grown (COLMAP: 5); "
+                                           "later rounds change little: on the 60-s fwd+bwd walk 2 rounds map "
+                                           "in 80 s instead of 92-98 s at the same ATE")
     mapper_options: dict[str, float | int | bool] = Field(
         default_factory=dict, description="extra pycolmap IncrementalPipelineOptions / GlobalPipelineOptions "
         "attributes, e.g. {ba_global_frames_ratio: 1.4, 'mapper.abs_pose_max_error': 8}; applied after "
@@ -619,6 +623,7 @@ def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, na
             opts.ba_refine_principal_point = False
             opts.ba_refine_extra_params = False
         opts.image_names = names
+        opts.ba_global_max_refinements = config.ba_global_max_refinements
         apply_mapper_options(opts, config.mapper_options)
         with progress.bar(f"sfm: {label}incremental mapping", total=None):
             models = pycolmap.incremental_mapping(db_path, image_dir, out_dir, opts)
