@@ -26,7 +26,9 @@ pytest.importorskip("av")
 
 
 @pytest.fixture(autouse=True)
-def _quiet():
+def _quiet(monkeypatch):
+    """No bars, and the overlap at its default (on) unless a test sets the variable."""
+    monkeypatch.delenv(pipeline.OVERLAP_ENV, raising=False)
     progress.set_enabled(False)
     yield
     progress.set_enabled(True)
@@ -75,7 +77,6 @@ def _fake_stages(monkeypatch, log: dict, detect_error=None, sfm_error=None):
 
 
 def test_overlap_only_when_sfm_follows_and_does_not_need_the_boxes(monkeypatch):
-    monkeypatch.delenv(pipeline.OVERLAP_ENV, raising=False)
     cfg = fast_cfg()
     assert pipeline.overlap_detect(list(STAGES), cfg)
     assert not pipeline.overlap_detect(list(STAGES[: STAGES.index("detect") + 1]), cfg)  # --until detect
@@ -85,7 +86,6 @@ def test_overlap_only_when_sfm_follows_and_does_not_need_the_boxes(monkeypatch):
 
 
 def test_detect_runs_beside_sfm_at_lowest_priority_and_both_are_recorded(scene_dir, clip, monkeypatch):
-    monkeypatch.delenv(pipeline.OVERLAP_ENV, raising=False)
     progress.set_enabled(True)  # the background stage must still be quiet
     log: dict = {}
     _fake_stages(monkeypatch, log)
@@ -114,13 +114,18 @@ def test_without_overlap_the_stages_run_one_after_the_other(scene_dir, clip, mon
     assert log["detect"]["thread"] == log["sfm"]["thread"]
 
 
-def test_a_detect_failure_beside_sfm_fails_the_scene_at_detect(scene_dir, clip, monkeypatch):
-    monkeypatch.delenv(pipeline.OVERLAP_ENV, raising=False)
+def _failing_run(scene_dir, clip, monkeypatch, match: str, **errors) -> tuple[dict, dict]:
+    """Run up to sfm with the stand-ins raising ``errors``; expect the error ``match``; return (log, manifest)."""
     log: dict = {}
-    _fake_stages(monkeypatch, log, detect_error=StageFailed("detect", "model file unreadable"))
-    with pytest.raises(StageFailed, match="model file unreadable"):
+    _fake_stages(monkeypatch, log, **errors)
+    with pytest.raises(StageFailed, match=match):
         run(clip, scene_dir, fast_cfg(), until="sfm")
-    m = Scene(scene_dir).read_manifest()
+    return log, Scene(scene_dir).read_manifest()
+
+
+def test_a_detect_failure_beside_sfm_fails_the_scene_at_detect(scene_dir, clip, monkeypatch):
+    _, m = _failing_run(scene_dir, clip, monkeypatch, "model file unreadable",
+                        detect_error=StageFailed("detect", "model file unreadable"))
     assert m["status"] == "failed"
     assert m["failure"]["stage"] == "detect"  # although sfm, started later, cleared the record when it began
     assert m["stages"]["detect"]["status"] == "failed"
@@ -128,12 +133,7 @@ def test_a_detect_failure_beside_sfm_fails_the_scene_at_detect(scene_dir, clip, 
 
 
 def test_an_sfm_failure_beside_detect_keeps_detect_and_fails_at_sfm(scene_dir, clip, monkeypatch):
-    monkeypatch.delenv(pipeline.OVERLAP_ENV, raising=False)
-    log: dict = {}
-    _fake_stages(monkeypatch, log, sfm_error=StageFailed("sfm", "no model"))
-    with pytest.raises(StageFailed, match="no model"):
-        run(clip, scene_dir, fast_cfg(), until="sfm")
-    m = Scene(scene_dir).read_manifest()
+    log, m = _failing_run(scene_dir, clip, monkeypatch, "no model", sfm_error=StageFailed("sfm", "no model"))
     assert m["status"] == "failed" and m["failure"]["stage"] == "sfm"
     assert m["stages"]["detect"]["status"] == "complete"  # waited for, and kept
     assert log["detect"]["end"] > log["sfm"]["end"]  # detect was still running when sfm failed

@@ -9,9 +9,11 @@ complete stage ``stale``. ``--overwrite`` re-runs everything.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import shutil
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -124,14 +126,17 @@ def scene_status(manifest: dict) -> str:
     return "incomplete"
 
 
+def _set_scene_failure(m: dict, name: str, err: Vid2SceneError) -> None:
+    m["status"] = "failed"
+    m["failure"] = {"stage": name, "reason": str(err), "error_type": type(err).__name__, "exit_code": err.exit_code}
+
+
 def _record_failure(scene: Scene, name: str, err: Vid2SceneError, seconds: float) -> None:
     def mark(m: dict) -> None:
         st = m["stages"].setdefault(name, {})
         st.update({"status": "failed", "finished": now_iso(), "seconds": round(seconds, 3),
                    "reason": str(err), "error_type": type(err).__name__})
-        m["status"] = "failed"
-        m["failure"] = {"stage": name, "reason": str(err), "error_type": type(err).__name__,
-                        "exit_code": err.exit_code}
+        _set_scene_failure(m, name, err)
 
     scene.update_manifest(mark)
 
@@ -139,12 +144,7 @@ def _record_failure(scene: Scene, name: str, err: Vid2SceneError, seconds: float
 def _mark_failed(scene: Scene, name: str, err: Vid2SceneError) -> None:
     """The scene-level failure record for ``err`` of stage ``name`` (its stage record is already written):
     a stage started beside it may have cleared the scene's ``failure`` when it began."""
-    def mark(m: dict) -> None:
-        m["status"] = "failed"
-        m["failure"] = {"stage": name, "reason": str(err), "error_type": type(err).__name__,
-                        "exit_code": err.exit_code}
-
-    scene.update_manifest(mark)
+    scene.update_manifest(lambda m: _set_scene_failure(m, name, err))
 
 
 def needs_run(scene: Scene, name: str, config: PipelineConfig) -> tuple[bool, str]:
@@ -218,8 +218,6 @@ def overlap_detect(stages: list[str], config: PipelineConfig) -> bool:
     slowed. Results are the same as one after the other (each stage reads only its own inputs). Off with
     ``$VID2SCENE_OVERLAP_STAGES=0`` or with ``mask_people``.
     """
-    import os
-
     if os.environ.get(OVERLAP_ENV, "1").strip() == "0" or config.sfm.mask_people:
         return False
     return "detect" in stages and "sfm" in stages and stages.index("sfm") == stages.index("detect") + 1
@@ -228,9 +226,6 @@ def overlap_detect(stages: list[str], config: PipelineConfig) -> bool:
 def _lowest_priority() -> None:
     """Lower the calling thread to ``nice`` 19 (Linux: per thread; threads it starts inherit it). No-op
     where the OS has no per-thread priority."""
-    import os
-    import threading
-
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError):
@@ -240,8 +235,6 @@ def _lowest_priority() -> None:
 def _run_in_background(scene: Scene, name: str, config: PipelineConfig):
     """Start :func:`run_stage` for ``name`` in a daemon thread at the lowest priority, without progress bars.
     Returns a function that waits for it and returns ``(result or None, error or None)``."""
-    import threading
-
     out: dict = {}
 
     def work() -> None:
@@ -249,8 +242,6 @@ def _run_in_background(scene: Scene, name: str, config: PipelineConfig):
         with progress.quiet_in_this_thread():
             try:
                 out["result"] = run_stage(scene, name, config)
-            except Vid2SceneError as e:
-                out["error"] = e
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 out["error"] = e
 
@@ -283,22 +274,19 @@ def _run_stages(scene: Scene, stages: list[str], config: PipelineConfig, force: 
             det_result, det_error = background()
             background = None
             pair_limits.close()
-            if det_error is not None:  # the earlier stage's error wins, and its record is written last
-                report.actions["detect"] = "failed"
-                if sfm_error is not None:
-                    report.actions[name] = "failed"
-                if isinstance(det_error, Vid2SceneError):
-                    _mark_failed(scene, "detect", det_error)
-                    report.error = det_error
-                    _finish(scene)
-                raise det_error
-            report.results["detect"] = det_result
-            report.actions["detect"] = "ran"
+            report.actions["detect"] = "ran" if det_error is None else "failed"
+            if det_error is None:
+                report.results["detect"] = det_result
             if sfm_error is not None:
                 report.actions[name] = "failed"
-                report.error = sfm_error
-                _finish(scene)
-                raise sfm_error
+            error = det_error or sfm_error  # the earlier stage's error wins, and its record is written last
+            if error is not None:
+                if isinstance(det_error, Vid2SceneError):
+                    _mark_failed(scene, "detect", det_error)
+                if isinstance(error, Vid2SceneError):
+                    report.error = error
+                    _finish(scene)
+                raise error
             report.actions[name] = "ran"
             force, force_why = True, ""
             continue
