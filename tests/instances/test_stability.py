@@ -41,6 +41,16 @@ def test_two_halves_of_one_object_group_alike_on_either_side_of_merge_score(over
     assert groups == [[0, 1, 2, 3]]
 
 
+def test_merged_groups_never_hold_two_masks_of_one_view():
+    # three identical masks in each of six views: every pair of views agrees perfectly, so only the one-view
+    # cannot-link stops merging; it must hold for groups built by earlier merges, not just for single masks
+    masks = sorted((_mask(v, range(100)) for v in range(6) for _ in range(3)), key=lambda m: m.view)
+    groups = cluster_masks(masks, [np.arange(100)] * 6, 100, 6, Config())
+    assert sorted(len(g) for g in groups) == [6, 6, 6]
+    for g in groups:
+        assert sorted(masks[i].view for i in g) == list(range(6))
+
+
 def test_a_small_group_far_below_merge_score_stays_apart():
     masks = [_mask(0, range(0, 100)), _mask(1, range(0, 100)), _mask(2, range(80, 180)), _mask(3, range(80, 180))]
     groups = cluster_masks(masks, [np.arange(200)] * 4, 200, 4, Config())

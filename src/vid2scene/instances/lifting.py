@@ -198,6 +198,10 @@ def cluster_masks(masks: list[ViewMask], vis: list[np.ndarray], n_points: int, n
     ssum, cnt = score * weight, weight.copy()
     V = np.zeros((n, n_views), bool)
     V[np.arange(n), [m.view for m in masks]] = True
+    # conflict[a, b]: groups a and b hold masks of one view (cannot-link). Kept up to date at each merge (a
+    # group's row is the union of its members' rows) instead of recomputed from V, which cost n² × views per
+    # merge and grew as n³ with the video's length.
+    conflict = (V.astype(np.int32) @ V.T.astype(np.int32)) > 0
     alive = np.ones(n, bool)
     members = [[i] for i in range(n)]
     low = min(config.merge_score_low, config.merge_score)
@@ -205,7 +209,6 @@ def cluster_masks(masks: list[ViewMask], vis: list[np.ndarray], n_points: int, n
     while True:
         with np.errstate(divide="ignore", invalid="ignore"):
             avg = np.where(cnt > 0, ssum / np.maximum(cnt, 1e-12), -1.0)
-        conflict = (V.astype(np.int32) @ V.T.astype(np.int32)) > 0
         ok = alive[:, None] & alive[None, :] & ~conflict & (cnt >= 0.5)
         if not strong:  # second phase: only pairs with a group too small to stand alone
             small = V.sum(1) < config.min_views
@@ -228,6 +231,9 @@ def cluster_masks(masks: list[ViewMask], vis: list[np.ndarray], n_points: int, n
         ssum[a, a], cnt[a, a] = 0, 0
         V[a] |= V[b]
         V[b] = False
+        conflict[a] |= conflict[b]
+        conflict[:, a] |= conflict[:, b]
+        conflict[b], conflict[:, b] = False, False
         alive[b] = False
         members[a] += members[b]
         members[b] = []
