@@ -48,3 +48,51 @@ def test_no_restart_when_the_first_model_is_large_enough(tmp_path, monkeypatch):
     first = _Model(99)
     assert sfm._multi_start(tmp_path, tmp_path, tmp_path, _opts(16.0), {0: first}, first, 100, cfg) is first
     assert calls == []
+
+
+def _complete(tmp_path, monkeypatch, first_n, cont_n, restart_n, n=100):
+    """Run ``sfm._complete_model`` with stand-ins: continuation passes bring a model to ``cont_n`` (or keep
+    it), restarts find ``restart_n``; returns (result size, calls)."""
+    calls = []
+
+    def fake_rest(db, images, out, opts, model, passes, tag=""):
+        opts.mapper.abs_pose_min_num_inliers = 15  # what the real passes do to their options
+        calls.append(("continue", model.num_reg_images(), tag))
+        return _Model(max(model.num_reg_images(), cont_n if not tag else n))
+
+    def fake_restart(db, images, out, opts, models, best, n_images, config):
+        calls.append(("restart", opts.mapper.abs_pose_min_num_inliers))
+        return _Model(restart_n) if restart_n > best.num_reg_images() else best
+
+    monkeypatch.setattr(sfm, "_register_rest", fake_rest)
+    monkeypatch.setattr(sfm, "_multi_start", fake_restart)
+    opts = SimpleNamespace(mapper=SimpleNamespace(init_min_tri_angle=16.0, abs_pose_min_num_inliers=30))
+    first = _Model(first_n)
+    out = sfm._complete_model(tmp_path, tmp_path, tmp_path, opts, {0: first}, first, [f"{i}" for i in range(n)],
+                              sfm.Config())
+    return out.num_reg_images(), calls
+
+
+def test_continuation_comes_before_restarts_and_spares_them(tmp_path, monkeypatch):
+    # the 60-s walk: continuation grows the first mapping's 229/336 to all; the restarts would find nothing
+    size, calls = _complete(tmp_path, monkeypatch, first_n=68, cont_n=100, restart_n=68)
+    assert size == 100 and calls == [("continue", 68, "")]
+
+
+def test_restarts_run_when_continuation_cannot_grow_the_model(tmp_path, monkeypatch):
+    # the sample clip: 79 -> 80 by continuation; the restart at 8 degrees maps more, and is continued
+    size, calls = _complete(tmp_path, monkeypatch, first_n=54, cont_n=55, restart_n=97)
+    assert size == 100
+    assert calls[0] == ("continue", 54, "")
+    assert calls[1] == ("restart", 30)  # the restarts get the mapping's options, not the relaxed passes'
+    assert calls[2] == ("continue", 97, "restart_")
+
+
+def test_the_continued_model_is_kept_when_restarts_find_nothing_larger(tmp_path, monkeypatch):
+    size, calls = _complete(tmp_path, monkeypatch, first_n=50, cont_n=70, restart_n=60)
+    assert size == 70 and [c[0] for c in calls] == ["continue", "restart"]
+
+
+def test_a_complete_first_model_needs_neither(tmp_path, monkeypatch):
+    size, calls = _complete(tmp_path, monkeypatch, first_n=100, cont_n=100, restart_n=0)
+    assert size == 100 and calls == []

@@ -33,6 +33,7 @@ OpenGL axes; see :mod:`vid2scene.export.nerfstudio`). The feature cache lives in
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
 from pathlib import Path
@@ -632,19 +633,48 @@ def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, na
     best = max(models.values(), key=lambda r: r.num_reg_images())
     n_models = len(models)
     placed = {im.name for m in models.values() for im in m.images.values() if im.has_pose}
-    if config.mapper == "incremental" and best.num_reg_images() < config.multi_start_below * len(names):
-        with progress.bar(f"sfm: {label}mapping restarts ({best.num_reg_images()}/{len(names)} in the largest "
-                          "model)", total=None):
-            best = _multi_start(db_path, image_dir, out_dir, opts, models, best, len(names), config)
-    if config.mapper == "incremental" and best.num_reg_images() < len(names):
-        with progress.bar(f"sfm: {label}continuation passes", total=None):
-            best = _register_rest(db_path, image_dir, out_dir, opts, best, config.merge_passes)
+    if config.mapper == "incremental":
+        best = _complete_model(db_path, image_dir, out_dir, opts, models, best, names, config, label)
     if config.refine_principal_point == "final" and not config.known_intrinsics:
         with progress.bar("sfm: principal-point bundle adjustment", total=None):
             best = refine_principal_point(best)
     best.extract_colors_for_all_images(str(image_dir))
     kept = {im.name for im in best.images.values() if im.has_pose}
     return best, n_models, placed - kept
+
+
+def _complete_model(db_path: Path, image_dir: Path, out_dir: Path, opts, models: dict, best, names: list[str],
+                    config: Config, label: str = ""):
+    """Bring the largest model of the first incremental mapping to all keyframes, cheapest step first.
+
+    1. Continuation passes (:func:`_register_rest`) from the largest model when it misses any keyframe.
+    2. Only if that still leaves fewer than ``multi_start_below`` of the keyframes: restarts
+       (:func:`_multi_start`, a whole new mapping each) from the first mapping's models, then continuation
+       passes from the restart's model when it is the larger.
+
+    Restarts used to come first. On the 60-s forward + backward walk the first mapping's 229/336 keyframes
+    grew to 336/336 (5.29 cm) in 47 s of continuation, while the restarts before it took 108 s and found no
+    larger model (336/336 at 5.29 cm after continuation either way). On the sample clip continuation cannot
+    grow the first model (79 → 80 of 147, 5 s) and the restart at 8° maps 147/147 as before. Returns the
+    largest model; the first mapping's ``models`` are not modified.
+    """
+    n = len(names)
+    cont = best
+    if best.num_reg_images() < n:
+        with progress.bar(f"sfm: {label}continuation passes", total=None):
+            cont = _register_rest(db_path, image_dir, out_dir, copy.deepcopy(opts), best, config.merge_passes)
+    if cont.num_reg_images() >= config.multi_start_below * n:
+        return cont
+    with progress.bar(f"sfm: {label}mapping restarts ({best.num_reg_images()}/{n} in the largest model)",
+                      total=None):
+        restarted = _multi_start(db_path, image_dir, out_dir, opts, models, best, n, config)
+    if restarted is best or restarted.num_reg_images() <= cont.num_reg_images():
+        return cont
+    if restarted.num_reg_images() < n:
+        with progress.bar(f"sfm: {label}continuation passes", total=None):
+            restarted = _register_rest(db_path, image_dir, out_dir, copy.deepcopy(opts), restarted,
+                                       config.merge_passes, tag="restart_")
+    return max((cont, restarted), key=lambda r: r.num_reg_images())
 
 
 def refine_principal_point(rec, max_offset: float = 0.1):
@@ -719,14 +749,15 @@ def _multi_start(db_path: Path, image_dir: Path, out_dir: Path, opts, models: di
     return best
 
 
-def _register_rest(db_path: Path, image_dir: Path, out_dir: Path, opts, best, passes: int):
+def _register_rest(db_path: Path, image_dir: Path, out_dir: Path, opts, best, passes: int, tag: str = ""):
     """Continue incremental registration from the largest model to pull in the frames it left out.
 
     Frames of the smaller models (split off at fast turns, where consecutive keyframes share few inliers)
     get further chances once the largest model holds more structure. Continuation passes accept a camera
     pose with fewer 2D–3D inliers (15 instead of 30, inlier ratio 0.15 instead of 0.25): a frame is only
     added *to* the existing model, so a weak pose cannot start a separate, wrongly scaled model. Passes
-    repeat while they register more frames.
+    repeat while they register more frames. ``opts`` is modified (pass a copy); ``tag`` prefixes the
+    passes' folders in ``out_dir``.
     """
     import pycolmap
 
@@ -734,10 +765,10 @@ def _register_rest(db_path: Path, image_dir: Path, out_dir: Path, opts, best, pa
     opts.mapper.abs_pose_min_num_inliers = 15
     opts.mapper.abs_pose_min_inlier_ratio = 0.15
     for k in range(passes):
-        start = out_dir / f"start_{k}"
+        start = out_dir / f"{tag}start_{k}"
         start.mkdir()
         best.write(start)
-        cont = out_dir / f"continued_{k}"
+        cont = out_dir / f"{tag}continued_{k}"
         cont.mkdir()
         more = pycolmap.incremental_mapping(db_path, image_dir, cont, opts, input_path=start)
         cand = max(more.values(), key=lambda r: r.num_reg_images()) if more else None
