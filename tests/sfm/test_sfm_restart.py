@@ -96,3 +96,35 @@ def test_the_continued_model_is_kept_when_restarts_find_nothing_larger(tmp_path,
 def test_a_complete_first_model_needs_neither(tmp_path, monkeypatch):
     size, calls = _complete(tmp_path, monkeypatch, first_n=100, cont_n=100, restart_n=0)
     assert size == 100 and calls == []
+
+
+def test_a_cut_short_first_mapping_maps_its_other_models_before_restarting_inside_them(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_mapping(db, images, out, opts, *a, **k):
+        seen.append((opts.mapper.init_min_tri_angle, opts.max_num_models, opts.init_image_id1))
+        if opts.init_image_id1 != -1:
+            return {0: _Model(96)}  # a restart inside one of the other models
+        if opts.max_num_models == sfm.ALL_MODELS:
+            return {0: _Model(5), 1: _Model(58), 2: _Model(30)}
+        return {0: _Model(60)}  # the restart at the smaller angle: short of 95%
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", fake_mapping)
+    cfg = sfm.Config()
+    opts = _opts(cfg.init_min_tri_angle_deg)
+    opts.max_num_models = cfg.first_mapping_max_models
+    first = _Model(40)
+    best = sfm._multi_start(tmp_path, tmp_path, tmp_path, opts, {0: _Model(3), 1: first}, first, 100, cfg)
+    assert seen[0] == (cfg.restart_init_min_tri_angle_deg, cfg.first_mapping_max_models, -1)
+    assert seen[1] == (cfg.init_min_tri_angle_deg, sfm.ALL_MODELS, -1)  # the first mapping's other models
+    assert seen[2][2] != -1 and best.num_reg_images() == 96
+    assert opts.max_num_models == cfg.first_mapping_max_models
+
+
+def test_map_images_stops_the_first_mapping_after_first_mapping_max_models(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(pycolmap, "incremental_mapping", lambda db, img, out, opts, **kw: seen.append(opts) or {})
+    sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path, sfm.Config(), ["a.png"])
+    assert seen[-1].max_num_models == 2 != pycolmap.IncrementalPipelineOptions().max_num_models == sfm.ALL_MODELS
+    sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path, sfm.Config(first_mapping_max_models=5), ["a.png"])
+    assert seen[-1].max_num_models == 5

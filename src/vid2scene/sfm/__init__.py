@@ -112,6 +112,11 @@ class Config(BaseModel):
         8.0, gt=0, description="the first restart (see multi_start_attempts) lets COLMAP pick its initial pair "
         "again with this smaller angle: two nearby keyframes of one stretch of video rather than two far-apart "
         "ones that a loop closure joins")
+    first_mapping_max_models: int = Field(
+        2, ge=1, description="models the first incremental mapping (and the restart at the smaller angle) builds "
+        "before it stops (COLMAP: 50). On video the first model COLMAP starts stays tiny (3-18 keyframes at a "
+        "turn on the three benchmark inputs) and the second is the one that grows; further models only seed "
+        "restarts, and are mapped when the restart at the smaller angle falls short")
     multi_start_attempts: int = Field(3, ge=0, description="mapping restarts inside other models when the "
                                       "largest registers fewer than multi_start_below of the keyframes")
     multi_start_below: float = Field(0.95, ge=0, le=1)
@@ -625,6 +630,7 @@ def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, na
             opts.ba_refine_extra_params = False
         opts.image_names = names
         opts.ba_global_max_refinements = config.ba_global_max_refinements
+        opts.max_num_models = config.first_mapping_max_models
         apply_mapper_options(opts, config.mapper_options)
         with progress.bar(f"sfm: {label}incremental mapping", total=None):
             models = pycolmap.incremental_mapping(db_path, image_dir, out_dir, opts)
@@ -703,6 +709,9 @@ def refine_principal_point(rec, max_offset: float = 0.1):
     return refined
 
 
+ALL_MODELS = 50  # COLMAP's IncrementalPipelineOptions.max_num_models
+
+
 def _multi_start(db_path: Path, image_dir: Path, out_dir: Path, opts, models: dict, best, n_images: int,
                  config: Config):
     """Re-run incremental mapping initialised inside the next-largest models when the largest is too small.
@@ -715,7 +724,9 @@ def _multi_start(db_path: Path, image_dir: Path, out_dir: Path, opts, models: di
     (``restart_init_min_tri_angle_deg``; COLMAP's 16° picks, on video, two keyframes far apart, and on the
     sample clip a pair that only loop closures join: a 79-keyframe model 1.4 m off the truth; at 8° one
     mapping registers 147/147 at 4.5 cm), the others are initialised with two keyframes from the middle of
-    another model; the largest model wins.
+    another model; the largest model wins. When the first mapping stopped after
+    ``first_mapping_max_models`` and the restart at the smaller angle falls short, the first mapping's other
+    models are mapped first (COLMAP's 50), to start the further restarts inside them.
     """
     import pycolmap
 
@@ -730,6 +741,19 @@ def _multi_start(db_path: Path, image_dir: Path, out_dir: Path, opts, models: di
         if cand is not None and cand.num_reg_images() > best.num_reg_images():
             best = cand
             models = {**models, "restart_angle": cand}
+    if best.num_reg_images() < config.multi_start_below * n_images and getattr(opts, "max_num_models", ALL_MODELS) < ALL_MODELS:
+        # the first mapping stopped after first_mapping_max_models: map the rest of its models (COLMAP's
+        # default) so the restarts below can start inside them
+        max_models, opts.max_num_models = opts.max_num_models, ALL_MODELS
+        out = out_dir / "all_models"
+        out.mkdir()
+        res = pycolmap.incremental_mapping(db_path, image_dir, out, opts)
+        opts.max_num_models = max_models
+        if res:
+            models = {**models, **{f"all_{k}": m for k, m in res.items()}}
+            cand = max(res.values(), key=lambda r: r.num_reg_images())
+            if cand.num_reg_images() > best.num_reg_images():
+                best = cand
     others = sorted((m for m in models.values() if m is not best), key=lambda r: -r.num_reg_images())
     for k, m in enumerate(others[: max(config.multi_start_attempts - 1, 0)]):
         if best.num_reg_images() >= config.multi_start_below * n_images:
