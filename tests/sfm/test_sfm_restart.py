@@ -55,7 +55,7 @@ def _complete(tmp_path, monkeypatch, first_n, cont_n, restart_n, n=100):
     it), restarts find ``restart_n``; returns (result size, calls)."""
     calls = []
 
-    def fake_rest(db, images, out, opts, model, passes, tag=""):
+    def fake_rest(db, images, out, opts, model, passes, tag="", n_images=0):
         opts.mapper.abs_pose_min_num_inliers = 15  # what the real passes do to their options
         calls.append(("continue", model.num_reg_images(), tag))
         return _Model(max(model.num_reg_images(), cont_n if not tag else n))
@@ -128,3 +128,27 @@ def test_map_images_stops_the_first_mapping_after_first_mapping_max_models(tmp_p
     assert seen[-1].max_num_models == 2 != pycolmap.IncrementalPipelineOptions().max_num_models == sfm.ALL_MODELS
     sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path, sfm.Config(first_mapping_max_models=5), ["a.png"])
     assert seen[-1].max_num_models == 5
+
+
+def test_continuation_stops_once_every_keyframe_is_registered(tmp_path, monkeypatch):
+    class _Writable(_Model):
+        def write(self, path):
+            pass
+
+    calls = []
+
+    def fake_mapping(db, images, out, opts, input_path=None, **k):
+        calls.append(input_path)
+        return {0: _Writable(40 + 5 * len(calls))}  # each pass registers five more
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", fake_mapping)
+    opts = SimpleNamespace(multiple_models=True,
+                           mapper=SimpleNamespace(abs_pose_min_num_inliers=30, abs_pose_min_inlier_ratio=0.25))
+    (tmp_path / "a").mkdir()
+    out = sfm._register_rest(tmp_path, tmp_path, tmp_path / "a", opts, _Writable(40), 3, n_images=45)
+    assert out.num_reg_images() == 45 and len(calls) == 1  # complete after one pass: no second pass
+    calls.clear()
+    (tmp_path / "b").mkdir()
+    out = sfm._register_rest(tmp_path, tmp_path, tmp_path / "b", opts, _Writable(40), 3, n_images=100)
+    assert out.num_reg_images() == 55 and len(calls) == 3  # still growing: every pass runs
+    assert opts.multiple_models is False and opts.mapper.abs_pose_min_num_inliers == 15
