@@ -37,7 +37,7 @@ def test_map_images_passes_the_refinement_rounds_and_mapper_options_win(monkeypa
     from vid2scene import sfm
 
     seen = []
-    monkeypatch.setattr(pycolmap, "incremental_mapping", lambda db, img, out, opts, **kw: seen.append(opts) or {})
+    monkeypatch.setattr(sfm, "first_mapping", lambda db, img, out, opts, share: seen.append(opts) or ({}, False))
     assert sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path, Config(), ["a.png"]) == (None, 0, set())
     assert seen[-1].ba_global_max_refinements == 2 != pycolmap.IncrementalPipelineOptions().ba_global_max_refinements
     sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path,

@@ -60,7 +60,7 @@ def _complete(tmp_path, monkeypatch, first_n, cont_n, restart_n, n=100):
         calls.append(("continue", model.num_reg_images(), tag))
         return _Model(max(model.num_reg_images(), cont_n if not tag else n))
 
-    def fake_restart(db, images, out, opts, models, best, n_images, config):
+    def fake_restart(db, images, out, opts, models, best, n_images, config, cut_short=False):
         calls.append(("restart", opts.mapper.abs_pose_min_num_inliers))
         return _Model(restart_n) if restart_n > best.num_reg_images() else best
 
@@ -102,32 +102,75 @@ def test_a_cut_short_first_mapping_maps_its_other_models_before_restarting_insid
     seen = []
 
     def fake_mapping(db, images, out, opts, *a, **k):
-        seen.append((opts.mapper.init_min_tri_angle, opts.max_num_models, opts.init_image_id1))
+        seen.append((opts.mapper.init_min_tri_angle, opts.init_image_id1))
         if opts.init_image_id1 != -1:
             return {0: _Model(96)}  # a restart inside one of the other models
-        if opts.max_num_models == sfm.ALL_MODELS:
-            return {0: _Model(5), 1: _Model(58), 2: _Model(30)}
+        if opts.mapper.init_min_tri_angle == 16.0:
+            return {0: _Model(5), 1: _Model(58), 2: _Model(30)}  # the first mapping run to its end
         return {0: _Model(60)}  # the restart at the smaller angle: short of 95%
 
     monkeypatch.setattr(pycolmap, "incremental_mapping", fake_mapping)
     cfg = sfm.Config()
     opts = _opts(cfg.init_min_tri_angle_deg)
-    opts.max_num_models = cfg.first_mapping_max_models
     first = _Model(40)
-    best = sfm._multi_start(tmp_path, tmp_path, tmp_path, opts, {0: _Model(3), 1: first}, first, 100, cfg)
-    assert seen[0] == (cfg.restart_init_min_tri_angle_deg, cfg.first_mapping_max_models, -1)
-    assert seen[1] == (cfg.init_min_tri_angle_deg, sfm.ALL_MODELS, -1)  # the first mapping's other models
-    assert seen[2][2] != -1 and best.num_reg_images() == 96
-    assert opts.max_num_models == cfg.first_mapping_max_models
+    best = sfm._multi_start(tmp_path, tmp_path, tmp_path, opts, {0: _Model(3), 1: first}, first, 100, cfg,
+                            cut_short=True)
+    assert seen[0] == (cfg.restart_init_min_tri_angle_deg, -1)
+    assert seen[1] == (cfg.init_min_tri_angle_deg, -1)  # the first mapping's other models
+    assert seen[2][1] != -1 and best.num_reg_images() == 96
+    seen.clear()
+    (tmp_path / "again").mkdir()
+    sfm._multi_start(tmp_path, tmp_path, tmp_path / "again", opts, {0: _Model(3), 1: first}, first, 100, cfg)
+    assert (cfg.init_min_tri_angle_deg, -1) not in seen  # not cut short: its models are all there
 
 
-def test_map_images_stops_the_first_mapping_after_first_mapping_max_models(tmp_path, monkeypatch):
+class _Manager:
+    def __init__(self):
+        self.models = []
+
+    def size(self):
+        return len(self.models)
+
+    def get(self, i):
+        return self.models[i]
+
+
+def test_the_first_mapping_stops_once_a_model_holds_stop_share(tmp_path, monkeypatch):
+    """A stand-in pipeline maps models of 3, 10, 79, 48, 42 keyframes (the sample clip's) and, like COLMAP's,
+    ends after a model when ``multiple_models`` is off."""
+    sizes = [3, 10, 79, 48, 42]
+
+    class _Pipeline:
+        def __init__(self, options, database, manager):
+            self.options, self.manager, self.callbacks = options, manager, {}
+
+        def add_callback(self, kind, fn):
+            self.callbacks[kind] = fn
+
+        def run(self):
+            for n in sizes:
+                self.manager.models.append(_Model(n))
+                self.callbacks[pycolmap.IncrementalPipelineCallback.LAST_IMAGE_REG_CALLBACK]()
+                if not self.options.multiple_models:
+                    return
+
+    monkeypatch.setattr(pycolmap, "IncrementalPipeline", _Pipeline)
+    monkeypatch.setattr(pycolmap, "ReconstructionManager", _Manager)
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.image_names = [f"{i}.png" for i in range(147)]
+    models, cut = sfm.first_mapping(tmp_path / "db.db", tmp_path, tmp_path, opts, 0.5)
+    assert [m.num_reg_images() for m in models.values()] == [3, 10, 79] and cut
+    assert opts.multiple_models  # the caller's options are not changed
+    models, cut = sfm.first_mapping(tmp_path / "db.db", tmp_path, tmp_path, opts, 0.6)
+    assert len(models) == 5 and not cut  # no model holds 60%: COLMAP's whole mapping
+
+
+def test_map_images_passes_the_stop_share(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(pycolmap, "incremental_mapping", lambda db, img, out, opts, **kw: seen.append(opts) or {})
+    monkeypatch.setattr(sfm, "first_mapping", lambda db, img, out, opts, share: seen.append(share) or ({}, False))
     sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path, sfm.Config(), ["a.png"])
-    assert seen[-1].max_num_models == 2 != pycolmap.IncrementalPipelineOptions().max_num_models == sfm.ALL_MODELS
-    sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path, sfm.Config(first_mapping_max_models=5), ["a.png"])
-    assert seen[-1].max_num_models == 5
+    sfm.map_images(tmp_path / "db.db", tmp_path, tmp_path, sfm.Config(first_mapping_stop_share=1), ["a.png"])
+    assert seen == [0.5, 1.0]
 
 
 def test_continuation_stops_once_every_keyframe_is_registered(tmp_path, monkeypatch):

@@ -112,11 +112,11 @@ class Config(BaseModel):
         8.0, gt=0, description="the first restart (see multi_start_attempts) lets COLMAP pick its initial pair "
         "again with this smaller angle: two nearby keyframes of one stretch of video rather than two far-apart "
         "ones that a loop closure joins")
-    first_mapping_max_models: int = Field(
-        2, ge=1, description="models the first incremental mapping (and the restart at the smaller angle) builds "
-        "before it stops (COLMAP: 50). On video the first model COLMAP starts stays tiny (3-18 keyframes at a "
-        "turn on the three benchmark inputs) and the second is the one that grows; further models only seed "
-        "restarts, and are mapped when the restart at the smaller angle falls short")
+    first_mapping_stop_share: float = Field(
+        0.5, gt=0, le=1, description="the first incremental mapping builds no further model once one holds this "
+        "share of the keyframes (1: COLMAP's behaviour, up to 50 models). A later model could only be larger by "
+        "taking over most of the rest; the others seeded restarts only, and are mapped when the restart at the "
+        "smaller angle falls short")
     multi_start_attempts: int = Field(3, ge=0, description="mapping restarts inside other models when the "
                                       "largest registers fewer than multi_start_below of the keyframes")
     multi_start_below: float = Field(0.95, ge=0, le=1)
@@ -630,17 +630,16 @@ def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, na
             opts.ba_refine_extra_params = False
         opts.image_names = names
         opts.ba_global_max_refinements = config.ba_global_max_refinements
-        opts.max_num_models = config.first_mapping_max_models
         apply_mapper_options(opts, config.mapper_options)
         with progress.bar(f"sfm: {label}incremental mapping", total=None):
-            models = pycolmap.incremental_mapping(db_path, image_dir, out_dir, opts)
+            models, cut_short = first_mapping(db_path, image_dir, out_dir, opts, config.first_mapping_stop_share)
     if not models:
         return None, 0, set()
     best = max(models.values(), key=lambda r: r.num_reg_images())
     n_models = len(models)
     placed = {im.name for m in models.values() for im in m.images.values() if im.has_pose}
     if config.mapper == "incremental":
-        best = _complete_model(db_path, image_dir, out_dir, opts, models, best, names, config, label)
+        best = _complete_model(db_path, image_dir, out_dir, opts, models, best, names, config, label, cut_short)
     if config.refine_principal_point == "final" and not config.known_intrinsics:
         with progress.bar("sfm: principal-point bundle adjustment", total=None):
             best = refine_principal_point(best)
@@ -649,8 +648,46 @@ def map_images(db_path: Path, image_dir: Path, out_dir: Path, config: Config, na
     return best, n_models, placed - kept
 
 
+def first_mapping(db_path: Path, image_dir: Path, out_dir: Path, opts, stop_share: float) -> tuple[dict, bool]:
+    """COLMAP's incremental mapping of the database, stopped before a further model once one model holds
+    ``stop_share`` of ``opts.image_names``; returns (``{index: pycolmap.Reconstruction}``, whether it stopped
+    early). ``stop_share`` 1 runs ``pycolmap.incremental_mapping`` unchanged (up to ``max_num_models``).
+
+    COLMAP maps models one after another until every image is in one or the initial pairs run out; on the sample
+    clip the first mapping built 5 models (3, 10, 79, 48, 42 keyframes) in 23 s, where the 79 was the largest
+    and the last two only seeded restarts. The stop is taken in the pipeline's end-of-model callback by turning
+    off ``multiple_models`` on a copy of ``opts`` (``opts`` itself is not modified).
+    """
+    import pycolmap
+
+    n = len(opts.image_names)
+    if stop_share >= 1 or n == 0:
+        return pycolmap.incremental_mapping(db_path, image_dir, out_dir, opts), False
+    run_opts = copy.deepcopy(opts)
+    run_opts.image_path = str(image_dir)
+    manager = pycolmap.ReconstructionManager()
+    database = pycolmap.Database.open(str(db_path))
+    try:
+        pipeline = pycolmap.IncrementalPipeline(run_opts, database, manager)
+        stopped = []
+
+        def end_of_model():
+            sizes = [manager.get(i).num_reg_images() for i in range(manager.size())]
+            if sizes and max(sizes) >= stop_share * n and pipeline.options.multiple_models:
+                pipeline.options.multiple_models = False
+                stopped.append(max(sizes))
+
+        pipeline.add_callback(pycolmap.IncrementalPipelineCallback.LAST_IMAGE_REG_CALLBACK, end_of_model)
+        pipeline.run()
+    finally:
+        database.close()
+    models = {i: manager.get(i) for i in range(manager.size())}
+    complete = sum(m.num_reg_images() for m in models.values()) >= n - 1
+    return models, bool(stopped) and not complete
+
+
 def _complete_model(db_path: Path, image_dir: Path, out_dir: Path, opts, models: dict, best, names: list[str],
-                    config: Config, label: str = ""):
+                    config: Config, label: str = "", cut_short: bool = False):
     """Bring the largest model of the first incremental mapping to all keyframes, cheapest step first.
 
     1. Continuation passes (:func:`_register_rest`) from the largest model when it misses any keyframe.
@@ -674,7 +711,7 @@ def _complete_model(db_path: Path, image_dir: Path, out_dir: Path, opts, models:
         return cont
     with progress.bar(f"sfm: {label}mapping restarts ({best.num_reg_images()}/{n} in the largest model)",
                       total=None):
-        restarted = _multi_start(db_path, image_dir, out_dir, opts, models, best, n, config)
+        restarted = _multi_start(db_path, image_dir, out_dir, opts, models, best, n, config, cut_short)
     if restarted is best or restarted.num_reg_images() <= cont.num_reg_images():
         return cont
     if restarted.num_reg_images() < n:
@@ -710,11 +747,8 @@ def refine_principal_point(rec, max_offset: float = 0.1):
     return refined
 
 
-ALL_MODELS = 50  # COLMAP's IncrementalPipelineOptions.max_num_models
-
-
 def _multi_start(db_path: Path, image_dir: Path, out_dir: Path, opts, models: dict, best, n_images: int,
-                 config: Config):
+                 config: Config, cut_short: bool = False):
     """Re-run incremental mapping initialised inside the next-largest models when the largest is too small.
 
     COLMAP starts from the best-connected image pair; on walkthrough video the model it grows can stop at a
@@ -725,9 +759,9 @@ def _multi_start(db_path: Path, image_dir: Path, out_dir: Path, opts, models: di
     (``restart_init_min_tri_angle_deg``; COLMAP's 16° picks, on video, two keyframes far apart, and on the
     sample clip a pair that only loop closures join: a 79-keyframe model 1.4 m off the truth; at 8° one
     mapping registers 147/147 at 4.5 cm), the others are initialised with two keyframes from the middle of
-    another model; the largest model wins. When the first mapping stopped after
-    ``first_mapping_max_models`` and the restart at the smaller angle falls short, the first mapping's other
-    models are mapped first (COLMAP's 50), to start the further restarts inside them.
+    another model; the largest model wins. When the first mapping was ``cut_short`` (see
+    :func:`first_mapping`) and the restart at the smaller angle falls short, the first mapping is run to its end
+    first, to start the further restarts inside its other models.
     """
     import pycolmap
 
@@ -742,14 +776,11 @@ def _multi_start(db_path: Path, image_dir: Path, out_dir: Path, opts, models: di
         if cand is not None and cand.num_reg_images() > best.num_reg_images():
             best = cand
             models = {**models, "restart_angle": cand}
-    if best.num_reg_images() < config.multi_start_below * n_images and getattr(opts, "max_num_models", ALL_MODELS) < ALL_MODELS:
-        # the first mapping stopped after first_mapping_max_models: map the rest of its models (COLMAP's
-        # default) so the restarts below can start inside them
-        max_models, opts.max_num_models = opts.max_num_models, ALL_MODELS
+    if best.num_reg_images() < config.multi_start_below * n_images and cut_short:
+        # the first mapping stopped early: map all its models so the restarts below can start inside them
         out = out_dir / "all_models"
         out.mkdir()
         res = pycolmap.incremental_mapping(db_path, image_dir, out, opts)
-        opts.max_num_models = max_models
         if res:
             models = {**models, **{f"all_{k}": m for k, m in res.items()}}
             cand = max(res.values(), key=lambda r: r.num_reg_images())
