@@ -48,6 +48,42 @@ def test_native_threads_caps_and_restores_opencv():
     assert cv2.getNumThreads() == before
 
 
+def test_native_threads_blocks_overlapping_in_two_threads_restore_only_when_the_last_closes():
+    """A pool's block in a background stage (detect) and one in the foreground stage (depth) open and close in
+    any order; the old code restored the first block's saved counts when it closed while the other still ran,
+    and the second block's (capped) counts when that one closed, leaving the process capped for good."""
+    import threading
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def pools():
+        return sorted((p["internal_api"], p["num_threads"]) for p in threadpoolctl.threadpool_info())
+
+    original = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    before_cv, before_pools = cv2.getNumThreads(), pools()
+    a_open, b_open, a_closed = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with parallel.native_threads(1):
+            a_open.set()
+            b_open.wait(10)
+        a_closed.set()
+
+    t = threading.Thread(target=first)
+    t.start()
+    a_open.wait(10)
+    with parallel.native_threads(1):
+        b_open.set()
+        a_closed.wait(10)
+        assert cv2.getNumThreads() == 1  # the first block closed; this one still holds the cap
+        assert all(n == 1 for _, n in pools())
+    t.join()
+    assert cv2.getNumThreads() == before_cv
+    assert pools() == before_pools
+    cv2.setNumThreads(original)
+
+
 def test_worker_count_from_argument_environment_and_items(monkeypatch):
     monkeypatch.setenv(parallel.ENV_WORKERS, "3")
     assert parallel.worker_count() == 3

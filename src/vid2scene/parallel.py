@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -60,33 +61,66 @@ def worker_count(workers: int | None = None, n_items: int | None = None) -> int:
     return max(1, int(workers))
 
 
+_caps_lock = threading.Lock()
+_caps: list[int] = []  # the caps of the native_threads blocks open now, in any thread
+_saved: dict = {}  # the settings before the first of them, restored when the last one closes
+
+
+def _apply_cap(n: int, pools: bool = True) -> None:
+    import cv2
+
+    cv2.setNumThreads(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    if pools and _saved.get("pools") is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n)  # the first block's limiter restores the original counts
+
+
 @contextlib.contextmanager
 def native_threads(n: int) -> Iterator[None]:
     """Limit OpenCV, torch (if imported) and the BLAS / OpenMP pools (via ``threadpoolctl`` if installed) to
     ``n`` threads each inside the block; the previous settings are restored on exit. Process-wide: every
-    thread of the process sees the cap while the block runs."""
+    thread of the process sees the cap while the block runs.
+
+    Blocks may overlap in different threads without nesting (a stage's pool beside another stage's pool in a
+    background thread): while any block is open the smallest open cap applies, and the settings from before
+    the first block are restored only when the last one closes, whatever the order.
+    """
     import cv2
 
     n = max(1, int(n))
-    prev_cv = cv2.getNumThreads()
-    torch = sys.modules.get("torch")
-    prev_torch = torch.get_num_threads() if torch is not None else None
-    cv2.setNumThreads(n)
-    if torch is not None:
-        torch.set_num_threads(n)
-    with contextlib.ExitStack() as stack:
-        try:
-            from threadpoolctl import threadpool_limits
+    with _caps_lock:
+        if not _caps:
+            torch = sys.modules.get("torch")
+            _saved.clear()
+            _saved.update(cv=cv2.getNumThreads(), torch=torch.get_num_threads() if torch is not None else None,
+                          pools=None)
+            try:
+                from threadpoolctl import threadpool_limits
 
-            stack.enter_context(threadpool_limits(limits=n))
-        except ImportError:  # optional: without it BLAS keeps its own count (the per-view steps use little BLAS)
-            pass
-        try:
-            yield
-        finally:
-            cv2.setNumThreads(prev_cv)
-            if torch is not None and prev_torch is not None:
-                torch.set_num_threads(prev_torch)
+                _saved["pools"] = threadpool_limits(limits=n)  # applied now; restored by the last block
+            except ImportError:  # optional: without it BLAS keeps its own count (the per-view steps use little BLAS)
+                pass
+        _caps.append(n)
+        _apply_cap(min(_caps), pools=len(_caps) > 1)
+    try:
+        yield
+    finally:
+        with _caps_lock:
+            _caps.remove(n)
+            if _caps:
+                _apply_cap(min(_caps))
+            else:
+                cv2.setNumThreads(_saved["cv"])
+                torch = sys.modules.get("torch")
+                if torch is not None and _saved["torch"] is not None:
+                    torch.set_num_threads(_saved["torch"])
+                if _saved["pools"] is not None:
+                    _saved["pools"].restore_original_limits()
+                _saved.clear()
 
 
 #: Environment variable: BLAS threads while a stage runs (default 1; see :func:`blas_threads`).
