@@ -55,7 +55,7 @@ def scene_dir(keyframed, tmp_path):
     return dst
 
 
-def _fake_stages(monkeypatch, log: dict, detect_error=None, sfm_error=None, seconds: dict | None = None):
+def _fake_stages(monkeypatch, log: dict, detect_error=None, sfm_error=None):
     """detect and sfm as stand-ins that sleep and log when they ran, in which thread and at what priority."""
     real = pipeline.stage_module
 
@@ -72,9 +72,7 @@ def _fake_stages(monkeypatch, log: dict, detect_error=None, sfm_error=None, seco
             return StageResult(qc={"fake": name}, warnings=[], summary=f"{name} ok")
         return SimpleNamespace(OUTPUTS=[], run=run_, NAME=name)
 
-    sec = {"detect": 0.6, "sfm": 0.3, "depth": 0.3, "fusion": 0.05, **(seconds or {})}
-    fakes = {"detect": stage("detect", sec["detect"], detect_error), "sfm": stage("sfm", sec["sfm"], sfm_error),
-             "depth": stage("depth", sec["depth"], None), "fusion": stage("fusion", sec["fusion"], None)}
+    fakes = {"detect": stage("detect", 0.6, detect_error), "sfm": stage("sfm", 0.3, sfm_error)}
     monkeypatch.setattr(pipeline, "stage_module", lambda name: fakes.get(name) or real(name))
 
 
@@ -139,41 +137,3 @@ def test_an_sfm_failure_beside_detect_keeps_detect_and_fails_at_sfm(scene_dir, c
     assert m["status"] == "failed" and m["failure"]["stage"] == "sfm"
     assert m["stages"]["detect"]["status"] == "complete"  # waited for, and kept
     assert log["detect"]["end"] > log["sfm"]["end"]  # detect was still running when sfm failed
-
-
-def test_detect_also_runs_beside_depth_and_is_waited_for_before_fusion(scene_dir, clip, monkeypatch):
-    """depth does not read detect's output, fusion reads its person boxes."""
-    log: dict = {}
-    _fake_stages(monkeypatch, log, seconds={"detect": 0.9, "sfm": 0.2, "depth": 0.4})
-    report, seen = run(clip, scene_dir, fast_cfg(), until="fusion")
-    assert report.error is None and all(seen[k] == "run" for k in ("detect", "sfm", "depth", "fusion"))
-    d, dep, fu = log["detect"], log["depth"], log["fusion"]
-    assert d["start"] < dep["end"] and dep["start"] < d["end"], log  # detect overlapped depth
-    assert fu["start"] >= d["end"], log  # and had ended before fusion began
-    m = Scene(scene_dir).read_manifest()
-    assert all(m["stages"][k]["status"] == "complete" for k in ("detect", "sfm", "depth", "fusion"))
-    assert report.actions["detect"] == "ran" and report.results["detect"].qc == {"fake": "detect"}
-
-
-def test_a_detect_failure_that_ended_during_sfm_stops_the_run_before_depth(scene_dir, clip, monkeypatch):
-    log: dict = {}
-    _fake_stages(monkeypatch, log, detect_error=StageFailed("detect", "model file unreadable"),
-                 seconds={"detect": 0.05, "sfm": 0.4})
-    with pytest.raises(StageFailed, match="model file unreadable"):
-        run(clip, scene_dir, fast_cfg(), until="fusion")
-    assert "depth" not in log and "fusion" not in log
-    m = Scene(scene_dir).read_manifest()
-    assert m["status"] == "failed" and m["failure"]["stage"] == "detect"
-    assert m["stages"]["sfm"]["status"] == "complete"
-
-
-def test_a_detect_failure_beside_depth_fails_the_scene_at_detect_before_fusion(scene_dir, clip, monkeypatch):
-    log: dict = {}
-    _fake_stages(monkeypatch, log, detect_error=StageFailed("detect", "model file unreadable"),
-                 seconds={"detect": 0.6, "sfm": 0.1, "depth": 0.1})
-    with pytest.raises(StageFailed, match="model file unreadable"):
-        run(clip, scene_dir, fast_cfg(), until="fusion")
-    assert "depth" in log and "fusion" not in log
-    m = Scene(scene_dir).read_manifest()
-    assert m["status"] == "failed" and m["failure"]["stage"] == "detect"
-    assert m["stages"].get("fusion", {}).get("status") != "complete"

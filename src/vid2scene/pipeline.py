@@ -208,21 +208,15 @@ def os_reason(e: OSError) -> str:
 OVERLAP_ENV = "VID2SCENE_OVERLAP_STAGES"
 
 
-#: Stages that run while ``detect`` runs in its background thread: they do not read its output (``sfm`` only
-#: with ``mask_people``, when there is no overlap). It is waited for before the first other stage
-#: (``fusion`` reads its person boxes) or at the end of the run.
-BESIDE_DETECT: tuple[str, ...] = ("sfm", "depth")
-
-
 def overlap_detect(stages: list[str], config: PipelineConfig) -> bool:
-    """Whether ``detect`` runs in a background thread beside the stages of :data:`BESIDE_DETECT` that follow it.
+    """Whether ``detect`` runs in a background thread beside ``sfm``.
 
-    ``sfm`` reads ``detect``'s output only with ``sfm.mask_people``, and ``depth`` never; ``fusion`` and later
-    stages read it. Incremental mapping leaves one of two cores idle for much of its time (on the HoloLens
-    walk ``sfm`` used 149 CPU s in 85 s), and so do the plane sweep's gaps between keyframes; ``detect`` (0.1
-    CPU s per keyframe) fills them: its threads run at the lowest CPU priority (``nice`` 19, Linux), so they
-    take what the foreground stage leaves and do not slow it. Results are the same as one after the other
-    (each stage reads only its own inputs). Off with ``$VID2SCENE_OVERLAP_STAGES=0`` or with ``mask_people``.
+    ``sfm`` reads ``detect``'s output only with ``sfm.mask_people``; otherwise the two depend on
+    ``keyframes`` alone. Incremental mapping leaves one of two cores idle for much of its time (on the HoloLens
+    walk ``sfm`` used 149 CPU s in 85 s), and ``detect`` (0.1 CPU s per keyframe) fills it: its threads run
+    at the lowest CPU priority (``nice`` 19, Linux), so they take what ``sfm`` leaves and ``sfm`` is not
+    slowed. Results are the same as one after the other (each stage reads only its own inputs). Off with
+    ``$VID2SCENE_OVERLAP_STAGES=0`` or with ``mask_people``.
     """
     if os.environ.get(OVERLAP_ENV, "1").strip() == "0" or config.sfm.mask_people:
         return False
@@ -240,8 +234,7 @@ def _lowest_priority() -> None:
 
 def _run_in_background(scene: Scene, name: str, config: PipelineConfig):
     """Start :func:`run_stage` for ``name`` in a daemon thread at the lowest priority, without progress bars.
-    Returns a function that waits for it and returns ``(result or None, error or None)``; its ``done()`` says
-    whether the stage has ended."""
+    Returns a function that waits for it and returns ``(result or None, error or None)``."""
     out: dict = {}
 
     def work() -> None:
@@ -259,48 +252,46 @@ def _run_in_background(scene: Scene, name: str, config: PipelineConfig):
         t.join()
         return out.get("result"), out.get("error")
 
-    wait.done = lambda: not t.is_alive()
     return wait
-
-
-def _join_background(scene: Scene, wait, report: RunReport) -> BaseException | None:
-    """Wait for ``detect`` running in the background; record its outcome; return its error, if any (its
-    stage record is marked failed then)."""
-    det_result, det_error = wait()
-    report.actions["detect"] = "ran" if det_error is None else "failed"
-    if det_error is None:
-        report.results["detect"] = det_result
-    elif isinstance(det_error, Vid2SceneError):
-        _mark_failed(scene, "detect", det_error)
-    return det_error
 
 
 def _run_stages(scene: Scene, stages: list[str], config: PipelineConfig, force: bool, force_why: str,
                 on_stage, report: RunReport) -> None:
-    background = None  # wait() of detect running beside the BESIDE_DETECT stages
+    background = None  # wait() of detect running beside sfm
     pair_limits = contextlib.ExitStack()
-
-    def fail(error: BaseException):
-        if isinstance(error, Vid2SceneError):
-            report.error = error
-            _finish(scene)
-        raise error
-
-    def join() -> None:
-        nonlocal background
-        det_error = _join_background(scene, background, report)
-        background = None
-        pair_limits.close()
-        if det_error is not None:
-            fail(det_error)
-
     for name in stages:
-        if background is not None and (name not in BESIDE_DETECT or background.done()):
-            join()  # before a stage that reads detect's output, or as soon as detect has ended (a failure stops here)
+        if name == "sfm" and background is not None:
+            if on_stage:
+                on_stage(name, "run", "an earlier stage re-ran (beside detect)")
+            sfm_error = None
+            try:
+                report.results[name] = run_stage(scene, name, config)
+            except Vid2SceneError as e:
+                sfm_error = e
+            except BaseException:  # Ctrl-C: do not wait; detect stays "running" and re-runs on resume
+                pair_limits.close()
+                raise
+            det_result, det_error = background()
+            background = None
+            pair_limits.close()
+            report.actions["detect"] = "ran" if det_error is None else "failed"
+            if det_error is None:
+                report.results["detect"] = det_result
+            if sfm_error is not None:
+                report.actions[name] = "failed"
+            error = det_error or sfm_error  # the earlier stage's error wins, and its record is written last
+            if error is not None:
+                if isinstance(det_error, Vid2SceneError):
+                    _mark_failed(scene, "detect", det_error)
+                if isinstance(error, Vid2SceneError):
+                    report.error = error
+                    _finish(scene)
+                raise error
+            report.actions[name] = "ran"
+            force, force_why = True, ""
+            continue
         run_it, why = needs_run(scene, name, config)
-        if background is not None:  # an earlier stage's record is still "running": nothing can be skipped
-            run_it, why = True, "an earlier stage re-ran (beside detect)"
-        elif force and not run_it:
+        if force and not run_it:
             run_it, why = True, force_why or "an earlier stage re-ran"
         elif force and force_why:
             why = force_why
@@ -309,7 +300,7 @@ def _run_stages(scene: Scene, stages: list[str], config: PipelineConfig, force: 
         if not run_it:
             report.actions[name] = "skipped"
         elif name == "detect" and overlap_detect(stages, config):
-            # one BLAS cap around the stages beside it: their own caps then nest and restore nothing out of order
+            # one BLAS cap around both stages: their own caps then nest and restore nothing out of order
             pair_limits.enter_context(parallel.blas_threads())
             background = _run_in_background(scene, name, config)
             force, force_why = True, ""
@@ -319,15 +310,8 @@ def _run_stages(scene: Scene, stages: list[str], config: PipelineConfig, force: 
                 report.results[name] = run_stage(scene, name, config)
             except Vid2SceneError as e:
                 report.actions[name] = "failed"
-                error: BaseException = e
-                if background is not None:  # wait for detect and keep it; the earlier stage's error wins
-                    det_error = _join_background(scene, background, report)
-                    background = None
-                    pair_limits.close()
-                    error = det_error or e
-                fail(error)
-            except BaseException:  # Ctrl-C: do not wait; detect stays "running" and re-runs on resume
-                pair_limits.close()
+                report.error = e
+                _finish(scene)
                 raise
             report.actions[name] = "ran"
             force, force_why = True, ""  # every later stage depends on this one's fresh output
@@ -335,8 +319,6 @@ def _run_stages(scene: Scene, stages: list[str], config: PipelineConfig, force: 
             rest = stages[stages.index(name) + 1:]
             _run_subscenes(scene, rest, config, force, on_stage, report)
             return
-    if background is not None:
-        join()
     _finish(scene)
 
 
