@@ -77,3 +77,79 @@ def test_detector_finds_a_person_composited_into_a_real_frame():
     m = person_mask(boxes, depth)
     assert m[r0 + 3:r0 + ph - 3, c0 + 3:c0 + pw - 3].mean() > 0.9
     assert m.sum() < 1.2 * ph * pw
+
+
+def _sample_frame_with_a_person() -> np.ndarray | None:
+    """A frame of the bundled sample clip (an office: chairs, desks, a monitor) with Grace Hopper's portrait
+    composited into it, RGB; None if PyAV or the portrait is unavailable."""
+    av = pytest.importorskip("av")
+    clip = Path(__file__).resolve().parents[2] / "examples" / "hololens_office_25s.mp4"
+    person = _person_photo()
+    if person is None or not clip.is_file():
+        return None
+    with av.open(str(clip)) as c:
+        for k, frame in enumerate(c.decode(video=0)):
+            if k == 120:
+                img = frame.to_ndarray(format="rgb24")
+                break
+    h, w = img.shape[:2]
+    ph, pw = int(h * 0.5), int(h * 0.5 * person.shape[1] / person.shape[0])
+    img[h - ph - 10:h - 10, w // 2:w // 2 + pw] = cv2.resize(person, (pw, ph), interpolation=cv2.INTER_AREA)
+    return img
+
+
+@needs_detector
+@pytest.mark.parametrize("kept", ["indoor", "person only"])
+def test_the_pruned_net_gives_the_full_nets_boxes_for_the_kept_classes(kept):
+    """load_pruned_net cuts the class heads to the kept classes; their boxes, scores and COCO ids must be the
+    full net's (the scores are per-class sigmoids)."""
+    from vid2scene.detect.coco import COCO_ID, INDOOR_CLASSES
+    from vid2scene.detect.ssd import load_pruned_net, load_ssd_net, ssd_coco_forward
+
+    img = _sample_frame_with_a_person()
+    if img is None:
+        pytest.skip("no person image available offline (matplotlib sample_data grace_hopper.jpg)")
+    classes = {1} | ({COCO_ID[n] for n in INDOOR_CLASSES} if kept == "indoor" else set())
+    net, class_ids = load_pruned_net(classes)
+    assert len(class_ids) == len(classes) + 1 and class_ids[0] == 0  # really pruned
+    full = ssd_coco_forward(img, net=load_ssd_net(shared=False))
+    full = full[np.isin(full[:, 0], sorted(classes)) & (full[:, 1] >= 0.3)]
+    pruned = ssd_coco_forward(img, net=net, class_ids=class_ids)
+    pruned = pruned[pruned[:, 1] >= 0.3]
+    assert len(full) >= (2 if kept == "indoor" else 1) and 1 in full[:, 0]
+    assert len(pruned) == len(full)
+    order_f, order_p = np.lexsort(full[:, ::-1].T), np.lexsort(pruned[:, ::-1].T)
+    np.testing.assert_array_equal(pruned[order_p, 0], full[order_f, 0])  # COCO ids, not pruned indices
+    np.testing.assert_allclose(pruned[order_p, 1], full[order_f, 1], atol=1e-4)
+    np.testing.assert_allclose(pruned[order_p, 2:], full[order_f, 2:], atol=0.1)
+
+
+@needs_detector
+def test_an_unexpected_graph_falls_back_to_the_full_net(tmp_path):
+    from vid2scene.detect.ssd import load_pruned_net, model_paths
+
+    pb, pbtxt = model_paths()
+    other = tmp_path / "other.pbtxt"
+    other.write_text(Path(pbtxt).read_text().replace('key: "num_classes"', 'key: "n_classes"'))
+    net, class_ids = load_pruned_net({1, 62}, (pb, other))
+    np.testing.assert_array_equal(class_ids, np.arange(91))
+
+
+@needs_detector
+def test_the_backend_restricted_to_classes_returns_only_them_and_prune_can_be_turned_off():
+    from vid2scene.detect.backends import SSDCocoBackend
+    from vid2scene.detect import Config, kept_coco_ids
+
+    img = _sample_frame_with_a_person()
+    if img is None:
+        pytest.skip("no person image available offline (matplotlib sample_data grace_hopper.jpg)")
+    assert kept_coco_ids(Config(classes=["chair"])) == {1, 62}
+    rows = {}
+    for prune in (True, False):
+        b = SSDCocoBackend(SSDCocoBackend.Options(prune_classes=prune))
+        b.restrict_classes({1, 62})
+        rows[prune] = b.detect(img)
+    assert set(np.round(rows[True][:, 0]).astype(int)) <= {1, 62} and 1 in rows[True][:, 0]
+    assert len(set(np.round(rows[False][:, 0]).astype(int)) - {1, 62}) > 0  # the full net returns the rest too
+    full = rows[False][np.isin(rows[False][:, 0], [1, 62]) & (rows[False][:, 1] >= 0.3)]
+    assert len(full) == int((rows[True][:, 1] >= 0.3).sum())

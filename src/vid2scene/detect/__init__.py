@@ -137,6 +137,13 @@ def filter_boxes(rows: np.ndarray, config: Config, label_names: dict[int, str] |
     return objects[: config.max_per_frame], people
 
 
+def kept_coco_ids(config: Config) -> set[int]:
+    """COCO ids whose boxes :func:`filter_boxes` can keep: ``person`` and the whitelist (``config.classes``,
+    else the indoor classes)."""
+    names = set(config.classes) if config.classes is not None else set(INDOOR_CLASSES)
+    return {COCO_ID[n] for n in names | {PERSON} if n in COCO_ID}
+
+
 def detect_image(backend, rgb: np.ndarray, config: Config) -> tuple[list[dict], list[dict]]:
     """(objects, people) records for one ``H×W×3`` uint8 RGB image (see :func:`filter_boxes`)."""
     return filter_boxes(backend.detect(rgb), config, getattr(backend, "label_names", None))
@@ -152,6 +159,8 @@ def run(scene: Scene, config: Config) -> StageResult:
     """
     scene.require("keyframes")
     backend = make_backend(config)
+    if hasattr(backend, "restrict_classes"):  # the backend may skip the classes filter_boxes drops anyway
+        backend.restrict_classes(kept_coco_ids(config))
     keyframes = scene.keyframe_ids()
     if not keyframes:
         raise StageFailed(NAME, "no keyframes")

