@@ -223,3 +223,41 @@ def test_depth_maps_do_not_depend_on_the_number_of_workers(tmp_path, scene_build
     for f in maps[0]:
         np.testing.assert_array_equal(maps[0][f].depth, maps[1][f].depth)
         np.testing.assert_array_equal(maps[0][f].confidence, maps[1][f].confidence)
+
+
+def test_plane_sweep_cost_is_one_minus_the_windowed_zncc():
+    """With a source at the reference's pose every plane maps a pixel onto itself, so each plane's cost must
+    be 1 - ZNCC of the two images over the window (box means, OpenCV's reflect-101 border), computed here
+    pixel by pixel; pixels where the source is out of the image would cost 1 (none here)."""
+    from types import SimpleNamespace
+
+    import cv2
+
+    from vid2scene.depth.base import View
+    from vid2scene.depth.mvs import plane_sweep
+
+    rng = np.random.default_rng(3)
+    h, w, win = 24, 30, 5
+    ref = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (3, 3), 0.8)
+    src = (0.6 * ref + 0.3 * cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (3, 3), 0.8)).astype(np.float32)
+    K = np.array([[25.0, 0, w / 2], [0, 25.0, h / 2], [0, 0, 1]])
+    pose = np.eye(4)
+
+    def view(i, grey):
+        return View(index=i, frame=SimpleNamespace(cam_from_world=pose), load_rgb=lambda: None, scale=1.0,
+                    grey=grey, K=K)
+
+    cost, inv_depths, sd_r = plane_sweep(view(0, ref), [view(1, src)], (1.0, 4.0), 6, win, 1)
+    r = win // 2
+    pr, ps = (np.pad(a.astype(np.float64), r, mode="reflect") for a in (ref, src))
+    expect = np.empty((h, w))
+    for y in range(h):
+        for x in range(w):
+            a, b = pr[y:y + win, x:x + win].ravel(), ps[y:y + win, x:x + win].ravel()
+            cov = (a * b).mean() - a.mean() * b.mean()
+            expect[y, x] = 1 - cov / np.sqrt(max(a.var(), 0) * max(b.var(), 0) + 1e-8)
+    assert cost.shape == (6, h, w) and np.all(np.diff(inv_depths) < 0)
+    for p in range(6):
+        np.testing.assert_allclose(cost[p], expect, atol=2e-4)
+    np.testing.assert_allclose(sd_r, np.sqrt([[pr[y:y + win, x:x + win].var() for x in range(w)] for y in range(h)]),
+                               atol=1e-4)
