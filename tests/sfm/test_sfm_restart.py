@@ -195,3 +195,56 @@ def test_continuation_stops_once_every_keyframe_is_registered(tmp_path, monkeypa
     out = sfm._register_rest(tmp_path, tmp_path, tmp_path / "b", opts, _Writable(40), 3, n_images=100)
     assert out.num_reg_images() == 55 and len(calls) == 3  # still growing: every pass runs
     assert opts.multiple_models is False and opts.mapper.abs_pose_min_num_inliers == 15
+
+
+def test_the_first_mapping_lets_other_threads_run_at_each_registered_image(tmp_path, monkeypatch):
+    """IncrementalPipeline.run holds the GIL; detect runs beside sfm in a thread. The stand-in's run holds the
+    GIL too (``sum`` over a range runs in C, and forced switching is pushed to 5 s), registering 30 images; a
+    ticker thread must still get to run between them."""
+    import sys
+    import threading
+    import time
+
+    class _Pipeline:
+        def __init__(self, options, database, manager):
+            self.options, self.manager, self.callbacks = options, manager, {}
+
+        def add_callback(self, kind, fn):
+            self.callbacks[kind] = fn
+
+        def run(self):
+            self.manager.models.append(_Model(30))
+            for _ in range(30):
+                sum(range(1_000_000))  # C code holding the GIL, like a registration
+                next_image = self.callbacks.get(pycolmap.IncrementalPipelineCallback.NEXT_IMAGE_REG_CALLBACK)
+                if next_image is not None:
+                    next_image()
+            self.callbacks[pycolmap.IncrementalPipelineCallback.LAST_IMAGE_REG_CALLBACK]()
+
+    monkeypatch.setattr(pycolmap, "IncrementalPipeline", _Pipeline)
+    monkeypatch.setattr(pycolmap, "ReconstructionManager", _Manager)
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.image_names = [f"{i}.png" for i in range(30)]
+    ticks, running, stop = [0], threading.Event(), threading.Event()
+
+    def ticker():
+        running.set()
+        while not stop.is_set():
+            ticks[0] += 1
+            time.sleep(0.0005)
+
+    old = sys.getswitchinterval()
+    t = threading.Thread(target=ticker, daemon=True)
+    t.start()
+    running.wait(5)
+    sys.setswitchinterval(5.0)
+    try:
+        before = ticks[0]
+        models, _ = sfm.first_mapping(tmp_path / "db.db", tmp_path, tmp_path, opts, 0.5)
+        during = ticks[0] - before
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+        t.join(5)
+    assert [m.num_reg_images() for m in models.values()] == [30]
+    assert during >= 10, during
