@@ -135,18 +135,22 @@ class _Manager:
         return self.models[i]
 
 
+class _StandInPipeline:
+    """pycolmap.IncrementalPipeline's constructor and add_callback; a test's subclass says what run does."""
+
+    def __init__(self, options, database, manager):
+        self.options, self.manager, self.callbacks = options, manager, {}
+
+    def add_callback(self, kind, fn):
+        self.callbacks[kind] = fn
+
+
 def test_the_first_mapping_stops_once_a_model_holds_stop_share(tmp_path, monkeypatch):
     """A stand-in pipeline maps models of 3, 10, 79, 48, 42 keyframes (the sample clip's) and, like COLMAP's,
     ends after a model when ``multiple_models`` is off."""
     sizes = [3, 10, 79, 48, 42]
 
-    class _Pipeline:
-        def __init__(self, options, database, manager):
-            self.options, self.manager, self.callbacks = options, manager, {}
-
-        def add_callback(self, kind, fn):
-            self.callbacks[kind] = fn
-
+    class _Pipeline(_StandInPipeline):
         def run(self):
             for n in sizes:
                 self.manager.models.append(_Model(n))
@@ -205,13 +209,7 @@ def test_the_first_mapping_lets_other_threads_run_at_each_registered_image(tmp_p
     import threading
     import time
 
-    class _Pipeline:
-        def __init__(self, options, database, manager):
-            self.options, self.manager, self.callbacks = options, manager, {}
-
-        def add_callback(self, kind, fn):
-            self.callbacks[kind] = fn
-
+    class _Pipeline(_StandInPipeline):
         def run(self):
             self.manager.models.append(_Model(30))
             for _ in range(30):
